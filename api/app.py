@@ -1,0 +1,25 @@
+"""The Falcon WSGI app. Each gunicorn worker builds its own, after fork."""
+
+from __future__ import annotations
+
+import falcon
+
+from api.errors import install_error_handlers
+from api.resources import EmbedText, Health
+from api.settings import ServerSettings
+from runtime.registry import ModelRegistry
+from runtime.repository import Repository
+
+INFERENCE_HEALTH = "The inference server is running."
+
+
+def create_app(settings: ServerSettings) -> falcon.App:
+    registry = ModelRegistry(Repository(settings.engines), settings.backend, settings.threads)
+    for name in settings.preload:
+        registry.get(name)
+    app = falcon.App()
+    app.req_options.strip_url_path_trailing_slash = True
+    install_error_handlers(app)
+    app.add_route("/health", Health(INFERENCE_HEALTH))
+    app.add_route("/embed_text", EmbedText(registry, settings.limits))
+    return app

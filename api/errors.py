@@ -1,0 +1,64 @@
+"""Every error leaves as `{"error": "..."}` with the right status; nothing leaks a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+import orjson
+
+from runtime.models import InputError, ModelLoadError
+from runtime.repository import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps({"error": error.description or error.title})
+
+
+def install_error_handlers(app: falcon.App) -> None:
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
+    app.add_error_handler(falcon.HTTPMethodNotAllowed, _method_not_allowed)
+    app.add_error_handler(ModelNotFound, _model_not_found)
+    app.add_error_handler(InputError, _input_error)
+    app.add_error_handler(ModelLoadError, _model_load_error)
+    app.add_error_handler(Exception, _unexpected)
+
+
+def _route_not_found(req, resp, error, params):
+    raise falcon.HTTPNotFound(description=f"there is no route {req.method} {req.path}")
+
+
+def _method_not_allowed(req, resp, error, params):
+    allowed = error.headers.get("Allow", "") if error.headers else ""
+    raise falcon.HTTPMethodNotAllowed(
+        allowed.split(", ") if allowed else [],
+        description=f"{req.path} does not accept {req.method}; use {allowed or 'another method'}",
+    )
+
+
+def _model_not_found(req, resp, error: ModelNotFound, params):
+    raise falcon.HTTPNotFound(
+        description=f"model {error.name!r} is not in the engine repository; build it with: "
+        f"ingrain-build {error.name}"
+    )
+
+
+def _input_error(req, resp, error: InputError, params):
+    raise falcon.HTTPBadRequest(description=str(error))
+
+
+def _model_load_error(req, resp, error: ModelLoadError, params):
+    log.error("%s", error)
+    raise falcon.HTTPInternalServerError(description=f"the model cannot be loaded: {error}")
+
+
+def _unexpected(req, resp, error: Exception, params):
+    # Falcon matches handlers by the exception's MRO, so HTTPErrors never reach this one.
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise falcon.HTTPInternalServerError(
+        description="internal server error; the server log has the details"
+    )

@@ -1,0 +1,129 @@
+"""Reading and validating request bodies.
+
+Keys are accepted in camelCase (as documented: `nDims`) and snake_case (`n_dims`, which the
+`ingrain` Python client sends). Every failure is a 4xx whose message says how to fix the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import orjson
+
+from api.settings import Limits
+
+# curl -d sends form-urlencoded and many clients send text/plain: both are read as JSON.
+READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
+
+
+def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
+    media_type = (req.content_type or "").split(";")[0].strip().lower()
+    if media_type and media_type not in READABLE_TYPES and not media_type.endswith("+json"):
+        raise falcon.HTTPUnsupportedMediaType(
+            description=f"Content-Type {media_type} is not JSON; send application/json"
+        )
+    too_large = falcon.HTTPContentTooLarge(
+        description=f"the request body is larger than {limits.max_body_bytes} bytes; send fewer "
+        "or smaller items per request"
+    )
+    if req.content_length is not None and req.content_length > limits.max_body_bytes:
+        raise too_large
+    # Without Content-Length (chunked uploads) gunicorn's own stream ends where the body does.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(limits.max_body_bytes + 1)
+    if len(raw) > limits.max_body_bytes:
+        raise too_large
+    if not raw.strip():
+        raise falcon.HTTPBadRequest(description="the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise falcon.HTTPBadRequest(
+            description=f"the request body is not valid JSON: {error}"
+        ) from None
+    if not isinstance(body, dict):
+        raise falcon.HTTPBadRequest(
+            description=f"the request body must be a JSON object, not {_json_type(body)}"
+        )
+    return body
+
+
+def get(body: dict[str, Any], camel: str, snake: str | None = None) -> Any:
+    """The value under the camelCase key or its snake_case twin (None when neither is given)."""
+    value = body.get(camel)
+    if value is None and snake is not None:
+        value = body.get(snake)
+    return value
+
+
+def model_name(body: dict[str, Any], limits: Limits) -> str:
+    name = body.get("name")
+    if name is None:
+        raise falcon.HTTPBadRequest(description='"name" is required: the model to use')
+    if not isinstance(name, str) or not name.strip():
+        raise falcon.HTTPBadRequest(description='"name" must be a non-empty string')
+    if len(name) > limits.max_name_chars:
+        raise falcon.HTTPBadRequest(
+            description=f'"name" is longer than {limits.max_name_chars} characters'
+        )
+    return name
+
+
+def texts(body: dict[str, Any], limits: Limits) -> list[str]:
+    """`text` as a list: one string or a non-empty list of strings (empty strings allowed)."""
+    value = body.get("text")
+    if value is None:
+        raise falcon.HTTPBadRequest(description='"text" is required: a string or a list of strings')
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise falcon.HTTPBadRequest(
+            description=f'"text" must be a string or a list of strings, not {_json_type(value)}'
+        )
+    if not items:
+        raise falcon.HTTPBadRequest(description='"text" is an empty list; send at least one text')
+    if len(items) > limits.max_items:
+        raise falcon.HTTPContentTooLarge(
+            description=f'"text" has {len(items)} items; the limit is {limits.max_items} per '
+            "request, so split it into several requests"
+        )
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise falcon.HTTPBadRequest(
+                description=f'"text"[{index}] must be a string, not {_json_type(item)}'
+            )
+        if len(item) > limits.max_text_chars:
+            raise falcon.HTTPContentTooLarge(
+                description=f'"text"[{index}] has {len(item)} characters; the limit is '
+                f"{limits.max_text_chars} (the model reads only its first tokens anyway)"
+            )
+    return items
+
+
+def normalize(body: dict[str, Any]) -> bool:
+    value = body.get("normalize")
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise falcon.HTTPBadRequest(
+            description=f'"normalize" must be true or false, not {_json_type(value)}'
+        )
+    return value
+
+
+def n_dims(body: dict[str, Any]) -> int | None:
+    value = get(body, "nDims", "n_dims")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise falcon.HTTPBadRequest(
+            description=f'"nDims" must be a whole number or null, not {_json_type(value)}'
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"the number {value}"
+    return names.get(type(value), type(value).__name__)

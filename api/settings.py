@@ -1,0 +1,24 @@
+"""Server settings and request limits; every limit has a safe default and a flag to change it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_items: int = 256
+    max_text_chars: int = 100_000
+    max_name_chars: int = 512
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    engines: Path
+    backend: str = "auto"
+    # ONNX Runtime intra-op threads per worker; 0 lets ONNX Runtime use every core.
+    threads: int = 0
+    preload: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)

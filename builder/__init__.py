@@ -1,0 +1,86 @@
+"""Model sources -> ONNX export -> verification -> engine directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+from builder.errors import BuildError
+from builder.progress import Progress
+from builder.staging import entry_lock, staging_directory, target_directory
+from runtime.manifest import Manifest
+from runtime.repository import Repository, slugify
+
+__all__ = ["BuildError", "Progress", "build_model"]
+
+SUPPORTED_LIBRARIES = ("sentence_transformers",)
+PROVENANCE_PACKAGES = ("torch", "sentence-transformers", "transformers", "onnx", "onnxruntime")
+
+
+def build_model(
+    source: str,
+    engines: Path,
+    name: str | None = None,
+    library: str = "sentence_transformers",
+    max_batch: int = 32,
+    max_seq_len: int | None = None,
+    force: bool = False,
+    skip_existing: bool = False,
+    progress: Progress | None = None,
+) -> Path | None:
+    """Build `source` into the repository at `engines` under `name` (default: `source`).
+
+    Returns the model's directory, or None when it exists and `skip_existing` is set.
+    """
+    progress = progress or Progress()
+    name = name or source
+    if library not in SUPPORTED_LIBRARIES:
+        raise BuildError(
+            f"library {library!r} is not supported yet; supported: {', '.join(SUPPORTED_LIBRARIES)}"
+        )
+    if max_batch < 1 or (max_seq_len is not None and max_seq_len < 2):
+        raise BuildError("--max-batch must be at least 1 and --max-seq-len at least 2")
+    try:
+        slug = slugify(name)
+    except ValueError as error:
+        raise BuildError(str(error)) from error
+
+    repository = Repository(engines)
+    with entry_lock(repository.root, slug):
+        target = target_directory(repository, name, force)
+        if target is None:
+            if skip_existing:
+                progress.say(f"{name} is already built in {engines}; nothing to do")
+                return None
+            raise BuildError(f"{name!r} is already in {engines}; pass --force to rebuild it")
+        started = time.perf_counter()
+        with staging_directory(target) as staging:
+            from builder import sentence_transformer
+
+            manifest = sentence_transformer.build(
+                source, name, staging, max_batch, max_seq_len, progress
+            )
+            _with_provenance(manifest, started).write(staging)
+    progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
+    return target
+
+
+def _with_provenance(manifest: Manifest, started: float) -> Manifest:
+    versions = {}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    build = {
+        **manifest.build,
+        "precision": "fp32",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.perf_counter() - started, 1),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+    return replace(manifest, build=build)

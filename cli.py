@@ -1,0 +1,221 @@
+"""The `ingrain` command group; `ingrain-build` and `ingrain-serve` are its build and serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from runtime.backends import BACKENDS
+from runtime.repository import ModelNotFound, Repository, default_engines_dir
+
+engines_option = click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_engines_dir,
+    show_default="$INGRAIN_ENGINES or ./engines",
+    help="The engine repository: one directory per built model.",
+)
+
+
+@click.group()
+def main() -> None:
+    """Build embedding and classification models into engines and serve them over HTTP."""
+
+
+@main.command("build")
+@click.argument("source")
+@click.option("--name", help="The name to serve the model under (default: SOURCE).")
+@click.option(
+    "--library",
+    type=click.Choice(["sentence_transformers"]),
+    default="sentence_transformers",
+    show_default=True,
+    help="The library that loads SOURCE.",
+)
+@engines_option
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most items run in one execution.",
+)
+@click.option(
+    "--max-seq-len",
+    type=click.IntRange(min=2),
+    help="Most tokens per text (default and upper bound: the model's own maximum).",
+)
+@click.option("--force", is_flag=True, help="Replace the model if it is already built.")
+@click.option("--skip-existing", is_flag=True, help="Do nothing if the model is already built.")
+def build_command(
+    source: str,
+    name: str | None,
+    library: str,
+    engines: Path,
+    max_batch: int,
+    max_seq_len: int | None,
+    force: bool,
+    skip_existing: bool,
+) -> None:
+    """Export SOURCE (a Hugging Face model id or a local model directory) to an engine
+    directory, verify it against the source library, and add it to the repository."""
+    from builder import BuildError, build_model
+
+    try:
+        build_model(
+            source,
+            engines,
+            name=name,
+            library=library,
+            max_batch=max_batch,
+            max_seq_len=max_seq_len,
+            force=force,
+            skip_existing=skip_existing,
+        )
+    except BuildError as error:
+        raise click.ClickException(str(error)) from error
+    except ImportError as error:
+        raise click.ClickException(
+            f"ingrain-build needs the build extras ({error.name} is missing): "
+            "pip install 'ingrain-server[build]'"
+        ) from error
+
+
+@main.command("serve")
+@engines_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8686, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="gunicorn worker processes; each holds its own copy of every model.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Request threads per worker.",
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option(
+    "--intra-op-threads",
+    type=click.IntRange(min=0),
+    help="ONNX Runtime threads per worker (default: cores / workers).",
+)
+@click.option("--preload", multiple=True, help="Load this model in every worker at start.")
+@click.option(
+    "--timeout",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds a worker may stay silent before gunicorn restarts it.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    envvar="INGRAIN_MAX_BODY_BYTES",
+)
+@click.option(
+    "--max-items",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    envvar="INGRAIN_MAX_ITEMS",
+    help="Most texts or images in one request.",
+)
+@click.option(
+    "--max-text-chars",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    envvar="INGRAIN_MAX_TEXT_CHARS",
+    help="Most characters in one text.",
+)
+def serve_command(
+    engines: Path,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    backend: str,
+    intra_op_threads: int | None,
+    preload: tuple[str, ...],
+    timeout: int,
+    max_body_bytes: int,
+    max_items: int,
+    max_text_chars: int,
+) -> None:
+    """Serve the models in the engine repository with the ingrain HTTP API."""
+    from api.server import serve
+    from api.settings import Limits, ServerSettings
+
+    repository = Repository(engines)
+    for name in preload:
+        try:
+            repository.find(name)
+        except ModelNotFound:
+            raise click.ClickException(
+                f"--preload {name}: not in {engines}; build it with: ingrain-build {name}"
+            ) from None
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+    )
+    if intra_op_threads is None:
+        intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
+    settings = ServerSettings(
+        engines=engines,
+        backend=backend,
+        threads=intra_op_threads,
+        preload=preload,
+        limits=Limits(max_body_bytes, max_items, max_text_chars),
+    )
+    serve(settings, host, port, workers, threads, timeout)
+
+
+@main.command("list")
+@engines_option
+def list_command(engines: Path) -> None:
+    """List the models in the engine repository."""
+    entries = Repository(engines).entries()
+    if not entries:
+        click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
+        return
+    rows = [("NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE")]
+    for entry in entries:
+        towers = entry.manifest.towers
+        backends = {"onnxruntime"} | {"tensorrt" for tower in towers.values() if tower.plan}
+        rows.append(
+            (
+                entry.name,
+                entry.manifest.library,
+                ",".join(towers),
+                ",".join(str(tower.dim) for tower in towers.values()),
+                ",".join(sorted(backends)),
+                f"{entry.size_bytes() / 1e6:.1f} MB",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@main.command("remove")
+@click.argument("name")
+@engines_option
+def remove_command(name: str, engines: Path) -> None:
+    """Delete the model NAME from the engine repository."""
+    try:
+        entry = Repository(engines).remove(name)
+    except ModelNotFound:
+        raise click.ClickException(f"{name!r} is not in {engines}; see: ingrain list") from None
+    click.echo(f"Removed {name} ({entry.directory})")

@@ -1,0 +1,1 @@
+"""Engine directory -> backends -> models: everything a serving process needs (no torch)."""

@@ -1,0 +1,26 @@
+"""ONNX Runtime: the default backend, on the CPU (or CUDA where its provider is installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [p for p in preferred if p in ort.get_available_providers()]
+        self._session = ort.InferenceSession(str(path), options, providers=providers)
+        self._output = self._session.get_outputs()[0].name
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run([self._output], inputs)[0]
+
+    def describe(self) -> str:
+        return f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"

@@ -1,0 +1,139 @@
+"""The engine directory's manifest (`model.json`): the whole contract between builder and server.
+
+The builder writes it last, after every file it names is in place; the server trusts nothing in
+an engine directory that the manifest does not describe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "model.json"
+
+LIBRARIES = ("sentence_transformers", "open_clip", "timm")
+TASKS = ("embedding", "classification")
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or does not match the schema."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list[str | int]
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """One exported network (text or image tower) and the profile it was built for."""
+
+    onnx: str
+    inputs: list[TensorSpec]
+    output: TensorSpec
+    dim: int
+    max_batch: int
+    max_seq_len: int | None = None
+    plan: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How to reproduce the source model's tokenization with the `tokenizers` library alone."""
+
+    file: str
+    max_length: int
+    truncation_side: str = "right"
+    padding_side: str = "right"
+    pad_id: int = 0
+    pad_token: str = "[PAD]"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    library: str
+    task: str
+    towers: dict[str, TowerSpec]
+    tokenizer: TokenizerSpec | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(
+                f"schema version {data.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+                "rebuild the model with this version of ingrain-build"
+            )
+        try:
+            towers = {key: _tower_from_dict(value) for key, value in data["towers"].items()}
+            tokenizer = data.get("tokenizer")
+            manifest = cls(
+                name=data["name"],
+                library=data["library"],
+                task=data["task"],
+                towers=towers,
+                tokenizer=_from_dict(TokenizerSpec, tokenizer) if tokenizer else None,
+                build=data.get("build", {}),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ManifestError(f"malformed manifest: {error!r}") from error
+        if manifest.library not in LIBRARIES or manifest.task not in TASKS:
+            raise ManifestError(f"unknown library {manifest.library!r} or task {manifest.task!r}")
+        return manifest
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ManifestError(f"cannot read {path}: {error}") from error
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path} does not hold a JSON object")
+        return cls.from_dict(data)
+
+    def write(self, directory: Path) -> None:
+        write_atomically(directory / MANIFEST_FILE, self.to_json())
+
+
+def _from_dict(kind: type, data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(kind)}
+    return kind(**{key: value for key, value in data.items() if key in known})
+
+
+def _tower_from_dict(data: dict[str, Any]) -> TowerSpec:
+    tower = _from_dict(TowerSpec, data)
+    return TowerSpec(
+        **{
+            **asdict(tower),
+            "inputs": [_from_dict(TensorSpec, spec) for spec in data["inputs"]],
+            "output": _from_dict(TensorSpec, data["output"]),
+        }
+    )
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file so readers see either the old content or the new, never a partial one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            os.fchmod(stream.fileno(), 0o644)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

