@@ -139,6 +139,13 @@ def build_command(
     envvar="INGRAIN_MAX_TEXT_CHARS",
     help="Most characters in one text.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Access-log lines as key=value text or as JSON lines.",
+)
 def serve_command(
     engines: Path,
     host: str,
@@ -152,6 +159,7 @@ def serve_command(
     max_body_bytes: int,
     max_items: int,
     max_text_chars: int,
+    log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.server import serve
@@ -175,6 +183,7 @@ def serve_command(
         backend=backend,
         threads=intra_op_threads,
         preload=preload,
+        json_logs=log_format == "json",
         limits=Limits(max_body_bytes, max_items, max_text_chars),
     )
     serve(settings, host, port, workers, threads, timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import falcon
 
 from api.errors import install_error_handlers
+from api.metrics import Metrics
+from api.middleware import Observability
 from api.resources import EmbedText, Health
 from api.settings import ServerSettings
 from runtime.registry import ModelRegistry
@@ -14,12 +16,15 @@ INFERENCE_HEALTH = "The inference server is running."
 
 
 def create_app(settings: ServerSettings) -> falcon.App:
-    registry = ModelRegistry(Repository(settings.engines), settings.backend, settings.threads)
+    repository = Repository(settings.engines)
+    registry = ModelRegistry(repository, settings.backend, settings.threads)
     for name in settings.preload:
         registry.get(name)
-    app = falcon.App()
+    app = falcon.App(middleware=[Observability(settings.json_logs)])
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
     app.add_route("/health", Health(INFERENCE_HEALTH))
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
+    app.add_route("/metrics", Metrics(repository))
+    app.add_route("/metrics/prometheus", Metrics(repository, always_prometheus=True))
     return app

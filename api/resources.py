@@ -41,6 +41,7 @@ class EmbedText:
         body = params.read_json_object(req, self.limits)
         name = params.model_name(body, self.limits)
         texts = params.texts(body, self.limits)
+        req.context.model, req.context.items = name, len(texts)
         normalize, n_dims = params.normalize(body), params.n_dims(body)
         embeddings = self.registry.get(name).embed_text(texts, normalize, n_dims)
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})

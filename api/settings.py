@@ -21,4 +21,5 @@ class ServerSettings:
     # ONNX Runtime intra-op threads per worker; 0 lets ONNX Runtime use every core.
     threads: int = 0
     preload: tuple[str, ...] = ()
+    json_logs: bool = False
     limits: Limits = field(default_factory=Limits)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from runtime.backends import Backend, open_backend
 from runtime.manifest import Manifest, TowerSpec
 from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
+from runtime.stats import BATCH_STATS, RequestTimer, TowerStats
 from runtime.tokenizer import TextTokenizer
 
 
@@ -21,26 +23,55 @@ class ModelLoadError(RuntimeError):
     """An engine directory that cannot be loaded; the message names the file and the cause."""
 
 
-@dataclass
 class TextTower:
-    spec: TowerSpec
-    tokenizer: TextTokenizer
-    backend: Backend
+    """Tokenizer + backend. Executions are serialised per tower: the backend already uses
+    every core it was given, so running two batches at once would only oversubscribe them."""
+
+    def __init__(
+        self, spec: TowerSpec, tokenizer: TextTokenizer, backend: Backend, stats: TowerStats
+    ):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.stats = stats
+        self._executor = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Embed texts in batches of at most the profile's max batch.
 
         Texts are grouped by token count so each batch pads only to its own longest member.
         """
+        timer = RequestTimer()
+        try:
+            embeddings = self._embed(texts, timer)
+        except BaseException:
+            self.stats.request(timer, succeeded=False)
+            raise
+        self.stats.request(timer, succeeded=True)
+        return embeddings
+
+    def _embed(self, texts: list[str], timer: RequestTimer) -> np.ndarray:
         ids = self.tokenizer.token_ids(texts)
+        self.stats.preprocess("tokenize", time.perf_counter_ns() - timer.arrival)
         order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
         names = [spec.name for spec in self.spec.inputs]
         embeddings = np.empty((len(ids), self.spec.dim), dtype=np.float32)
         for start in range(0, len(order), self.spec.max_batch):
             chunk = order[start : start + self.spec.max_batch]
-            embeddings[chunk] = self.backend.run(
-                self.tokenizer.batch([ids[i] for i in chunk], names)
-            )
+            waiting = time.perf_counter_ns()
+            with self._executor:
+                began = time.perf_counter_ns()
+                batch = self.tokenizer.batch([ids[i] for i in chunk], names)
+                prepared = time.perf_counter_ns()
+                output = self.backend.run(batch)
+                executed = time.perf_counter_ns()
+                embeddings[chunk] = output
+                finished = time.perf_counter_ns()
+            durations = (prepared - began, executed - prepared, finished - executed)
+            self.stats.execution(len(chunk), *durations)
+            timer.add("queue", began - waiting)
+            for stat, ns in zip(BATCH_STATS, durations, strict=True):
+                timer.add(stat, ns)
         return embeddings
 
 
@@ -67,7 +98,8 @@ class Model:
                 raise ModelLoadError(
                     f"cannot load {directory / manifest.tokenizer.file}: {error}"
                 ) from error
-            text = TextTower(spec, tokenizer, _open(entry, spec, backend, threads))
+            stats = TowerStats(manifest.name, "text_encoder")
+            text = TextTower(spec, tokenizer, _open(entry, spec, backend, threads), stats)
         return cls(manifest, text)
 
     def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:

@@ -8,6 +8,7 @@ import time
 
 from runtime.models import Model
 from runtime.repository import Repository
+from runtime.stats import MODEL_LOADED
 
 log = logging.getLogger(__name__)
 
@@ -37,4 +38,5 @@ class ModelRegistry:
                 model = Model.load(entry, self.backend, self.threads)
                 log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
                 self._models[name] = model
+                MODEL_LOADED.labels(name).inc()
         return model

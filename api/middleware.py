@@ -1,0 +1,59 @@
+"""Per-request observability: X-Request-ID, one access-log line, and HTTP metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import falcon
+import orjson
+from prometheus_client import Counter, Histogram
+
+log = logging.getLogger("ingrain.access")
+
+HTTP_REQUESTS = Counter(
+    "ingrain_http_requests", "HTTP requests by route and status.", ("method", "route", "status")
+)
+HTTP_LATENCY = Histogram(
+    "ingrain_http_request_duration_seconds",
+    "HTTP request latency by route.",
+    ("method", "route"),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class Observability:
+    def __init__(self, json_logs: bool = False) -> None:
+        self.json_logs = json_logs
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        given = req.get_header("X-Request-ID") or ""
+        req.context.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        req.context.model = None
+        req.context.items = None
+
+    def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
+        seconds = time.perf_counter() - req.context.started
+        # The route template, not the raw path, keeps label cardinality bounded.
+        route = req.uri_template or "unmatched"
+        status = resp.status_code
+        resp.set_header("X-Request-ID", req.context.request_id)
+        HTTP_REQUESTS.labels(req.method, route, str(status)).inc()
+        HTTP_LATENCY.labels(req.method, route).observe(seconds)
+        record = {
+            "method": req.method,
+            "route": route,
+            "model": req.context.model,
+            "items": req.context.items,
+            "status": status,
+            "ms": round(seconds * 1000, 2),
+            "request_id": req.context.request_id,
+        }
+        if self.json_logs:
+            log.info(orjson.dumps(record).decode())
+        else:
+            log.info(" ".join(f"{key}={'-' if v is None else v}" for key, v in record.items()))

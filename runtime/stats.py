@@ -1,0 +1,97 @@
+"""Execution statistics per model tower, in Triton's inference-statistics terms.
+
+The figures live in prometheus-client metrics. Under `ingrain-serve` the client runs in its
+multiprocess mode (each worker writes its own mmap files), so any worker can sum every live and
+dead worker's figures, and counters never go backwards when gunicorn replaces a worker.
+
+What each duration means (all in ns, per tower):
+  success         a request's whole time in the tower, from arrival to result ready
+  fail            the same, for requests that failed in the tower
+  queue           waiting for the tower's executor before execution
+  compute_input   preparing a batch: padding into the batch arrays (on GPU: + host-to-device)
+  compute_infer   the execution itself
+  compute_output  device-to-host and slicing the results back per request
+Counts in the inference statistics are requests; counts in the batch statistics are
+executions of that batch size. Tokenizing and image fetching/decoding are preprocessing and are
+counted apart from compute_input.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge
+
+STATS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+BATCH_STATS = ("compute_input", "compute_infer", "compute_output")
+
+TOWER = ("model", "tower")
+INFERENCE_ITEMS = Counter("ingrain_inference_items", "Items inferred.", TOWER)
+EXECUTIONS = Counter("ingrain_executions", "Batches executed.", TOWER)
+STAT_COUNT = Counter("ingrain_inference_stat_count", "Requests per statistic.", (*TOWER, "stat"))
+STAT_NS = Counter("ingrain_inference_stat_ns", "Nanoseconds per statistic.", (*TOWER, "stat"))
+BATCH_COUNT = Counter(
+    "ingrain_batch_stat_count", "Executions per batch size.", (*TOWER, "batch_size", "stat")
+)
+BATCH_NS = Counter(
+    "ingrain_batch_stat_ns", "Nanoseconds per batch size.", (*TOWER, "batch_size", "stat")
+)
+PREPROCESS_COUNT = Counter(
+    "ingrain_preprocess_count", "Preprocessing calls (tokenize, fetch, decode).", (*TOWER, "step")
+)
+PREPROCESS_NS = Counter(
+    "ingrain_preprocess_ns",
+    "Nanoseconds of preprocessing (tokenize, fetch, decode).",
+    (*TOWER, "step"),
+)
+LAST_INFERENCE = Gauge(
+    "ingrain_last_inference_ms",
+    "Milliseconds since the epoch of the last execution.",
+    TOWER,
+    multiprocess_mode="max",
+)
+
+
+@dataclass
+class RequestTimer:
+    """Durations one request accumulates over the executions it takes part in."""
+
+    arrival: int = field(default_factory=time.perf_counter_ns)
+    ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATS[2:], 0))
+
+    def add(self, stat: str, ns: int) -> None:
+        self.ns[stat] += ns
+
+
+class TowerStats:
+    def __init__(self, model: str, tower: str) -> None:
+        self.labels = (model, tower)
+
+    def preprocess(self, step: str, ns: int) -> None:
+        PREPROCESS_COUNT.labels(*self.labels, step).inc()
+        PREPROCESS_NS.labels(*self.labels, step).inc(ns)
+
+    def execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        EXECUTIONS.labels(*self.labels).inc()
+        INFERENCE_ITEMS.labels(*self.labels).inc(batch_size)
+        LAST_INFERENCE.labels(*self.labels).set(time.time_ns() // 1_000_000)
+        for stat, ns in zip(BATCH_STATS, (input_ns, infer_ns, output_ns), strict=True):
+            BATCH_COUNT.labels(*self.labels, str(batch_size), stat).inc()
+            BATCH_NS.labels(*self.labels, str(batch_size), stat).inc(ns)
+
+    def request(self, timer: RequestTimer, succeeded: bool) -> None:
+        elapsed = time.perf_counter_ns() - timer.arrival
+        # A failed request counts only as failed: its partial compute would skew the averages.
+        recorded = {"success": elapsed, **timer.ns} if succeeded else {"fail": elapsed}
+        for stat, ns in recorded.items():
+            STAT_COUNT.labels(*self.labels, stat).inc()
+            STAT_NS.labels(*self.labels, stat).inc(ns)
+
+
+MODEL_LOADED = Gauge(
+    "ingrain_model_loaded_workers",
+    "Live worker processes that hold the model.",
+    ("model",),
+    multiprocess_mode="livesum",
+)
