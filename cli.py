@@ -30,10 +30,9 @@ def main() -> None:
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers"]),
-    default="sentence_transformers",
-    show_default=True,
-    help="The library that loads SOURCE.",
+    type=click.Choice(["sentence_transformers", "open_clip"]),
+    help="The library that loads SOURCE (default: open_clip for hf-hub: and local-dir: "
+    "names, else sentence_transformers).",
 )
 @engines_option
 @click.option(
@@ -53,7 +52,7 @@ def main() -> None:
 def build_command(
     source: str,
     name: str | None,
-    library: str,
+    library: str | None,
     engines: Path,
     max_batch: int,
     max_seq_len: int | None,
@@ -140,6 +139,44 @@ def build_command(
     help="Most characters in one text.",
 )
 @click.option(
+    "--max-image-bytes",
+    type=click.IntRange(min=1),
+    default=20 * 1024 * 1024,
+    show_default=True,
+    envvar="INGRAIN_MAX_IMAGE_BYTES",
+    help="Most bytes in one image (downloaded or inline).",
+)
+@click.option(
+    "--max-image-pixels",
+    type=click.IntRange(min=1),
+    default=50_000_000,
+    show_default=True,
+    envvar="INGRAIN_MAX_IMAGE_PIXELS",
+    help="Most pixels in one image; larger ones are refused before decoding.",
+)
+@click.option(
+    "--download-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    envvar="INGRAIN_DOWNLOAD_TIMEOUT",
+    help="Seconds one image download may take, redirects included.",
+)
+@click.option(
+    "--max-redirects",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    envvar="INGRAIN_MAX_REDIRECTS",
+)
+@click.option(
+    "--block-private-addresses",
+    is_flag=True,
+    envvar="INGRAIN_BLOCK_PRIVATE_ADDRESSES",
+    help="Refuse image URLs on loopback and private networks too (link-local and cloud "
+    "metadata addresses are always refused).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -159,11 +196,17 @@ def serve_command(
     max_body_bytes: int,
     max_items: int,
     max_text_chars: int,
+    max_image_bytes: int,
+    max_image_pixels: int,
+    download_timeout: float,
+    max_redirects: int,
+    block_private_addresses: bool,
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.server import serve
     from api.settings import Limits, ServerSettings
+    from runtime.fetch import FetchLimits
 
     repository = Repository(engines)
     for name in preload:
@@ -184,7 +227,18 @@ def serve_command(
         threads=intra_op_threads,
         preload=preload,
         json_logs=log_format == "json",
-        limits=Limits(max_body_bytes, max_items, max_text_chars),
+        limits=Limits(
+            max_body_bytes=max_body_bytes,
+            max_items=max_items,
+            max_text_chars=max_text_chars,
+            max_image_pixels=max_image_pixels,
+        ),
+        fetch=FetchLimits(
+            max_bytes=max_image_bytes,
+            timeout_s=download_timeout,
+            max_redirects=max_redirects,
+            allow_private=not block_private_addresses,
+        ),
     )
     serve(settings, host, port, workers, threads, timeout)
 

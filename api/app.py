@@ -7,7 +7,7 @@ import falcon
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import Observability
-from api.resources import EmbedText, Health
+from api.resources import Embed, EmbedImage, EmbedText, Health
 from api.settings import ServerSettings
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
@@ -17,7 +17,13 @@ INFERENCE_HEALTH = "The inference server is running."
 
 def create_app(settings: ServerSettings) -> falcon.App:
     repository = Repository(settings.engines)
-    registry = ModelRegistry(repository, settings.backend, settings.threads)
+    registry = ModelRegistry(
+        repository,
+        settings.backend,
+        settings.threads,
+        settings.fetch,
+        settings.limits.max_image_pixels,
+    )
     for name in settings.preload:
         registry.get(name)
     app = falcon.App(middleware=[Observability(settings.json_logs)])
@@ -25,6 +31,10 @@ def create_app(settings: ServerSettings) -> falcon.App:
     install_error_handlers(app)
     app.add_route("/health", Health(INFERENCE_HEALTH))
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
+    app.add_route("/embed_image", EmbedImage(registry, settings.limits))
+    embed = Embed(registry, settings.limits)
+    app.add_route("/embed", embed)
+    app.add_route("/infer", embed)
     app.add_route("/metrics", Metrics(repository))
     app.add_route("/metrics/prometheus", Metrics(repository, always_prometheus=True))
     return app

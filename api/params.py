@@ -70,32 +70,42 @@ def model_name(body: dict[str, Any], limits: Limits) -> str:
     return name
 
 
-def texts(body: dict[str, Any], limits: Limits) -> list[str]:
+def texts(body: dict[str, Any], limits: Limits, required: bool = True) -> list[str] | None:
     """`text` as a list: one string or a non-empty list of strings (empty strings allowed)."""
-    value = body.get("text")
+    items = _string_items(body, "text", "a string", limits, required)
+    for index, item in enumerate(items or []):
+        if len(item) > limits.max_text_chars:
+            raise falcon.HTTPContentTooLarge(
+                description=f'"text"[{index}] has {len(item)} characters; the limit is '
+                f"{limits.max_text_chars} (the model reads only its first tokens anyway)"
+            )
+    return items
+
+
+def _string_items(
+    body: dict[str, Any], key: str, what: str, limits: Limits, required: bool
+) -> list[str] | None:
+    value = body.get(key)
     if value is None:
-        raise falcon.HTTPBadRequest(description='"text" is required: a string or a list of strings')
+        if required:
+            raise falcon.HTTPBadRequest(description=f'"{key}" is required: {what} or a list')
+        return None
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise falcon.HTTPBadRequest(
-            description=f'"text" must be a string or a list of strings, not {_json_type(value)}'
+            description=f'"{key}" must be {what} or a list of them, not {_json_type(value)}'
         )
     if not items:
-        raise falcon.HTTPBadRequest(description='"text" is an empty list; send at least one text')
+        raise falcon.HTTPBadRequest(description=f'"{key}" is an empty list; send at least one')
     if len(items) > limits.max_items:
         raise falcon.HTTPContentTooLarge(
-            description=f'"text" has {len(items)} items; the limit is {limits.max_items} per '
+            description=f'"{key}" has {len(items)} items; the limit is {limits.max_items} per '
             "request, so split it into several requests"
         )
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise falcon.HTTPBadRequest(
-                description=f'"text"[{index}] must be a string, not {_json_type(item)}'
-            )
-        if len(item) > limits.max_text_chars:
-            raise falcon.HTTPContentTooLarge(
-                description=f'"text"[{index}] has {len(item)} characters; the limit is '
-                f"{limits.max_text_chars} (the model reads only its first tokens anyway)"
+                description=f'"{key}"[{index}] must be {what}, not {_json_type(item)}'
             )
     return items
 
@@ -127,3 +137,25 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"the number {value}"
     return names.get(type(value), type(value).__name__)
+
+
+def images(body: dict[str, Any], limits: Limits, required: bool = True) -> list[str] | None:
+    """`image` as a list: one string or a non-empty list of URLs, data URIs or base64 strings."""
+    return _string_items(body, "image", "an image URL, data URI or base64 string", limits, required)
+
+
+def download_headers(body: dict[str, Any]) -> dict[str, str]:
+    value = get(body, "imageDownloadHeaders", "image_download_headers")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise falcon.HTTPBadRequest(
+            description='"imageDownloadHeaders" must be an object of string header values'
+        )
+    if any("\r" in k + v or "\n" in k + v for k, v in value.items()):
+        raise falcon.HTTPBadRequest(
+            description='"imageDownloadHeaders" may not contain line breaks'
+        )
+    return value

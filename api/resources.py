@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import falcon
@@ -31,17 +32,71 @@ class Health:
         respond(resp, {"message": self.message})
 
 
-class EmbedText:
+class _ModelRoute:
     def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
         self.registry = registry
         self.limits = limits
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.perf_counter()
+    def _request(self, req: falcon.Request) -> tuple[dict[str, Any], str]:
         body = params.read_json_object(req, self.limits)
         name = params.model_name(body, self.limits)
+        req.context.model = name
+        return body, name
+
+
+class EmbedText(_ModelRoute):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        body, name = self._request(req)
         texts = params.texts(body, self.limits)
-        req.context.model, req.context.items = name, len(texts)
         normalize, n_dims = params.normalize(body), params.n_dims(body)
+        req.context.items = len(texts)
         embeddings = self.registry.get(name).embed_text(texts, normalize, n_dims)
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
+
+
+class EmbedImage(_ModelRoute):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        body, name = self._request(req)
+        sources = params.images(body, self.limits)
+        headers = params.download_headers(body)
+        normalize, n_dims = params.normalize(body), params.n_dims(body)
+        req.context.items = len(sources)
+        model = self.registry.get(name)
+        model.validate(texts=False, images=True, n_dims=n_dims)
+        pixels = model.load_images(sources, headers)
+        embeddings = model.embed_images(pixels, normalize, n_dims)
+        respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
+
+
+class Embed(_ModelRoute):
+    """Text and/or images in one request; the two towers run at the same time."""
+
+    def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
+        super().__init__(registry, limits)
+        self._towers = ThreadPoolExecutor(8, thread_name_prefix="embed")
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        body, name = self._request(req)
+        texts = params.texts(body, self.limits, required=False)
+        sources = params.images(body, self.limits, required=False)
+        if texts is None and sources is None:
+            raise falcon.HTTPBadRequest(description='send "text", "image" or both')
+        headers = params.download_headers(body)
+        normalize, n_dims = params.normalize(body), params.n_dims(body)
+        req.context.items = len(texts or []) + len(sources or [])
+        model = self.registry.get(name)
+        model.validate(texts=texts is not None, images=sources is not None, n_dims=n_dims)
+        # Every image is fetched and decoded before any tower runs: a bad one stops it all.
+        pixels = model.load_images(sources, headers) if sources is not None else None
+        jobs = {}
+        if texts is not None:
+            jobs["textEmbeddings"] = self._towers.submit(model.embed_text, texts, normalize, n_dims)
+        if pixels is not None:
+            jobs["imageEmbeddings"] = self._towers.submit(
+                model.embed_images, pixels, normalize, n_dims
+            )
+        answer = {key: job.result() for key, job in jobs.items()}
+        respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.fetch import FetchLimits
+from runtime.images import DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -12,6 +15,7 @@ class Limits:
     max_items: int = 256
     max_text_chars: int = 100_000
     max_name_chars: int = 512
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -23,3 +27,4 @@ class ServerSettings:
     preload: tuple[str, ...] = ()
     json_logs: bool = False
     limits: Limits = field(default_factory=Limits)
+    fetch: FetchLimits = field(default_factory=FetchLimits)

@@ -14,17 +14,31 @@ from builder.staging import entry_lock, staging_directory, target_directory
 from runtime.manifest import Manifest
 from runtime.repository import Repository, slugify
 
-__all__ = ["BuildError", "Progress", "build_model"]
+__all__ = ["BuildError", "Progress", "build_model", "detect_library"]
 
-SUPPORTED_LIBRARIES = ("sentence_transformers",)
-PROVENANCE_PACKAGES = ("torch", "sentence-transformers", "transformers", "onnx", "onnxruntime")
+SUPPORTED_LIBRARIES = ("sentence_transformers", "open_clip")
+PROVENANCE_PACKAGES = (
+    "torch",
+    "sentence-transformers",
+    "open_clip_torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+)
+
+
+def detect_library(source: str) -> str:
+    """The library a source name implies: open_clip's own schemes, else sentence-transformers."""
+    if source.startswith(("hf-hub:", "local-dir:")):
+        return "open_clip"
+    return "sentence_transformers"
 
 
 def build_model(
     source: str,
     engines: Path,
     name: str | None = None,
-    library: str = "sentence_transformers",
+    library: str | None = None,
     max_batch: int = 32,
     max_seq_len: int | None = None,
     force: bool = False,
@@ -37,6 +51,7 @@ def build_model(
     """
     progress = progress or Progress()
     name = name or source
+    library = library or detect_library(source)
     if library not in SUPPORTED_LIBRARIES:
         raise BuildError(
             f"library {library!r} is not supported yet; supported: {', '.join(SUPPORTED_LIBRARIES)}"
@@ -58,11 +73,16 @@ def build_model(
             raise BuildError(f"{name!r} is already in {engines}; pass --force to rebuild it")
         started = time.perf_counter()
         with staging_directory(target) as staging:
-            from builder import sentence_transformer
+            if library == "open_clip":
+                from builder import clip
 
-            manifest = sentence_transformer.build(
-                source, name, staging, max_batch, max_seq_len, progress
-            )
+                manifest = clip.build(source, name, staging, max_batch, progress)
+            else:
+                from builder import sentence_transformer
+
+                manifest = sentence_transformer.build(
+                    source, name, staging, max_batch, max_seq_len, progress
+                )
             _with_provenance(manifest, started).write(staging)
     progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
     return target

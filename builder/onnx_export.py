@@ -24,7 +24,18 @@ def export_onnx(
     The TorchScript exporter is used: its graphs parse in every TensorRT 10 release.
     """
     module.eval()
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    # nn.MultiheadAttention's inference fast path is one fused op that ONNX cannot express.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export(module, example, path, input_names, output_name, dynamic_axes)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    onnx.checker.check_model(str(path))
+
+
+def _export(module, example, path, input_names, output_name, dynamic_axes) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
@@ -37,4 +48,3 @@ def export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-    onnx.checker.check_model(str(path))

@@ -23,3 +23,9 @@ class Progress:
         started = time.perf_counter()
         yield
         self.say(f"    done in {time.perf_counter() - started:.1f} s")
+
+    def report(self, figures: dict) -> None:
+        self.say(
+            f"    {figures['items']} items: min cosine {figures['min_cosine']:.6f}, "
+            f"max abs error {figures['max_abs_error']:.2e}"
+        )

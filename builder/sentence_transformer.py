@@ -12,7 +12,7 @@ from sentence_transformers.models import Transformer
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_onnx
 from builder.progress import Progress
-from builder.verify import verify_text_tower
+from builder.verify import load_staged, verify_text_tower
 from runtime.manifest import Manifest, TensorSpec, TokenizerSpec, TowerSpec
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
@@ -114,21 +114,9 @@ def build(
     )
     with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
         report = verify_text_tower(
-            staging,
-            manifest,
-            reference_ids=lambda texts: _token_ids(model, texts),
+            load_staged(staging, manifest),
+            reference_ids=lambda texts: model.preprocess(texts)["input_ids"].numpy(),
             reference_embed=lambda texts: model.encode(texts, convert_to_numpy=True),
         )
-    progress.say(
-        f"    {report['texts']} texts: min cosine {report['min_cosine']:.6f}, "
-        f"max abs error {report['max_abs_error']:.2e}"
-    )
-    return replace(manifest, build={**manifest.build, "verification": report})
-
-
-def _token_ids(model: SentenceTransformer, texts: list[str]) -> list[list[int]]:
-    features = model.preprocess(texts)
-    return [
-        ids[mask.bool()].tolist()
-        for ids, mask in zip(features["input_ids"], features["attention_mask"], strict=True)
-    ]
+    progress.report(report)
+    return replace(manifest, build={**manifest.build, "verification": {"text": report}})

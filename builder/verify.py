@@ -1,17 +1,20 @@
 """Check a freshly exported engine directory against the source library on the same weights.
 
-The check runs the server's own runtime (tokenizer, backend, batching) on the staging
-directory, so what is verified is exactly what will be served.
+The checks run the server's own runtime (tokenizer, image preprocessing, backend, batching) on
+the staging directory, so what is verified is exactly what will be served.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from builder.errors import BuildError
+from runtime.images import decode, preprocess
 from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Entry
@@ -27,15 +30,33 @@ VERIFICATION_TEXTS = [
     "日本語のテキストと中文文本，还有한국어 텍스트.",  # noqa: RUF001
     "مرحبا بالعالم — שלום עולם",
     "emoji 🚀🔥👍🏽 and symbols ∑∫√≈ ≠ ±",
-    "<p>HTML &amp; entities &lt;b&gt;</p>",
-    "UPPER CASE and MiXeD CaSe WoRdS",
+    "<p>HTML &amp; entities &lt;b&gt; &quot;quoted&quot; &#39;it&#39;s&#39;</p>",
+    "UPPER CASE and MiXeD CaSe WoRdS, don't CAN'T",
     "numbers 3.14159 2,718 1e-10 #42 @user https://example.com/path?q=1",
+    "snake_case_words and tabs\tand\nnew lines",
     "",
     " ",
     "\n\t",
     ".",
     "word " * 600,
 ]
+
+# Width x height: square, portrait, landscape, tiny, extreme aspect ratios.
+VERIFICATION_IMAGE_SIZES = [(64, 48), (48, 64), (40, 40), (300, 200), (17, 91), (1, 1), (500, 20)]
+
+
+def verification_images() -> list[bytes]:
+    """Deterministic PNGs with smooth structure and noise, in the sizes above."""
+    rng = np.random.default_rng(0)
+    images = []
+    for width, height in VERIFICATION_IMAGE_SIZES:
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([x * 255 / max(width, 1), y * 255 / max(height, 1), (x + y) % 256], -1)
+        pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -46,37 +67,68 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return dot / np.maximum(norms, 1e-30)
 
 
-def verify_text_tower(
-    staging: Path,
-    manifest: Manifest,
-    reference_ids: Callable[[list[str]], list[list[int]]],
-    reference_embed: Callable[[list[str]], np.ndarray],
-    texts: list[str] = VERIFICATION_TEXTS,
-) -> dict[str, float | int]:
-    """Token ids must match the source tokenizer exactly; every embedding must reach MIN_COSINE."""
-    model = Model.load(Entry(staging, manifest), backend="onnxruntime")
-    assert model.text is not None
-    ours = model.text.tokenizer.token_ids(texts)
-    theirs = reference_ids(texts)
-    for text, mine, reference in zip(texts, ours, theirs, strict=True):
-        if mine != reference:
-            raise BuildError(
-                f"tokenizer.json does not reproduce the source tokenizer on {text[:60]!r}: "
-                f"{mine[:12]}... != {reference[:12]}..."
-            )
-    served = model.embed_text(texts, normalize=False, n_dims=None)
-    expected = np.asarray(reference_embed(texts), dtype=np.float32)
+def compare(served: np.ndarray, expected: np.ndarray, what: str, labels: list[str]) -> dict:
+    """Cosine and max abs error per row; a BuildError naming the worst row below MIN_COSINE."""
     cosines = cosine_rows(served, expected)
-    report = {
-        "texts": len(texts),
+    worst = int(cosines.argmin())
+    if cosines[worst] < MIN_COSINE:
+        raise BuildError(
+            f"the exported {what} does not match the source model: cosine "
+            f"{cosines[worst]:.6f} < {MIN_COSINE} on {labels[worst]}"
+        )
+    return {
+        "items": len(served),
         "min_cosine": float(cosines.min()),
         "max_abs_error": float(np.abs(served - expected).max()),
         "threshold": MIN_COSINE,
     }
-    worst = int(cosines.argmin())
-    if cosines[worst] < MIN_COSINE:
-        raise BuildError(
-            f"the exported graph does not match the source model: cosine {cosines[worst]:.6f} < "
-            f"{MIN_COSINE} on {texts[worst][:60]!r}"
+
+
+def load_staged(staging: Path, manifest: Manifest) -> Model:
+    return Model.load(Entry(staging, manifest), backend="onnxruntime")
+
+
+def verify_text_tower(
+    model: Model,
+    reference_ids: Callable[[list[str]], np.ndarray],
+    reference_embed: Callable[[list[str]], np.ndarray],
+    texts: list[str] = VERIFICATION_TEXTS,
+) -> dict:
+    """Token ids must equal the source tokenizer's (padded alike); embeddings reach MIN_COSINE."""
+    assert model.text is not None
+    tokenizer = model.text.tokenizer
+    ours = tokenizer.batch(tokenizer.token_ids(texts), ["input_ids"])["input_ids"]
+    theirs = np.asarray(reference_ids(texts))
+    if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
+        row = next(
+            (
+                i
+                for i in range(len(texts))
+                if ours.shape != theirs.shape or not np.array_equal(ours[i], theirs[i])
+            ),
+            0,
         )
-    return report
+        raise BuildError(
+            f"tokenizer.json does not reproduce the source tokenizer on {texts[row][:60]!r}: "
+            f"{ours[row][:12].tolist()}... != {theirs[row][:12].tolist()}..."
+        )
+    served = model.embed_text(texts, normalize=False, n_dims=None)
+    expected = np.asarray(reference_embed(texts), dtype=np.float32)
+    return compare(served, expected, "text tower", [repr(text[:60]) for text in texts])
+
+
+def verify_image_tower(
+    model: Model,
+    reference_embed: Callable[[list[Image.Image]], np.ndarray],
+    images: list[bytes] | None = None,
+) -> dict:
+    """Embeddings of the runtime's own decoding and Pillow preprocessing against the source
+    library's preprocessing and model on the same decoded RGB images."""
+    assert model.image is not None
+    images = images or verification_images()
+    decoded = [decode(data, max_pixels=10**9) for data in images]
+    pixels = np.stack([preprocess(image, model.image.spec) for image in decoded])
+    served = model.embed_images(pixels, normalize=False, n_dims=None)
+    expected = np.asarray(reference_embed(decoded), dtype=np.float32)
+    labels = [f"a {w}x{h} image" for w, h in (image.size for image in decoded)]
+    return compare(served, expected, "image tower", labels)

@@ -54,6 +54,34 @@ class TokenizerSpec:
     padding_side: str = "right"
     pad_id: int = 0
     pad_token: str = "[PAD]"
+    # open_clip pads every text to the context length its text tower was built for.
+    pad_to_max_length: bool = False
+    # open_clip's cleaning step before tokenizing: lower, whitespace or canonicalize.
+    clean: str | None = None
+    # open_clip's strip_sep_token: this id becomes 0 in the token ids.
+    strip_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How to turn a decoded image into the image tower's uint8 NCHW input, with Pillow.
+
+    resize_mode: `shortest` scales the shorter edge to `resize_size` (torchvision's
+    Resize(int)); `keep_ratio` scales by the shorter (`longest` 0) or longer (1) edge's ratio to
+    `size`; `squash` scales straight to `size`. Then a centre crop to `size` (padding with
+    `fill_color` where the image is smaller) when `crop` is set. Scaling to [0, 1] and mean/std
+    normalisation happen inside the graph.
+    """
+
+    size: list[int]
+    resize_mode: str
+    interpolation: str
+    mean: list[float]
+    std: list[float]
+    resize_size: int | None = None
+    longest: float = 0.0
+    crop: bool = True
+    fill_color: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,7 @@ class Manifest:
     task: str
     towers: dict[str, TowerSpec]
     tokenizer: TokenizerSpec | None = None
+    image: ImageSpec | None = None
     build: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -79,12 +108,14 @@ class Manifest:
         try:
             towers = {key: _tower_from_dict(value) for key, value in data["towers"].items()}
             tokenizer = data.get("tokenizer")
+            image = data.get("image")
             manifest = cls(
                 name=data["name"],
                 library=data["library"],
                 task=data["task"],
                 towers=towers,
                 tokenizer=_from_dict(TokenizerSpec, tokenizer) if tokenizer else None,
+                image=_from_dict(ImageSpec, image) if image else None,
                 build=data.get("build", {}),
             )
         except (KeyError, TypeError, AttributeError) as error:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from runtime.backends import Backend, open_backend
-from runtime.manifest import Manifest, TowerSpec
+from runtime.fetch import FetchLimits, ImageFetcher
+from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
+from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
-from runtime.stats import BATCH_STATS, RequestTimer, TowerStats
+from runtime.stats import TowerStats
 from runtime.tokenizer import TextTokenizer
+from runtime.tower import Tower
 
 
 class InputError(ValueError):
@@ -23,73 +27,90 @@ class ModelLoadError(RuntimeError):
     """An engine directory that cannot be loaded; the message names the file and the cause."""
 
 
-class TextTower:
-    """Tokenizer + backend. Executions are serialised per tower: the backend already uses
-    every core it was given, so running two batches at once would only oversubscribe them."""
-
-    def __init__(
-        self, spec: TowerSpec, tokenizer: TextTokenizer, backend: Backend, stats: TowerStats
-    ):
-        self.spec = spec
+class TextEncoder:
+    def __init__(self, tower: Tower, tokenizer: TextTokenizer) -> None:
+        self.tower = tower
         self.tokenizer = tokenizer
-        self.backend = backend
-        self.stats = stats
-        self._executor = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Embed texts in batches of at most the profile's max batch.
-
-        Texts are grouped by token count so each batch pads only to its own longest member.
-        """
-        timer = RequestTimer()
-        try:
-            embeddings = self._embed(texts, timer)
-        except BaseException:
-            self.stats.request(timer, succeeded=False)
-            raise
-        self.stats.request(timer, succeeded=True)
-        return embeddings
-
-    def _embed(self, texts: list[str], timer: RequestTimer) -> np.ndarray:
+        """Texts are grouped by token count so each batch pads only to its own longest member."""
+        started = time.perf_counter_ns()
         ids = self.tokenizer.token_ids(texts)
-        self.stats.preprocess("tokenize", time.perf_counter_ns() - timer.arrival)
+        self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
         order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
-        names = [spec.name for spec in self.spec.inputs]
-        embeddings = np.empty((len(ids), self.spec.dim), dtype=np.float32)
-        for start in range(0, len(order), self.spec.max_batch):
-            chunk = order[start : start + self.spec.max_batch]
-            waiting = time.perf_counter_ns()
-            with self._executor:
-                began = time.perf_counter_ns()
-                batch = self.tokenizer.batch([ids[i] for i in chunk], names)
-                prepared = time.perf_counter_ns()
-                output = self.backend.run(batch)
-                executed = time.perf_counter_ns()
-                embeddings[chunk] = output
-                finished = time.perf_counter_ns()
-            durations = (prepared - began, executed - prepared, finished - executed)
-            self.stats.execution(len(chunk), *durations)
-            timer.add("queue", began - waiting)
-            for stat, ns in zip(BATCH_STATS, durations, strict=True):
-                timer.add(stat, ns)
-        return embeddings
+        names = self.tower.input_names
+        return self.tower.infer(
+            len(ids), lambda chunk: self.tokenizer.batch([ids[i] for i in chunk], names), order
+        )
+
+
+class ImageEncoder:
+    def __init__(self, tower: Tower, spec: ImageSpec, fetcher: ImageFetcher, max_pixels: int):
+        self.tower = tower
+        self.spec = spec
+        self.fetcher = fetcher
+        self.max_pixels = max_pixels
+        self._workers = ThreadPoolExecutor(4, thread_name_prefix="image-decode")
+
+    def load(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
+        """Fetch, decode and preprocess every image (in parallel) into one uint8 NCHW array.
+
+        The first image that fails raises an InputError naming its index and the reason.
+        """
+        started = time.perf_counter_ns()
+        fetched = self.fetcher.fetch_all(sources, headers)
+        decoding = time.perf_counter_ns()
+        self.tower.stats.preprocess("fetch", decoding - started)
+        for index, result in enumerate(fetched):
+            if isinstance(result, Exception):
+                raise InputError(f"image[{index}]: {result}")
+        pixels = list(self._workers.map(self._prepare, fetched))
+        self.tower.stats.preprocess("decode", time.perf_counter_ns() - decoding)
+        for index, result in enumerate(pixels):
+            if isinstance(result, ImageDecodeError):
+                raise InputError(f"image[{index}]: {result}")
+        return np.stack(pixels)
+
+    def _prepare(self, data: bytes) -> np.ndarray | ImageDecodeError:
+        try:
+            return preprocess(decode(data, self.max_pixels), self.spec)
+        except ImageDecodeError as error:
+            return error
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        name = self.tower.input_names[0]
+        return self.tower.infer(len(pixels), lambda chunk: {name: pixels[chunk]})
 
 
 class Model:
-    def __init__(self, manifest: Manifest, text: TextTower | None) -> None:
+    def __init__(
+        self, manifest: Manifest, text: TextEncoder | None, image: ImageEncoder | None
+    ) -> None:
         self.manifest = manifest
         self.text = text
+        self.image = image
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
+    @property
+    def modalities(self) -> str:
+        kinds = [kind for kind, encoder in (("text", self.text), ("images", self.image)) if encoder]
+        return " and ".join(kinds)
+
     @classmethod
-    def load(cls, entry: Entry, backend: str = "auto", threads: int = 0) -> Model:
+    def load(
+        cls,
+        entry: Entry,
+        backend: str = "auto",
+        threads: int = 0,
+        fetcher: ImageFetcher | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Model:
         manifest, directory = entry.manifest, entry.directory
-        text = None
-        spec = manifest.towers.get("text")
-        if spec is not None:
+        text = image = None
+        if "text" in manifest.towers:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
             try:
@@ -98,22 +119,59 @@ class Model:
                 raise ModelLoadError(
                     f"cannot load {directory / manifest.tokenizer.file}: {error}"
                 ) from error
-            stats = TowerStats(manifest.name, "text_encoder")
-            text = TextTower(spec, tokenizer, _open(entry, spec, backend, threads), stats)
-        return cls(manifest, text)
+            text = TextEncoder(_tower(entry, "text", backend, threads), tokenizer)
+        if "image" in manifest.towers:
+            if manifest.image is None:
+                raise ModelLoadError(f"{directory}: the image tower has no image settings")
+            image = ImageEncoder(
+                _tower(entry, "image", backend, threads),
+                manifest.image,
+                fetcher or ImageFetcher(FetchLimits()),
+                max_pixels,
+            )
+        return cls(manifest, text, image)
 
     def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
-        if self.text is None:
-            raise InputError(f"model {self.name!r} has no text tower; it cannot embed text")
-        _check_n_dims(n_dims, self.text.spec.dim)
-        return finish_embeddings(self.text.embed(texts), normalize, n_dims)
+        encoder = self._require(self.text, "embed text")
+        _check_n_dims(n_dims, encoder.tower.spec.dim)
+        return finish_embeddings(encoder.embed(texts), normalize, n_dims)
+
+    def load_images(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
+        return self._require(self.image, "embed images").load(sources, headers)
+
+    def embed_images(self, pixels: np.ndarray, normalize: bool, n_dims: int | None) -> np.ndarray:
+        encoder = self._require(self.image, "embed images")
+        _check_n_dims(n_dims, encoder.tower.spec.dim)
+        return finish_embeddings(encoder.embed(pixels), normalize, n_dims)
+
+    def validate(self, texts: bool, images: bool, n_dims: int | None) -> None:
+        """Refuse, before any work, what this model cannot do for a request."""
+        if texts:
+            _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
+        if images:
+            _check_n_dims(n_dims, self._require(self.image, "embed images").tower.spec.dim)
+
+    def _require(self, encoder, action: str):
+        if encoder is None:
+            raise InputError(
+                f"model {self.name!r} cannot {action}: it takes {self.modalities} only"
+            )
+        return encoder
 
 
-def _open(entry: Entry, spec: TowerSpec, backend: str, threads: int) -> Backend:
+def _tower(entry: Entry, key: str, backend: str, threads: int) -> Tower:
+    spec = entry.manifest.towers[key]
+    stats_name = f"{key}_encoder"
+    return Tower(
+        spec, _open(entry.directory, spec, backend, threads), TowerStats(entry.name, stats_name)
+    )
+
+
+def _open(directory: Path, spec: TowerSpec, backend: str, threads: int) -> Backend:
     try:
-        return open_backend(entry.directory, spec, backend, threads)
+        return open_backend(directory, spec, backend, threads)
     except Exception as error:
-        raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
+        raise ModelLoadError(f"cannot load {directory / spec.onnx}: {error}") from error
 
 
 def _check_n_dims(n_dims: int | None, dim: int) -> None:

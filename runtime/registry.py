@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 
+from runtime.fetch import FetchLimits, ImageFetcher
+from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.stats import MODEL_LOADED
@@ -14,10 +16,19 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, repository: Repository, backend: str = "auto", threads: int = 0) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        backend: str = "auto",
+        threads: int = 0,
+        fetch_limits: FetchLimits | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.repository = repository
         self.backend = backend
         self.threads = threads
+        self.fetcher = ImageFetcher(fetch_limits or FetchLimits())
+        self.max_pixels = max_pixels
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
 
@@ -35,7 +46,7 @@ class ModelRegistry:
             if model is None:
                 entry = self.repository.find(name)
                 started = time.perf_counter()
-                model = Model.load(entry, self.backend, self.threads)
+                model = Model.load(entry, self.backend, self.threads, self.fetcher, self.max_pixels)
                 log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
                 self._models[name] = model
                 MODEL_LOADED.labels(name).inc()

@@ -60,7 +60,7 @@ def test_manifest_round_trips(engines):
     assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
     assert manifest.towers["text"].dim == 384
     assert manifest.tokenizer.max_length == 256
-    assert manifest.build["verification"]["min_cosine"] >= 0.9999
+    assert manifest.build["verification"]["text"]["min_cosine"] >= 0.9999
 
 
 def test_tokenizer_matches_sentence_transformers_including_truncation(model, reference):
