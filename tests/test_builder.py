@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,41 +16,7 @@ from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from tests.conftest import BIN, MINILM, cosines
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
-
-
-def tiny_sentence_transformer(directory: Path, minilm_source: str, pooling: str, dense: bool):
-    """A randomly initialised 2-layer BERT with the real MiniLM tokenizer and the given head."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    hf_dir = directory / "hf"
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(hf_dir)
-    for file in TOKENIZER_FILES:
-        shutil.copy(Path(minilm_source) / file, hf_dir / file)
-    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(32, pooling_mode=pooling)]
-    if dense:
-        modules += [Dense(modules[1].get_embedding_dimension(), 16), Normalize()]
-    model = SentenceTransformer(modules=modules, device="cpu")
-    model.save(str(directory / "st"))
-    return directory / "st", model
+from tests.models import tiny_sentence_transformer
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from tests.conftest import BIN, MINILM
+from tests.conftest import BIN, CLIP, MINILM
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -15,10 +15,12 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_list_shows_the_built_model(engines):
     result = run("ingrain", "list", "--engines", str(engines))
     assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()
+    header, *rows = result.stdout.splitlines()
     assert header.split() == ["NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE"]
-    assert row.split()[:5] == [MINILM, "sentence_transformers", "text", "384", "onnxruntime"]
-    assert row.endswith("MB")
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    assert table[MINILM][:4] == ["sentence_transformers", "text", "384", "onnxruntime"]
+    assert table[CLIP][:4] == ["open_clip", "text,image", "32,32", "onnxruntime"]
+    assert all(row.endswith("MB") for row in rows)
 
 
 def test_remove_deletes_the_model(engines, tmp_path):
@@ -27,7 +29,7 @@ def test_remove_deletes_the_model(engines, tmp_path):
     result = run("ingrain", "remove", MINILM, "--engines", str(copy))
     assert result.returncode == 0, result.stderr
     assert "Removed" in result.stdout
-    assert "No models" in run("ingrain", "list", "--engines", str(copy)).stdout
+    assert MINILM not in run("ingrain", "list", "--engines", str(copy)).stdout
     again = run("ingrain", "remove", MINILM, "--engines", str(copy))
     assert again.returncode != 0 and "is not in" in again.stderr
 

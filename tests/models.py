@@ -1,0 +1,122 @@
+"""Tiny randomly initialised models, made with each library's own constructors and saved in its
+own local format, for building through the real builder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+def _tiny_bert(directory: Path, minilm_source: str, max_positions: int = 128) -> None:
+    from transformers import BertConfig
+
+    BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+    ).save_pretrained(directory)
+    for file in TOKENIZER_FILES:
+        shutil.copy(Path(minilm_source) / file, directory / file)
+
+
+def tiny_sentence_transformer(directory: Path, minilm_source: str, pooling: str, dense: bool):
+    """A 2-layer BERT with the real MiniLM tokenizer and the given pooling (and Dense head)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    hf_dir = directory / "hf"
+    _tiny_bert(hf_dir, minilm_source)
+    BertModel(BertConfig.from_pretrained(hf_dir)).save_pretrained(hf_dir)
+    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(32, pooling_mode=pooling)]
+    if dense:
+        modules += [Dense(modules[1].get_embedding_dimension(), 16), Normalize()]
+    model = SentenceTransformer(modules=modules, device="cpu")
+    model.save(str(directory / "st"))
+    return directory / "st", model
+
+
+def _save_open_clip(directory: Path, model_cfg: dict, preprocess_cfg: dict, **kwargs) -> Path:
+    import open_clip
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    model = open_clip.create_model(f"local-dir:{directory}", **kwargs)
+    torch.save(model.state_dict(), directory / "open_clip_pytorch_model.bin")
+    return directory
+
+
+def tiny_clip(directory: Path, preprocess_cfg: dict | None = None) -> Path:
+    """A classic CLIP (ViT image tower, BPE SimpleTokenizer) in open_clip's local-dir format."""
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 8,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+        },
+    }
+    preprocess_cfg = preprocess_cfg or {
+        "mean": [0.48, 0.45, 0.40],
+        "std": [0.27, 0.26, 0.28],
+        "resize_mode": "longest",
+        "fill_color": 128,
+    }
+    return _save_open_clip(directory, model_cfg, preprocess_cfg)
+
+
+def tiny_custom_text_clip(directory: Path, minilm_source: str) -> Path:
+    """A CustomTextCLIP: a Hugging Face BERT text tower (mean pooling, linear projection) with
+    its own tokenizer, a SigLIP-style logit bias, and squash resizing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _tiny_bert(directory, minilm_source, max_positions=64)
+    model_cfg = {
+        "embed_dim": 16,
+        "init_logit_bias": -10,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "patch_size": 16,
+            "head_width": 16,
+        },
+        "text_cfg": {
+            "hf_model_name": str(directory),
+            "hf_tokenizer_name": str(directory),
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": 24,
+        },
+    }
+    preprocess_cfg = {
+        "resize_mode": "squash",
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    }
+    return _save_open_clip(directory, model_cfg, preprocess_cfg, pretrained_text=False)

@@ -1,0 +1,330 @@
+"""OpenCLIP: tokenizer and preprocessing fidelity, and the image routes over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import struct
+import threading
+import time
+import typing
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import open_clip
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from builder.clip import image_spec
+from builder.verify import VERIFICATION_TEXTS, verification_images
+from runtime.images import decode, preprocess
+from runtime.models import Model
+from runtime.repository import Repository
+from tests.conftest import CLIP, CUSTOM_CLIP, MINILM, cosines
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg(width: int, height: int, seed: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png(width, height, seed))).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+IMAGES = {"/cat.png": png(64, 48), "/dog.jpg": jpeg(40, 90), "/wide.png": png(300, 30, 2)}
+
+
+class ImageHandler(BaseHTTPRequestHandler):
+    seen_headers: typing.ClassVar[dict[str, dict[str, str]]] = {}
+
+    def do_GET(self):
+        ImageHandler.seen_headers[self.path] = dict(self.headers)
+        routes = {
+            "/missing": (404, b"nope"),
+            "/text": (200, b"this is not an image at all"),
+            "/truncated.png": (200, IMAGES["/cat.png"][:300]),
+            "/huge.png": (200, png(400, 400, 3)),
+            "/bomb.png": (200, png_header_only(30000, 30000)),
+        }
+        if self.path in IMAGES:
+            self._send(200, IMAGES[self.path])
+        elif self.path in routes:
+            self._send(*routes[self.path])
+        elif self.path == "/loop":
+            self._redirect("/loop")
+        elif self.path == "/to-metadata":
+            self._redirect("http://169.254.169.254/latest/meta-data/")
+        elif self.path == "/to-file":
+            self._redirect("file:///etc/passwd")
+        elif self.path == "/slow":
+            time.sleep(5)
+            self._send(200, IMAGES["/cat.png"])
+        else:
+            self._send(404, b"")
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        # The server under test may give up waiting (timeouts), as it should.
+        with contextlib.suppress(BrokenPipeError):
+            self.wfile.write(body)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def reference_images(reference, images: list[bytes]) -> np.ndarray:
+    model, preprocess_fn, _ = reference
+    decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
+    with torch.no_grad():
+        return model.encode_image(torch.stack([preprocess_fn(im) for im in decoded])).numpy()
+
+
+def reference_texts(reference, texts: list[str]) -> np.ndarray:
+    model, _, tokenizer = reference
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts)).numpy()
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+# --- fidelity of the runtime's own tokenizing and preprocessing -------------------------------
+
+
+@pytest.mark.parametrize("name", [CLIP, CUSTOM_CLIP])
+def test_token_ids_equal_open_clip(engines, clip_reference, name):
+    model = Model.load(Repository(engines).find(name))
+    texts = [
+        *VERIFICATION_TEXTS,
+        "&lt;3 &amp;amp; double-escaped",
+        "It's <end_of_text> inside",
+        "x" * 5000,
+        "ÆØÅ naïve café",
+    ]
+    tokenizer = model.text.tokenizer
+    ours = tokenizer.batch(tokenizer.token_ids(texts), ["input_ids"])["input_ids"]
+    assert np.array_equal(ours, clip_reference[name][2](texts).numpy())
+
+
+PREPROCESS_CONFIGS = [
+    {"size": 32, "resize_mode": "shortest", "interpolation": "bicubic"},
+    {"size": 32, "resize_mode": "shortest", "interpolation": "bilinear"},
+    {"size": (32, 48), "resize_mode": "shortest", "interpolation": "bicubic"},
+    {"size": 32, "resize_mode": "longest", "interpolation": "bicubic", "fill_color": 77},
+    {"size": (24, 40), "resize_mode": "longest", "interpolation": "bilinear", "fill_color": 0},
+    {"size": (32, 48), "resize_mode": "squash", "interpolation": "bicubic"},
+]
+
+
+@pytest.mark.parametrize(
+    "config", PREPROCESS_CONFIGS, ids=lambda c: f"{c['resize_mode']}-{c['size']}"
+)
+def test_pillow_preprocessing_equals_open_clip(config):
+    mean, std = [0.48, 0.45, 0.40], [0.27, 0.26, 0.28]
+    spec = image_spec({**config, "mean": mean, "std": std})
+    transform = open_clip.image_transform(
+        config["size"],
+        is_train=False,
+        mean=mean,
+        std=std,
+        resize_mode=config["resize_mode"],
+        interpolation=config["interpolation"],
+        fill_color=config.get("fill_color", 0),
+    )
+    for data in [*verification_images(), jpeg(33, 61)]:
+        image = decode(data, max_pixels=10**8)
+        ours = preprocess(image, spec).astype(np.float32) / 255.0
+        ours = (ours - np.array(mean).reshape(3, 1, 1)) / np.array(std).reshape(3, 1, 1)
+        assert np.abs(ours - transform(image).numpy()).max() < 1e-5
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+def test_embed_image_from_url_base64_and_data_uri(server, clip_reference, image_host):
+    cat, dog = IMAGES["/cat.png"], IMAGES["/dog.jpg"]
+    sources = [
+        f"{image_host}/cat.png",
+        base64.b64encode(dog).decode(),
+        # The declared type is wrong on purpose: the format is sniffed from the bytes.
+        "data:image/jpeg;base64," + base64.b64encode(cat).decode(),
+        f"{image_host}/wide.png",
+    ]
+    body = {"name": CLIP, "image": sources, "imageDownloadHeaders": {"X-Token": "secret-1"}}
+    response = server.post("/embed_image", body)
+    assert response.status_code == 200, response.text
+    served = np.array(response.json()["embeddings"])
+    expected = unit(reference_images(clip_reference[CLIP], [cat, dog, cat, IMAGES["/wide.png"]]))
+    assert served.shape == (4, 32)
+    assert cosines(served, expected).min() >= 0.9999
+    assert np.abs(served - expected).max() < 1e-4
+    assert ImageHandler.seen_headers["/cat.png"]["X-Token"] == "secret-1"
+
+
+def test_snake_case_download_headers_and_single_string(server, clip_reference, image_host):
+    body = {
+        "name": CUSTOM_CLIP,
+        "image": f"{image_host}/dog.jpg",
+        "image_download_headers": {"Authorization": "Bearer abc"},
+        "n_dims": 8,
+    }
+    response = server.post("/embed_image", body)
+    assert response.status_code == 200, response.text
+    served = np.array(response.json()["embeddings"])
+    full = reference_images(clip_reference[CUSTOM_CLIP], [IMAGES["/dog.jpg"]])
+    assert served.shape == (1, 8)
+    assert np.abs(served - unit(full[:, :8])).max() < 1e-4
+    assert ImageHandler.seen_headers["/dog.jpg"]["Authorization"] == "Bearer abc"
+
+
+@pytest.mark.parametrize("name", [CLIP, CUSTOM_CLIP])
+def test_embed_text_on_clip_models(server, clip_reference, name):
+    texts = ["a photo of a cat", "A DOG &amp; a ball", ""]
+    response = server.post("/embed_text", {"name": name, "text": texts, "normalize": False})
+    served = np.array(response.json()["embeddings"])
+    expected = reference_texts(clip_reference[name], texts)
+    assert cosines(served, expected).min() >= 0.9999
+    assert np.abs(served - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("route", ["/embed", "/infer"])
+def test_embed_with_text_and_image_equals_the_separate_calls(server, image_host, route):
+    image = f"{image_host}/cat.png"
+    texts = ["a cat", "a dog"]
+    both = server.post(route, {"name": CLIP, "text": texts, "image": image})
+    assert both.status_code == 200, both.text
+    body = both.json()
+    assert set(body) == {"textEmbeddings", "imageEmbeddings", "processingTimeMs"}
+    text_only = server.post("/embed_text", {"name": CLIP, "text": texts}).json()["embeddings"]
+    image_only = server.post("/embed_image", {"name": CLIP, "image": image}).json()["embeddings"]
+    assert np.allclose(body["textEmbeddings"], text_only, atol=1e-6)
+    assert np.allclose(body["imageEmbeddings"], image_only, atol=1e-6)
+    just_text = server.post(route, {"name": CLIP, "text": "a cat"}).json()
+    assert set(just_text) == {"textEmbeddings", "processingTimeMs"}
+    just_image = server.post(route, {"name": CLIP, "image": image}).json()
+    assert set(just_image) == {"imageEmbeddings", "processingTimeMs"}
+
+
+def test_embed_needs_text_or_image(server):
+    response = server.post("/embed", {"name": CLIP})
+    assert response.status_code == 400
+    assert '"text", "image" or both' in response.json()["error"]
+
+
+def test_image_routes_on_a_text_only_model_say_what_it_supports(server, image_host):
+    response = server.post("/embed_image", {"name": MINILM, "image": f"{image_host}/cat.png"})
+    assert response.status_code == 400
+    assert "takes text only" in response.json()["error"]
+    response = server.post(
+        "/embed", {"name": MINILM, "text": "a", "image": f"{image_host}/cat.png"}
+    )
+    assert response.status_code == 400
+
+
+BAD_IMAGES = [
+    ("{host}/missing", "HTTP 404"),
+    ("{host}/text", "not an image"),
+    ("{host}/truncated.png", "corrupt or truncated"),
+    ("{host}/huge.png", "larger than 100000 bytes"),
+    ("{host}/bomb.png", "30000x30000 pixels"),
+    ("{host}/loop", "more than 3 redirects"),
+    ("{host}/to-metadata", "not allowed"),
+    ("{host}/to-file", "scheme other than http"),
+    ("{host}/slow", "timed out"),
+    ("http://169.254.169.254/latest/meta-data/", "not allowed"),
+    ("http://[fd00:ec2::254]/latest/", "not allowed"),
+    ("http://127.0.0.1:1/closed-port.png", "unreachable"),
+    ("http://no-such-host.invalid/cat.png", "does not resolve"),
+    ("file:///etc/passwd", "scheme 'file' is not allowed"),
+    ("ftp://example.com/a.png", "scheme 'ftp' is not allowed"),
+    ("not base64 at all!!", "valid base64"),
+    ("data:image/png;base64", "malformed data URI"),
+    ("data:image/png;base64,AAAA", "not an image"),
+    (base64.b64encode(png_header_only(30000, 30000)).decode(), "30000x30000 pixels"),
+    (base64.b64encode(jpeg(64, 64)[:600]).decode(), "corrupt or truncated"),
+    (base64.b64encode(b"GIF89a" + b"\0" * 20).decode(), "not an image"),
+]
+
+
+@pytest.mark.parametrize(("source", "reason"), BAD_IMAGES, ids=[s[:40] for s, _ in BAD_IMAGES])
+def test_each_bad_image_is_a_400_naming_its_index(server, image_host, source, reason):
+    images = [f"{image_host}/cat.png", source.format(host=image_host)]
+    response = server.post("/embed_image", {"name": CLIP, "image": images})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert message.startswith("image[1]: ") and reason in message, message
+
+
+def test_a_bad_image_stops_the_whole_request(server, image_host):
+    def executions() -> int:
+        stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
+        return sum(int(s["executionCount"] or 0) for s in stats if s["name"].startswith(CLIP + "/"))
+
+    before = executions()
+    response = server.post(
+        "/embed", {"name": CLIP, "text": ["a cat"], "image": [f"{image_host}/missing"]}
+    )
+    assert response.status_code == 400
+    assert executions() == before
+
+
+def test_bad_images_never_kill_a_worker(server, image_host):
+    before = server.worker_pids()
+    for source, _ in BAD_IMAGES:
+        server.post("/embed_image", {"name": CLIP, "image": source.format(host=image_host)})
+    assert server.worker_pids() == before
+    assert server.post("/embed_image", {"name": CLIP, "image": f"{image_host}/cat.png"}).ok
+
+
+def test_download_headers_must_be_strings(server, image_host):
+    body = {"name": CLIP, "image": f"{image_host}/cat.png", "imageDownloadHeaders": {"a": 1}}
+    response = server.post("/embed_image", body)
+    assert response.status_code == 400
+    assert "imageDownloadHeaders" in response.json()["error"]
+
+
+def test_metrics_list_both_towers_of_a_clip_model(server, image_host):
+    server.post("/embed_image", {"name": CLIP, "image": f"{image_host}/cat.png"})
+    stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
+    names = {entry["name"] for entry in stats}
+    assert {f"{CLIP}/text_encoder", f"{CLIP}/image_encoder", MINILM} <= names
