@@ -30,9 +30,9 @@ def main() -> None:
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers", "open_clip"]),
-    help="The library that loads SOURCE (default: open_clip for hf-hub: and local-dir: "
-    "names, else sentence_transformers).",
+    type=click.Choice(["sentence_transformers", "open_clip", "timm"]),
+    help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
+    "and local-dir: names, else sentence_transformers).",
 )
 @engines_option
 @click.option(
@@ -47,6 +47,27 @@ def main() -> None:
     type=click.IntRange(min=2),
     help="Most tokens per text (default and upper bound: the model's own maximum).",
 )
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Class names, one per line: a timm classifier's labels (overriding its own), or the "
+    "classes a CLIP model classifies zero-shot.",
+)
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help="CLIP zero-shot prompt with {} for the label (repeatable: prompts are averaged; "
+    'default "a photo of a {}.").',
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="timm: load the architecture SOURCE's weights from this local file.",
+)
+@click.option(
+    "--num-classes", type=click.IntRange(min=1), help="timm: the classifier's number of classes."
+)
 @click.option("--force", is_flag=True, help="Replace the model if it is already built.")
 @click.option("--skip-existing", is_flag=True, help="Do nothing if the model is already built.")
 def build_command(
@@ -56,21 +77,26 @@ def build_command(
     engines: Path,
     max_batch: int,
     max_seq_len: int | None,
+    labels: Path | None,
+    prompts: tuple[str, ...],
+    checkpoint: Path | None,
+    num_classes: int | None,
     force: bool,
     skip_existing: bool,
 ) -> None:
-    """Export SOURCE (a Hugging Face model id or a local model directory) to an engine
-    directory, verify it against the source library, and add it to the repository."""
-    from builder import BuildError, build_model
+    """Export SOURCE (a Hugging Face model id, a local model directory, an open_clip or timm
+    name) to an engine directory, verify it against the source library, and add it to the
+    repository."""
+    from builder import BuildError, BuildOptions, build_model
 
+    options = BuildOptions(max_batch, max_seq_len, labels, prompts, checkpoint, num_classes)
     try:
         build_model(
             source,
             engines,
             name=name,
             library=library,
-            max_batch=max_batch,
-            max_seq_len=max_seq_len,
+            options=options,
             force=force,
             skip_existing=skip_existing,
         )

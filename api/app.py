@@ -7,7 +7,7 @@ import falcon
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import Observability
-from api.resources import Embed, EmbedImage, EmbedText, Health
+from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
@@ -35,6 +35,10 @@ def create_app(settings: ServerSettings) -> falcon.App:
     embed = Embed(registry, settings.limits)
     app.add_route("/embed", embed)
     app.add_route("/infer", embed)
+    app.add_route("/classify_image", ClassifyImage(registry, settings.limits))
+    info = ModelInfo(repository, settings.limits)
+    app.add_route("/model_embedding_size", info, suffix="embedding_size")
+    app.add_route("/model_classification_labels", info, suffix="labels")
     app.add_route("/metrics", Metrics(repository))
     app.add_route("/metrics/prometheus", Metrics(repository, always_prometheus=True))
     return app

@@ -11,7 +11,9 @@ import orjson
 
 from api import params
 from api.settings import Limits
+from runtime.classifier import read_labels
 from runtime.registry import ModelRegistry
+from runtime.repository import Entry, Repository
 
 
 def respond(resp: falcon.Response, payload: dict[str, Any]) -> None:
@@ -100,3 +102,48 @@ class Embed(_ModelRoute):
             )
         answer = {key: job.result() for key, job in jobs.items()}
         respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
+
+
+class ClassifyImage(_ModelRoute):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        body, name = self._request(req)
+        sources = params.images(body, self.limits)
+        headers = params.download_headers(body)
+        req.context.items = len(sources)
+        model = self.registry.get(name)
+        model.validate_classification()
+        probabilities = model.classify(model.load_images(sources, headers))
+        respond(resp, {"probabilities": probabilities, "processingTimeMs": elapsed_ms(started)})
+
+
+class ModelInfo:
+    """GET /model_embedding_size and /model_classification_labels: read from the manifest, so
+    answering never loads the model."""
+
+    def __init__(self, repository: Repository, limits: Limits) -> None:
+        self.repository = repository
+        self.limits = limits
+
+    def _entry(self, req: falcon.Request) -> Entry:
+        name = params.model_name({"name": req.get_param("name")}, self.limits)
+        req.context.model = name
+        return self.repository.find(name)
+
+    def on_get_embedding_size(self, req: falcon.Request, resp: falcon.Response) -> None:
+        manifest = self._entry(req).manifest
+        if manifest.task != "embedding":
+            raise falcon.HTTPBadRequest(
+                description=f"model {manifest.name!r} is a classifier; it has no embedding size"
+            )
+        tower = manifest.towers.get("text") or manifest.towers["image"]
+        respond(resp, {"embeddingSize": tower.dim})
+
+    def on_get_labels(self, req: falcon.Request, resp: falcon.Response) -> None:
+        entry = self._entry(req)
+        if entry.manifest.classifier is None:
+            raise falcon.HTTPBadRequest(
+                description=f"model {entry.name!r} has no class labels; build a CLIP model with "
+                "ingrain-build SOURCE --labels FILE, or use a timm classifier"
+            )
+        respond(resp, {"labels": read_labels(entry.directory, entry.manifest.classifier)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import platform
 import time
 from dataclasses import replace
@@ -9,18 +10,26 @@ from importlib import metadata
 from pathlib import Path
 
 from builder.errors import BuildError
+from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.staging import entry_lock, staging_directory, target_directory
 from runtime.manifest import Manifest
 from runtime.repository import Repository, slugify
 
-__all__ = ["BuildError", "Progress", "build_model", "detect_library"]
+__all__ = ["BuildError", "BuildOptions", "Progress", "build_model", "detect_library"]
 
-SUPPORTED_LIBRARIES = ("sentence_transformers", "open_clip")
+# Imported only when used: each pulls in its library (and torch).
+LIBRARY_BUILDERS = {
+    "sentence_transformers": "builder.sentence_transformer",
+    "open_clip": "builder.clip",
+    "timm": "builder.timm_classifier",
+}
+SUPPORTED_LIBRARIES = tuple(LIBRARY_BUILDERS)
 PROVENANCE_PACKAGES = (
     "torch",
     "sentence-transformers",
     "open_clip_torch",
+    "timm",
     "transformers",
     "onnx",
     "onnxruntime",
@@ -28,7 +37,10 @@ PROVENANCE_PACKAGES = (
 
 
 def detect_library(source: str) -> str:
-    """The library a source name implies: open_clip's own schemes, else sentence-transformers."""
+    """The library a source name implies: timm's `hf_hub:` scheme, open_clip's `hf-hub:` and
+    `local-dir:`, else sentence-transformers."""
+    if source.startswith("hf_hub:"):
+        return "timm"
     if source.startswith(("hf-hub:", "local-dir:")):
         return "open_clip"
     return "sentence_transformers"
@@ -39,8 +51,7 @@ def build_model(
     engines: Path,
     name: str | None = None,
     library: str | None = None,
-    max_batch: int = 32,
-    max_seq_len: int | None = None,
+    options: BuildOptions | None = None,
     force: bool = False,
     skip_existing: bool = False,
     progress: Progress | None = None,
@@ -50,13 +61,14 @@ def build_model(
     Returns the model's directory, or None when it exists and `skip_existing` is set.
     """
     progress = progress or Progress()
+    options = options or BuildOptions()
     name = name or source
     library = library or detect_library(source)
     if library not in SUPPORTED_LIBRARIES:
         raise BuildError(
             f"library {library!r} is not supported yet; supported: {', '.join(SUPPORTED_LIBRARIES)}"
         )
-    if max_batch < 1 or (max_seq_len is not None and max_seq_len < 2):
+    if options.max_batch < 1 or (options.max_seq_len is not None and options.max_seq_len < 2):
         raise BuildError("--max-batch must be at least 1 and --max-seq-len at least 2")
     try:
         slug = slugify(name)
@@ -73,16 +85,8 @@ def build_model(
             raise BuildError(f"{name!r} is already in {engines}; pass --force to rebuild it")
         started = time.perf_counter()
         with staging_directory(target) as staging:
-            if library == "open_clip":
-                from builder import clip
-
-                manifest = clip.build(source, name, staging, max_batch, progress)
-            else:
-                from builder import sentence_transformer
-
-                manifest = sentence_transformer.build(
-                    source, name, staging, max_batch, max_seq_len, progress
-                )
+            builder = importlib.import_module(LIBRARY_BUILDERS[library])
+            manifest = builder.build(source, name, staging, options, progress)
             _with_provenance(manifest, started).write(staging)
     progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
     return target

@@ -13,10 +13,19 @@ from PIL import Image
 
 from builder.clip_tokenizer import convert_simple_tokenizer
 from builder.errors import BuildError
+from builder.image_input import ImageInput
 from builder.onnx_export import OPSET, export_onnx
+from builder.options import DEFAULT_PROMPT, BuildOptions, write_labels
 from builder.progress import Progress
-from builder.verify import load_staged, verify_image_tower, verify_text_tower
-from runtime.manifest import ImageSpec, Manifest, TensorSpec, TokenizerSpec, TowerSpec
+from builder.verify import load_staged, verify_classifier, verify_image_tower, verify_text_tower
+from runtime.manifest import (
+    ClassifierSpec,
+    ImageSpec,
+    Manifest,
+    TensorSpec,
+    TokenizerSpec,
+    TowerSpec,
+)
 
 OUTPUT = "embedding"
 PIXELS = "pixels"
@@ -34,20 +43,6 @@ class _TextTower(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(input_ids)
-
-
-class _ImageTower(torch.nn.Module):
-    """uint8 NCHW in: scaling to [0, 1] and mean/std normalisation run inside the graph, so a
-    GPU receives a quarter of the bytes that float32 input would need."""
-
-    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image((pixels.float() / 255.0 - self.mean) / self.std)
 
 
 def model_arguments(source: str) -> tuple[str, str | None]:
@@ -141,21 +136,64 @@ def image_spec(config: dict) -> ImageSpec:
             resize_mode="keep_ratio", interpolation=interpolation, longest=1.0, **common
         )
     if height == width:
-        return ImageSpec(
-            resize_mode="shortest", interpolation=interpolation, resize_size=height, **common
-        )
+        return ImageSpec(resize_mode="shortest", interpolation=interpolation, **common)
     # open_clip resizes non-square targets with ResizeKeepRatio's default (bicubic).
     return ImageSpec(resize_mode="keep_ratio", interpolation="bicubic", longest=0.0, **common)
 
 
+def logit_scale_and_bias(model: torch.nn.Module) -> tuple[float, float | None]:
+    """The model's own logit scale (exp of the learned log scale) and bias (SigLIP), if any."""
+    bias = model.logit_bias
+    return float(model.logit_scale.detach().exp()), None if bias is None else float(bias.detach())
+
+
+def zero_shot_classes(
+    model: torch.nn.Module, tokenizer, labels: list[str], prompts: tuple[str, ...]
+) -> np.ndarray:
+    """Each label's class embedding: its prompts' unit text embeddings, averaged and
+    renormalised (CLIP's prompt ensembling)."""
+    with torch.no_grad():
+        rows = []
+        for label in labels:
+            embeddings = model.encode_text(tokenizer([p.format(label) for p in prompts]))
+            mean = torch.nn.functional.normalize(embeddings, dim=-1).mean(dim=0)
+            rows.append(torch.nn.functional.normalize(mean, dim=-1))
+    return torch.stack(rows).numpy().astype(np.float32)
+
+
+def zero_shot_classifier(
+    model: torch.nn.Module, tokenizer, options: BuildOptions, staging: Path, progress: Progress
+) -> ClassifierSpec | None:
+    labels = options.read_labels()
+    if labels is None:
+        if options.prompts:
+            raise BuildError("--prompt needs --labels: the classes to build prompts for")
+        return None
+    prompts = options.prompts or (DEFAULT_PROMPT,)
+    for prompt in prompts:
+        if "{}" not in prompt:
+            raise BuildError(f"--prompt {prompt!r} has no {{}} where the label goes")
+    with progress.stage(f"Embedding {len(labels)} classes x {len(prompts)} prompts"):
+        np.save(staging / "classes.npy", zero_shot_classes(model, tokenizer, labels, prompts))
+    scale, bias = logit_scale_and_bias(model)
+    return ClassifierSpec(
+        kind="zero_shot",
+        labels_file=write_labels(staging, labels),
+        # SigLIP-style models (with a logit bias) score each class independently.
+        activation="sigmoid" if bias is not None else "softmax",
+        class_embeddings="classes.npy",
+        logit_scale=scale,
+        logit_bias=bias,
+        prompts=list(prompts),
+    )
+
+
 def build(
-    source: str,
-    name: str,
-    staging: Path,
-    max_batch: int,
-    progress: Progress,
+    source: str, name: str, staging: Path, options: BuildOptions, progress: Progress
 ) -> Manifest:
+    max_batch = options.max_batch
     model, preprocess, tokenizer = load(source, progress)
+    classifier = zero_shot_classifier(model, tokenizer, options, staging, progress)
     with progress.stage("Writing tokenizer.json"):
         tokenizer_spec = tokenizer_files(tokenizer, staging)
     image = image_spec(open_clip.get_model_preprocess_cfg(model))
@@ -178,7 +216,7 @@ def build(
         )
     with progress.stage(f"Exporting the image tower to ONNX (opset {OPSET})"):
         export_onnx(
-            _ImageTower(model, image.mean, image.std),
+            ImageInput(model, image.mean, image.std, method="encode_image"),
             (example_pixels,),
             staging / "image.onnx",
             [PIXELS],
@@ -210,17 +248,25 @@ def build(
         },
         tokenizer=tokenizer_spec,
         image=image,
+        classifier=classifier,
         build={
             "source": source,
             "architecture": type(model).__name__,
-            "logit_scale": float(model.logit_scale.detach().exp()),
-            "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach()),
+            "logit_scale_and_bias": logit_scale_and_bias(model),
         },
     )
 
     def reference_images(images: list[Image.Image]) -> np.ndarray:
         with torch.no_grad():
             return model.encode_image(torch.stack([preprocess(im) for im in images])).numpy()
+
+    def reference_probabilities(images: list[Image.Image], spec: ClassifierSpec) -> np.ndarray:
+        classes = torch.from_numpy(np.load(staging / "classes.npy"))
+        features = torch.nn.functional.normalize(torch.from_numpy(reference_images(images)), dim=-1)
+        logits = spec.logit_scale * features @ classes.T + (spec.logit_bias or 0.0)
+        return (
+            torch.sigmoid(logits) if spec.activation == "sigmoid" else logits.softmax(-1)
+        ).numpy()
 
     def reference_texts(texts: list[str]) -> np.ndarray:
         with torch.no_grad():
@@ -234,5 +280,10 @@ def build(
         progress.report(text_report)
         image_report = verify_image_tower(staged, reference_images)
         progress.report(image_report)
-    verification = {"text": text_report, "image": image_report}
+        verification = {"text": text_report, "image": image_report}
+        if classifier is not None:
+            verification["classifier"] = verify_classifier(
+                staged, lambda images: reference_probabilities(images, classifier)
+            )
+            progress.report(verification["classifier"])
     return replace(manifest, build={**manifest.build, "verification": verification})

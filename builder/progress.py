@@ -25,7 +25,5 @@ class Progress:
         self.say(f"    done in {time.perf_counter() - started:.1f} s")
 
     def report(self, figures: dict) -> None:
-        self.say(
-            f"    {figures['items']} items: min cosine {figures['min_cosine']:.6f}, "
-            f"max abs error {figures['max_abs_error']:.2e}"
-        )
+        cosine = f"min cosine {figures['min_cosine']:.6f}, " if "min_cosine" in figures else ""
+        self.say(f"    {figures['items']} items: {cosine}max abs error {figures['max_abs_error']:.2e}")

@@ -11,6 +11,7 @@ from sentence_transformers.models import Transformer
 
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_onnx
+from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.verify import load_staged, verify_text_tower
 from runtime.manifest import Manifest, TensorSpec, TokenizerSpec, TowerSpec
@@ -47,13 +48,11 @@ def load(source: str, progress: Progress) -> SentenceTransformer:
 
 
 def build(
-    source: str,
-    name: str,
-    staging: Path,
-    max_batch: int,
-    max_seq_len: int | None,
-    progress: Progress,
+    source: str, name: str, staging: Path, options: BuildOptions, progress: Progress
 ) -> Manifest:
+    if options.labels is not None:
+        raise BuildError("--labels is for timm classifiers and CLIP zero-shot models")
+    max_batch, max_seq_len = options.max_batch, options.max_seq_len
     model = load(source, progress)
     transformer = model[0]
     if not isinstance(transformer, Transformer) or transformer.tokenizer is None:

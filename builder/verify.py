@@ -20,6 +20,7 @@ from runtime.models import Model
 from runtime.repository import Entry
 
 MIN_COSINE = 0.9999
+MAX_PROBABILITY_ERROR = 1e-4
 
 # Short, long past any max length, unicode, markup, and empty-ish texts.
 VERIFICATION_TEXTS = [
@@ -117,6 +118,17 @@ def verify_text_tower(
     return compare(served, expected, "text tower", [repr(text[:60]) for text in texts])
 
 
+def _decoded(model: Model, images: list[bytes] | None) -> tuple[list[Image.Image], np.ndarray]:
+    """The images as the runtime decodes them, and as its Pillow preprocessing feeds the tower."""
+    assert model.image is not None
+    decoded = [decode(data, max_pixels=10**9) for data in images or verification_images()]
+    return decoded, np.stack([preprocess(image, model.image.spec) for image in decoded])
+
+
+def _image_labels(images: list[Image.Image]) -> list[str]:
+    return [f"a {image.width}x{image.height} image" for image in images]
+
+
 def verify_image_tower(
     model: Model,
     reference_embed: Callable[[list[Image.Image]], np.ndarray],
@@ -124,11 +136,31 @@ def verify_image_tower(
 ) -> dict:
     """Embeddings of the runtime's own decoding and Pillow preprocessing against the source
     library's preprocessing and model on the same decoded RGB images."""
-    assert model.image is not None
-    images = images or verification_images()
-    decoded = [decode(data, max_pixels=10**9) for data in images]
-    pixels = np.stack([preprocess(image, model.image.spec) for image in decoded])
+    decoded, pixels = _decoded(model, images)
     served = model.embed_images(pixels, normalize=False, n_dims=None)
     expected = np.asarray(reference_embed(decoded), dtype=np.float32)
-    labels = [f"a {w}x{h} image" for w, h in (image.size for image in decoded)]
-    return compare(served, expected, "image tower", labels)
+    return compare(served, expected, "image tower", _image_labels(decoded))
+
+
+def verify_classifier(
+    model: Model,
+    reference_probabilities: Callable[[list[Image.Image]], np.ndarray],
+    images: list[bytes] | None = None,
+) -> dict:
+    """Class probabilities through the runtime must be within MAX_PROBABILITY_ERROR of the
+    source library's on the same decoded images."""
+    decoded, pixels = _decoded(model, images)
+    served = model.classify(pixels)
+    expected = np.asarray(reference_probabilities(decoded), dtype=np.float32)
+    errors = np.abs(served - expected).max(axis=1)
+    worst = int(errors.argmax())
+    if errors[worst] > MAX_PROBABILITY_ERROR:
+        raise BuildError(
+            f"the exported classifier does not match the source model: probabilities differ by "
+            f"{errors[worst]:.2e} > {MAX_PROBABILITY_ERROR} on {_image_labels(decoded)[worst]}"
+        )
+    return {
+        "items": len(served),
+        "max_abs_error": float(errors.max()),
+        "threshold": MAX_PROBABILITY_ERROR,
+    }

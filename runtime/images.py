@@ -57,16 +57,19 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
 
 def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     """Resize and crop an RGB image as the model's own preprocessing does; uint8 CHW."""
-    height, width = spec.size
+    size = tuple(spec.size)
+    target = tuple(spec.resize_size or spec.size)
     resample = RESAMPLING[spec.interpolation]
     if spec.resize_mode == "squash":
-        image = image.resize((width, height), resample)
+        if target != (image.height, image.width):
+            image = image.resize((target[1], target[0]), resample)
     elif spec.resize_mode == "shortest":
-        image = _resize_shortest(image, spec.resize_size or min(height, width), resample)
+        image = _resize_shortest(image, target[0], resample)
     else:
-        image = _resize_keep_ratio(image, (height, width), spec.longest, resample)
+        image = _resize_keep_ratio(image, target, spec.longest, resample)
     if spec.crop:
-        image = _center_crop(image, (height, width), spec.fill_color)
+        fill = spec.fill_color
+        image = _center_crop(image, size, tuple(fill) if isinstance(fill, list) else (fill,) * 3)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -93,7 +96,7 @@ def _resize_keep_ratio(
     return image if size == image.size else image.resize(size, resample)
 
 
-def _center_crop(image: Image.Image, size: tuple[int, int], fill: int) -> Image.Image:
+def _center_crop(image: Image.Image, size: tuple[int, int], fill: tuple[int, ...]) -> Image.Image:
     """torchvision's centre crop, padding with `fill` first where the image is smaller."""
     crop_h, crop_w = size
     width, height = image.size
@@ -102,7 +105,7 @@ def _center_crop(image: Image.Image, size: tuple[int, int], fill: int) -> Image.
         top = (crop_h - height) // 2 if crop_h > height else 0
         right = (crop_w - width + 1) // 2 if crop_w > width else 0
         bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
-        canvas = Image.new("RGB", (width + left + right, height + top + bottom), (fill,) * 3)
+        canvas = Image.new("RGB", (width + left + right, height + top + bottom), fill)
         canvas.paste(image, (left, top))
         image = canvas
         width, height = image.size

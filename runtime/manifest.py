@@ -66,11 +66,12 @@ class TokenizerSpec:
 class ImageSpec:
     """How to turn a decoded image into the image tower's uint8 NCHW input, with Pillow.
 
-    resize_mode: `shortest` scales the shorter edge to `resize_size` (torchvision's
-    Resize(int)); `keep_ratio` scales by the shorter (`longest` 0) or longer (1) edge's ratio to
-    `size`; `squash` scales straight to `size`. Then a centre crop to `size` (padding with
-    `fill_color` where the image is smaller) when `crop` is set. Scaling to [0, 1] and mean/std
-    normalisation happen inside the graph.
+    Sizes are [height, width]. resize_mode: `shortest` scales the shorter edge to
+    `resize_size[0]` (torchvision's Resize(int)); `keep_ratio` scales by the shorter (`longest`
+    0) or longer (1) edge's ratio to `resize_size`; `squash` scales straight to `resize_size`.
+    `resize_size` defaults to `size`. Then a centre crop to `size` (padding with `fill_color`,
+    one value or one per channel, where the image is smaller) when `crop` is set. Scaling to
+    [0, 1] and mean/std normalisation happen inside the graph.
     """
 
     size: list[int]
@@ -78,10 +79,30 @@ class ImageSpec:
     interpolation: str
     mean: list[float]
     std: list[float]
-    resize_size: int | None = None
+    resize_size: list[int] | None = None
     longest: float = 0.0
     crop: bool = True
-    fill_color: int = 0
+    fill_color: int | list[int] = 0
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How image-tower outputs become class probabilities.
+
+    kind `logits`: the tower outputs one logit per class (timm classifiers).
+    kind `zero_shot`: the tower outputs an image embedding; logits are
+    logit_scale * cos(image, class embedding) + logit_bias, with the class embeddings (the
+    averaged prompt embeddings of each label) in `class_embeddings` (CLIP zero-shot).
+    activation `softmax` (one label per image) or `sigmoid` (SigLIP: independent per class).
+    """
+
+    kind: str
+    labels_file: str = "labels.txt"
+    activation: str = "softmax"
+    class_embeddings: str | None = None
+    logit_scale: float = 1.0
+    logit_bias: float | None = None
+    prompts: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,7 @@ class Manifest:
     towers: dict[str, TowerSpec]
     tokenizer: TokenizerSpec | None = None
     image: ImageSpec | None = None
+    classifier: ClassifierSpec | None = None
     build: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -109,6 +131,7 @@ class Manifest:
             towers = {key: _tower_from_dict(value) for key, value in data["towers"].items()}
             tokenizer = data.get("tokenizer")
             image = data.get("image")
+            classifier = data.get("classifier")
             manifest = cls(
                 name=data["name"],
                 library=data["library"],
@@ -116,6 +139,7 @@ class Manifest:
                 towers=towers,
                 tokenizer=_from_dict(TokenizerSpec, tokenizer) if tokenizer else None,
                 image=_from_dict(ImageSpec, image) if image else None,
+                classifier=_from_dict(ClassifierSpec, classifier) if classifier else None,
                 build=data.get("build", {}),
             )
         except (KeyError, TypeError, AttributeError) as error:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import Backend, open_backend
+from runtime.classifier import Classifier
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
@@ -84,11 +85,16 @@ class ImageEncoder:
 
 class Model:
     def __init__(
-        self, manifest: Manifest, text: TextEncoder | None, image: ImageEncoder | None
+        self,
+        manifest: Manifest,
+        text: TextEncoder | None,
+        image: ImageEncoder | None,
+        classifier: Classifier | None = None,
     ) -> None:
         self.manifest = manifest
         self.text = text
         self.image = image
+        self.classifier = classifier
 
     @property
     def name(self) -> str:
@@ -98,6 +104,10 @@ class Model:
     def modalities(self) -> str:
         kinds = [kind for kind, encoder in (("text", self.text), ("images", self.image)) if encoder]
         return " and ".join(kinds)
+
+    @property
+    def embeds_images(self) -> bool:
+        return self.image is not None and self.manifest.task == "embedding"
 
     @classmethod
     def load(
@@ -129,27 +139,51 @@ class Model:
                 fetcher or ImageFetcher(FetchLimits()),
                 max_pixels,
             )
-        return cls(manifest, text, image)
+        classifier = None
+        if manifest.classifier is not None:
+            try:
+                classifier = Classifier(directory, manifest.classifier)
+            except (OSError, ValueError) as error:
+                raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
+        return cls(manifest, text, image, classifier)
 
     def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
-        encoder = self._require(self.text, "embed text")
-        _check_n_dims(n_dims, encoder.tower.spec.dim)
-        return finish_embeddings(encoder.embed(texts), normalize, n_dims)
+        self.validate(texts=True, images=False, n_dims=n_dims)
+        assert self.text is not None
+        return finish_embeddings(self.text.embed(texts), normalize, n_dims)
 
     def load_images(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
         return self._require(self.image, "embed images").load(sources, headers)
 
     def embed_images(self, pixels: np.ndarray, normalize: bool, n_dims: int | None) -> np.ndarray:
-        encoder = self._require(self.image, "embed images")
-        _check_n_dims(n_dims, encoder.tower.spec.dim)
-        return finish_embeddings(encoder.embed(pixels), normalize, n_dims)
+        self.validate(texts=False, images=True, n_dims=n_dims)
+        assert self.image is not None
+        return finish_embeddings(self.image.embed(pixels), normalize, n_dims)
 
     def validate(self, texts: bool, images: bool, n_dims: int | None) -> None:
         """Refuse, before any work, what this model cannot do for a request."""
         if texts:
             _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
         if images:
+            if self.image is not None and not self.embeds_images:
+                raise InputError(
+                    f"model {self.name!r} is an image classifier, not an embedding model; "
+                    "use /classify_image"
+                )
             _check_n_dims(n_dims, self._require(self.image, "embed images").tower.spec.dim)
+
+    def validate_classification(self) -> None:
+        if self.classifier is None:
+            raise InputError(
+                f"model {self.name!r} has no class labels; use a timm classifier, or build a CLIP "
+                "model for zero-shot classification with: ingrain-build SOURCE --labels FILE"
+            )
+        self._require(self.image, "classify images")
+
+    def classify(self, pixels: np.ndarray) -> np.ndarray:
+        self.validate_classification()
+        assert self.image is not None and self.classifier is not None
+        return self.classifier.probabilities(self.image.embed(pixels))
 
     def _require(self, encoder, action: str):
         if encoder is None:

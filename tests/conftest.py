@@ -17,6 +17,10 @@ import requests
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
 CUSTOM_CLIP = "test/tiny-custom-text-clip"
+TIMM = "hf_hub:timm/tiny-test-vit"
+ZERO_SHOT = "test/tiny-clip-zero-shot"
+SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
+PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 BIN = Path(sys.executable).parent
 
 
@@ -48,13 +52,26 @@ def clip_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
     """A repository holding the demo model and the tiny CLIPs, built with the real builder."""
-    from builder import Progress, build_model
+    from builder import BuildOptions, Progress, build_model
+    from tests.models import LABELS, TIMM_ARCH, tiny_timm_classifier
 
     root = tmp_path_factory.mktemp("engines")
     quiet = Progress(quiet=True)
     build_model(minilm_source, root, name=MINILM, progress=quiet)
     for name, source in clip_sources.items():
         build_model(f"local-dir:{source}", root, name=name, progress=quiet)
+    labels = tmp_path_factory.mktemp("labels") / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    zero_shot = BuildOptions(labels=labels, prompts=PROMPTS)
+    build_model(
+        f"local-dir:{clip_sources[CLIP]}", root, ZERO_SHOT, options=zero_shot, progress=quiet
+    )
+    siglip = BuildOptions(labels=labels)
+    source = f"local-dir:{clip_sources[CUSTOM_CLIP]}"
+    build_model(source, root, SIGLIP_ZERO_SHOT, options=siglip, progress=quiet)
+    checkpoint = tiny_timm_classifier(tmp_path_factory.mktemp("timm"), len(LABELS))
+    timm_options = BuildOptions(labels=labels, checkpoint=checkpoint, num_classes=len(LABELS))
+    build_model(TIMM_ARCH, root, TIMM, library="timm", options=timm_options, progress=quiet)
     return root
 
 

@@ -120,3 +120,18 @@ def tiny_custom_text_clip(directory: Path, minilm_source: str) -> Path:
         "std": [0.5, 0.5, 0.5],
     }
     return _save_open_clip(directory, model_cfg, preprocess_cfg, pretrained_text=False)
+
+
+def tiny_timm_classifier(directory: Path, classes: int) -> Path:
+    """timm's own tiny test ViT with random weights, saved as a plain checkpoint file."""
+    import timm
+
+    torch.manual_seed(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=classes)
+    torch.save(model.state_dict(), directory / "weights.pth")
+    return directory / "weights.pth"
+
+
+TIMM_ARCH = "test_vit"
+LABELS = ["cat", "dog", "bird", "fish", "horse"]

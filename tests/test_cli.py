@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from tests.conftest import BIN, CLIP, MINILM
+from tests.conftest import BIN, CLIP, MINILM, TIMM
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -20,6 +20,7 @@ def test_list_shows_the_built_model(engines):
     table = {row.split()[0]: row.split()[1:] for row in rows}
     assert table[MINILM][:4] == ["sentence_transformers", "text", "384", "onnxruntime"]
     assert table[CLIP][:4] == ["open_clip", "text,image", "32,32", "onnxruntime"]
+    assert table[TIMM][:4] == ["timm", "image", "5", "onnxruntime"]
     assert all(row.endswith("MB") for row in rows)
 
 

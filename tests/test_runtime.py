@@ -13,7 +13,15 @@ from runtime.manifest import Manifest
 from runtime.models import InputError, Model, ModelLoadError
 from runtime.postprocess import finish_embeddings
 from runtime.repository import ModelNotFound, Repository, slugify
-from tests.conftest import CLIP, CUSTOM_CLIP, MINILM, cosines
+from tests.conftest import (
+    CLIP,
+    CUSTOM_CLIP,
+    MINILM,
+    SIGLIP_ZERO_SHOT,
+    TIMM,
+    ZERO_SHOT,
+    cosines,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +44,8 @@ def test_slugify_is_filesystem_safe():
 
 def test_repository_finds_models_by_manifest_name_only(engines):
     repository = Repository(engines)
-    assert [entry.name for entry in repository.entries()] == [MINILM, CLIP, CUSTOM_CLIP]
+    names = [entry.name for entry in repository.entries()]
+    assert names == sorted([MINILM, CLIP, CUSTOM_CLIP, TIMM, ZERO_SHOT, SIGLIP_ZERO_SHOT])
     assert repository.find(MINILM).directory.name == slugify(MINILM)
     for name in ["sentence-transformers--all-MiniLM-L6-v2", "../" + MINILM, "nope"]:
         with pytest.raises(ModelNotFound):
