@@ -112,7 +112,26 @@ def build_command(
 @main.command("serve")
 @engines_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8686, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8686,
+    show_default=True,
+    help="The inference port.",
+)
+@click.option(
+    "--model-port",
+    default="8687",
+    show_default=True,
+    help='The model-management port the ingrain client calls (the same app answers it), or "none".',
+)
+@click.option(
+    "--max-loaded-models",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Most models in the loaded set; /load_model beyond it is refused.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -213,6 +232,8 @@ def serve_command(
     engines: Path,
     host: str,
     port: int,
+    model_port: str,
+    max_loaded_models: int,
     workers: int,
     threads: int,
     backend: str,
@@ -234,6 +255,19 @@ def serve_command(
     from api.settings import Limits, ServerSettings
     from runtime.fetch import FetchLimits
 
+    if model_port.lower() == "none":
+        model_port_number = None
+    elif model_port.isdigit() and 1 <= int(model_port) <= 65535 and int(model_port) != port:
+        model_port_number = int(model_port)
+    else:
+        raise click.BadParameter(
+            'a port number other than --port, or "none"', param_hint="--model-port"
+        )
+    if len(preload) > max_loaded_models:
+        raise click.BadParameter(
+            f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
+            param_hint="--preload",
+        )
     repository = Repository(engines)
     for name in preload:
         try:
@@ -253,6 +287,8 @@ def serve_command(
         threads=intra_op_threads,
         preload=preload,
         json_logs=log_format == "json",
+        max_loaded_models=max_loaded_models,
+        model_port=model_port_number,
         limits=Limits(
             max_body_bytes=max_body_bytes,
             max_items=max_items,
@@ -308,3 +344,7 @@ def remove_command(name: str, engines: Path) -> None:
     except ModelNotFound:
         raise click.ClickException(f"{name!r} is not in {engines}; see: ingrain list") from None
     click.echo(f"Removed {name} ({entry.directory})")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,31 +5,35 @@ from __future__ import annotations
 import falcon
 
 from api.errors import install_error_handlers
+from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModels, UnloadModel
 from api.metrics import Metrics
 from api.middleware import Observability
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
+from runtime.loaded_set import LoadedSet
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
-
-INFERENCE_HEALTH = "The inference server is running."
 
 
 def create_app(settings: ServerSettings) -> falcon.App:
     repository = Repository(settings.engines)
+    loaded = LoadedSet(settings.loaded_set) if settings.loaded_set else None
     registry = ModelRegistry(
         repository,
         settings.backend,
         settings.threads,
         settings.fetch,
         settings.limits.max_image_pixels,
+        loaded,
     )
     for name in settings.preload:
         registry.get(name)
+    if loaded is not None:
+        registry.follow()
     app = falcon.App(middleware=[Observability(settings.json_logs)])
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
-    app.add_route("/health", Health(INFERENCE_HEALTH))
+    app.add_route("/health", Health(settings.model_port))
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
     embed = Embed(registry, settings.limits)
@@ -39,6 +43,19 @@ def create_app(settings: ServerSettings) -> falcon.App:
     info = ModelInfo(repository, settings.limits)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")
+    if loaded is not None:
+        add_management_routes(app, registry, loaded, settings)
     app.add_route("/metrics", Metrics(repository))
     app.add_route("/metrics/prometheus", Metrics(repository, always_prometheus=True))
     return app
+
+
+def add_management_routes(
+    app: falcon.App, registry: ModelRegistry, loaded: LoadedSet, settings: ServerSettings
+) -> None:
+    arguments = (registry, loaded, settings)
+    app.add_route("/load_model", LoadModel(*arguments))
+    app.add_route("/unload_model", UnloadModel(*arguments))
+    app.add_route("/delete_model", DeleteModel(*arguments))
+    app.add_route("/loaded_models", LoadedModels(*arguments))
+    app.add_route("/repository_models", RepositoryModels(*arguments))

@@ -8,6 +8,7 @@ import falcon
 import orjson
 
 from runtime.models import InputError, ModelLoadError
+from runtime.registry import ModelNotLoaded
 from runtime.repository import ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(ModelNotFound, _model_not_found)
     app.add_error_handler(InputError, _input_error)
     app.add_error_handler(ModelLoadError, _model_load_error)
+    app.add_error_handler(ModelNotLoaded, _model_not_loaded)
     app.add_error_handler(Exception, _unexpected)
 
 
@@ -44,6 +46,12 @@ def _model_not_found(req, resp, error: ModelNotFound, params):
     raise falcon.HTTPNotFound(
         description=f"model {error.name!r} is not in the engine repository; build it with: "
         f"ingrain-build {error.name}"
+    )
+
+
+def _model_not_loaded(req, resp, error: ModelNotLoaded, params):
+    raise falcon.HTTPBadRequest(
+        description=f"Model {error.name} is not loaded; load it with /load_model"
     )
 
 

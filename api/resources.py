@@ -27,11 +27,16 @@ def elapsed_ms(started: float) -> float:
 
 
 class Health:
-    def __init__(self, message: str) -> None:
-        self.message = message
+    """One app answers both ports; the port a request came in on says which server it asks."""
+
+    def __init__(self, model_port: int | None) -> None:
+        self.model_port = model_port
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        respond(resp, {"message": self.message})
+        connection = req.env.get("gunicorn.socket")
+        port = connection.getsockname()[1] if connection is not None else None
+        server = "model" if port is not None and port == self.model_port else "inference"
+        respond(resp, {"message": f"The {server} server is running."})
 
 
 class _ModelRoute:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from api.settings import ServerSettings
+from runtime.loaded_set import LoadedSet, Models
+from runtime.repository import Repository
 
 
 class GunicornServer(BaseApplication):
@@ -42,6 +46,19 @@ def _worker_exited(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def initial_loaded_set(settings: ServerSettings) -> Models:
+    """The --preload models, or every model in the repository up to the maximum."""
+    repository = Repository(settings.engines)
+    if settings.preload:
+        return {name: repository.find(name).manifest.library for name in settings.preload}
+    entries = repository.entries()[: settings.max_loaded_models]
+    return {entry.name: entry.manifest.library for entry in entries}
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def serve(
     settings: ServerSettings,
     host: str,
@@ -50,13 +67,20 @@ def serve(
     threads: int,
     timeout: int,
 ) -> None:
-    metrics_dir = tempfile.mkdtemp(prefix="ingrain-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    """Run until stopped. The run directory holds this server's metrics files and loaded-model
+    set; it is made here, before any worker exists, and removed at exit."""
+    run_dir = Path(tempfile.mkdtemp(prefix="ingrain-serve-"))
+    (run_dir / "metrics").mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
+    loaded = LoadedSet(run_dir / "loaded.json")
+    loaded.write(initial_loaded_set(settings))
+    settings = replace(settings, loaded_set=loaded.path)
+    ports = [port] if settings.model_port is None else [port, settings.model_port]
     try:
         GunicornServer(
             settings,
             {
-                "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+                "bind": [_address(host, p) for p in ports],
                 "workers": workers,
                 "threads": threads,
                 "worker_class": "gthread",
@@ -70,4 +94,4 @@ def serve(
             },
         ).run()
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -26,5 +26,10 @@ class ServerSettings:
     threads: int = 0
     preload: tuple[str, ...] = ()
     json_logs: bool = False
+    # The server's loaded-model set (a file every worker follows); None serves every model.
+    loaded_set: Path | None = None
+    max_loaded_models: int = 5
+    # Requests arriving on this port are the "model server" (its /health says so).
+    model_port: int | None = None
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)

@@ -26,4 +26,6 @@ class Progress:
 
     def report(self, figures: dict) -> None:
         cosine = f"min cosine {figures['min_cosine']:.6f}, " if "min_cosine" in figures else ""
-        self.say(f"    {figures['items']} items: {cosine}max abs error {figures['max_abs_error']:.2e}")
+        self.say(
+            f"    {figures['items']} items: {cosine}max abs error {figures['max_abs_error']:.2e}"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -95,9 +96,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, url: str, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen, url: str, model_url: str, log: Path) -> None:
         self.process = process
         self.url = url
+        self.model_url = model_url
         self.log = log
 
     def worker_pids(self) -> set[int]:
@@ -109,10 +111,16 @@ class Server:
 
 
 def start_server(engines: Path, log: Path, *args: str) -> Server:
-    port = free_port()
-    command = [str(BIN / "ingrain-serve"), "--engines", str(engines), "--port", str(port), *args]
+    port, model_port = free_port(), free_port()
+    command = [
+        str(BIN / "ingrain-serve"),
+        *("--engines", str(engines), "--port", str(port), "--model-port", str(model_port)),
+        *args,
+    ]
+    # No model hub is reachable from tests: fail builds at once instead of after retries.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -120,7 +128,7 @@ def start_server(engines: Path, log: Path, *args: str) -> Server:
             raise RuntimeError(f"ingrain-serve exited: {log.read_text()}")
         try:
             if requests.get(url + "/health", timeout=1).ok:
-                return Server(process, url, log)
+                return Server(process, url, f"http://127.0.0.1:{model_port}", log)
         except requests.ConnectionError:
             time.sleep(0.2)
     process.kill()
@@ -146,6 +154,7 @@ def server(engines, tmp_path_factory) -> Iterator[Server]:
         "--max-image-bytes": "100000",
         "--max-image-pixels": "1000000",
         "--download-timeout": "2",
+        "--max-loaded-models": "10",
     }
     flags = [part for pair in limits.items() for part in pair]
     running = start_server(engines, log, "--workers", "2", "--threads", "4", *flags)
