@@ -222,6 +222,31 @@ def build_command(
     "metadata addresses are always refused).",
 )
 @click.option(
+    "--max-batch-delay-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    envvar="INGRAIN_MAX_BATCH_DELAY_MS",
+    help="How long a partial batch may wait for more requests (never when the engine is idle "
+    "and one request is queued).",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=click.IntRange(min=1),
+    default=16384,
+    show_default=True,
+    envvar="INGRAIN_MAX_BATCH_TOKENS",
+    help="Most padded tokens (texts x longest) in one text execution.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    envvar="INGRAIN_MAX_QUEUE",
+    help="Most items waiting per model tower and worker; beyond it requests get 503.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -248,11 +273,15 @@ def serve_command(
     download_timeout: float,
     max_redirects: int,
     block_private_addresses: bool,
+    max_batch_delay_ms: float,
+    max_batch_tokens: int,
+    max_queue: int,
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.server import serve
     from api.settings import Limits, ServerSettings
+    from runtime.batching import BatchingConfig
     from runtime.fetch import FetchLimits
 
     if model_port.lower() == "none":
@@ -262,6 +291,12 @@ def serve_command(
     else:
         raise click.BadParameter(
             'a port number other than --port, or "none"', param_hint="--model-port"
+        )
+    if max_items > max_queue:
+        raise click.BadParameter(
+            f"--max-items {max_items} is more than --max-queue {max_queue}: such requests could "
+            "never be queued",
+            param_hint="--max-queue",
         )
     if len(preload) > max_loaded_models:
         raise click.BadParameter(
@@ -300,6 +335,11 @@ def serve_command(
             timeout_s=download_timeout,
             max_redirects=max_redirects,
             allow_private=not block_private_addresses,
+        ),
+        batching=BatchingConfig(
+            max_delay_s=max_batch_delay_ms / 1000.0,
+            max_tokens=max_batch_tokens,
+            max_queue=max_queue,
         ),
     )
     serve(settings, host, port, workers, threads, timeout)

@@ -25,6 +25,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
         settings.fetch,
         settings.limits.max_image_pixels,
         loaded,
+        settings.batching,
     )
     for name in settings.preload:
         registry.get(name)

@@ -7,6 +7,7 @@ import logging
 import falcon
 import orjson
 
+from runtime.batching import Overloaded
 from runtime.models import InputError, ModelLoadError
 from runtime.registry import ModelNotLoaded
 from runtime.repository import ModelNotFound
@@ -27,6 +28,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(InputError, _input_error)
     app.add_error_handler(ModelLoadError, _model_load_error)
     app.add_error_handler(ModelNotLoaded, _model_not_loaded)
+    app.add_error_handler(Overloaded, _overloaded)
     app.add_error_handler(Exception, _unexpected)
 
 
@@ -52,6 +54,12 @@ def _model_not_found(req, resp, error: ModelNotFound, params):
 def _model_not_loaded(req, resp, error: ModelNotLoaded, params):
     raise falcon.HTTPBadRequest(
         description=f"Model {error.name} is not loaded; load it with /load_model"
+    )
+
+
+def _overloaded(req, resp, error: Overloaded, params):
+    raise falcon.HTTPServiceUnavailable(
+        description=f"the server is overloaded: {error}", retry_after=1
     )
 
 

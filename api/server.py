@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +70,11 @@ def serve(
 ) -> None:
     """Run until stopped. The run directory holds this server's metrics files and loaded-model
     set; it is made here, before any worker exists, and removed at exit."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError(
+            "prometheus_client was imported before its multiprocess directory was set: "
+            "metrics would not be summed across workers"
+        )
     run_dir = Path(tempfile.mkdtemp(prefix="ingrain-serve-"))
     (run_dir / "metrics").mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.batching import BatchingConfig
 from runtime.fetch import FetchLimits
 from runtime.images import DEFAULT_MAX_PIXELS
 
@@ -33,3 +34,4 @@ class ServerSettings:
     model_port: int | None = None
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)

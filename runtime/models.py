@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends import Backend, open_backend
+from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
@@ -17,7 +19,7 @@ from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
 from runtime.stats import TowerStats
 from runtime.tokenizer import TextTokenizer
-from runtime.tower import Tower
+from runtime.tower import Collate, Tower
 
 
 class InputError(ValueError):
@@ -34,15 +36,10 @@ class TextEncoder:
         self.tokenizer = tokenizer
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Texts are grouped by token count so each batch pads only to its own longest member."""
         started = time.perf_counter_ns()
         ids = self.tokenizer.token_ids(texts)
         self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
-        order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
-        names = self.tower.input_names
-        return self.tower.infer(
-            len(ids), lambda chunk: self.tokenizer.batch([ids[i] for i in chunk], names), order
-        )
+        return self.tower.infer(ids, lengths=[len(row) for row in ids])
 
 
 class ImageEncoder:
@@ -79,8 +76,7 @@ class ImageEncoder:
             return error
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        name = self.tower.input_names[0]
-        return self.tower.infer(len(pixels), lambda chunk: {name: pixels[chunk]})
+        return self.tower.infer(list(pixels))
 
 
 class Model:
@@ -117,6 +113,7 @@ class Model:
         threads: int = 0,
         fetcher: ImageFetcher | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        batching: BatchingConfig | None = None,
     ) -> Model:
         manifest, directory = entry.manifest, entry.directory
         text = image = None
@@ -129,12 +126,17 @@ class Model:
                 raise ModelLoadError(
                     f"cannot load {directory / manifest.tokenizer.file}: {error}"
                 ) from error
-            text = TextEncoder(_tower(entry, "text", backend, threads), tokenizer)
+            names = [tensor.name for tensor in manifest.towers["text"].inputs]
+            collate = partial(tokenizer.batch, names=names)
+            text = TextEncoder(
+                _tower(entry, "text", backend, threads, batching, collate), tokenizer
+            )
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
+            pixels = manifest.towers["image"].inputs[0].name
             image = ImageEncoder(
-                _tower(entry, "image", backend, threads),
+                _tower(entry, "image", backend, threads, batching, partial(_stack, pixels)),
                 manifest.image,
                 fetcher or ImageFetcher(FetchLimits()),
                 max_pixels,
@@ -185,6 +187,12 @@ class Model:
         assert self.image is not None and self.classifier is not None
         return self.classifier.probabilities(self.image.embed(pixels))
 
+    def close(self) -> None:
+        """Stop the towers' executors; the engines go with the last reference to the model."""
+        for encoder in (self.text, self.image):
+            if encoder is not None:
+                encoder.tower.close()
+
     def _require(self, encoder, action: str):
         if encoder is None:
             raise InputError(
@@ -193,12 +201,21 @@ class Model:
         return encoder
 
 
-def _tower(entry: Entry, key: str, backend: str, threads: int) -> Tower:
+def _stack(name: str, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.stack(images)}
+
+
+def _tower(
+    entry: Entry,
+    key: str,
+    backend: str,
+    threads: int,
+    batching: BatchingConfig | None,
+    collate: Collate,
+) -> Tower:
     spec = entry.manifest.towers[key]
-    stats_name = f"{key}_encoder"
-    return Tower(
-        spec, _open(entry.directory, spec, backend, threads), TowerStats(entry.name, stats_name)
-    )
+    stats = TowerStats(entry.name, f"{key}_encoder")
+    return Tower(spec, _open(entry.directory, spec, backend, threads), stats, collate, batching)
 
 
 def _open(directory: Path, spec: TowerSpec, backend: str, threads: int) -> Backend:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from runtime.batching import BatchingConfig
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.loaded_set import LoadedSet
@@ -36,6 +37,7 @@ class ModelRegistry:
         fetch_limits: FetchLimits | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         loaded_set: LoadedSet | None = None,
+        batching: BatchingConfig | None = None,
     ) -> None:
         self.repository = repository
         self.backend = backend
@@ -43,6 +45,7 @@ class ModelRegistry:
         self.fetcher = ImageFetcher(fetch_limits or FetchLimits())
         self.max_pixels = max_pixels
         self.loaded_set = loaded_set
+        self.batching = batching
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
@@ -70,7 +73,9 @@ class ModelRegistry:
             if model is None:
                 entry = self.repository.find(name)
                 started = time.perf_counter()
-                model = Model.load(entry, self.backend, self.threads, self.fetcher, self.max_pixels)
+                model = Model.load(
+                    entry, self.backend, self.threads, self.fetcher, self.max_pixels, self.batching
+                )
                 log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
                 self._models[name] = model
                 MODEL_LOADED.labels(name).inc()
@@ -86,7 +91,7 @@ class ModelRegistry:
         with self._lock:
             allowed = set(self.loaded_set.read())
             for name in [name for name in self._models if name not in allowed]:
-                del self._models[name]
+                self._models.pop(name).close()
                 MODEL_LOADED.labels(name).dec()
                 log.info("unloaded %s", name)
             self._allowed, self._stamp = allowed, stamp

@@ -1,66 +1,204 @@
-"""One exported network and its backend: runs batches, records their timings."""
+"""One exported network and its backend, fed by a dynamic batcher.
+
+Request threads queue their items; one executor thread per tower merges items from concurrent
+requests into executions of at most the profile's max batch (and, for text, a padded-token
+budget), runs them one at a time (the backend already uses every core it was given), and
+hands each request its rows back in order. A request larger than the max batch is split.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from runtime.backends import Backend
+from runtime.batching import BatchingConfig, Overloaded
 from runtime.manifest import TowerSpec
 from runtime.stats import BATCH_STATS, RequestTimer, TowerStats
 
-BatchMaker = Callable[[list[int]], dict[str, np.ndarray]]
+Collate = Callable[[list[Any]], dict[str, np.ndarray]]
+
+
+@dataclass
+class _Request:
+    items: Sequence[Any]
+    lengths: Sequence[int] | None
+    outputs: np.ndarray
+    timer: RequestTimer = field(default_factory=RequestTimer)
+    taken: int = 0
+    remaining: int = 0
+    started: bool = False
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Tower:
-    """Executions are serialised per tower: the backend already uses every core it was given,
-    so running two batches at once would only oversubscribe them."""
-
-    def __init__(self, spec: TowerSpec, backend: Backend, stats: TowerStats) -> None:
+    def __init__(
+        self,
+        spec: TowerSpec,
+        backend: Backend,
+        stats: TowerStats,
+        collate: Collate,
+        batching: BatchingConfig | None = None,
+    ) -> None:
         self.spec = spec
         self.backend = backend
         self.stats = stats
+        self.collate = collate
+        self.batching = batching or BatchingConfig()
         self.input_names = [tensor.name for tensor in spec.inputs]
-        self._executor = threading.Lock()
+        self._pending: deque[_Request] = deque()
+        self._queued = 0
+        self._busy = False
+        self._closed = False
+        self._wake = threading.Condition()
+        self._executor = threading.Thread(target=self._run, name="tower-executor", daemon=True)
+        self._executor.start()
 
-    def infer(
-        self, count: int, make_batch: BatchMaker, order: list[int] | None = None
-    ) -> np.ndarray:
-        """Run `count` items in batches of at most the profile's max batch, in `order`.
+    def infer(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> np.ndarray:
+        """One output row per item, in order. `lengths` (token counts) groups text by length.
 
-        `make_batch` builds the named inputs for a list of item indices. Returns one output row
-        per item, in item order. The whole call is one request in the statistics.
+        Raises Overloaded when the queue cannot take the items.
         """
-        timer = RequestTimer()
-        try:
-            outputs = self._run(count, make_batch, order or list(range(count)), timer)
-        except BaseException:
-            self.stats.request(timer, succeeded=False)
-            raise
-        self.stats.request(timer, succeeded=True)
-        return outputs
+        request = _Request(items, lengths, np.empty((len(items), self.spec.dim), np.float32))
+        request.remaining = len(items)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the model was unloaded")
+            if self._queued + len(items) > self.batching.max_queue:
+                raise Overloaded(
+                    f"{self._queued} items are queued for this model (limit "
+                    f"{self.batching.max_queue}); retry shortly"
+                )
+            self._pending.append(request)
+            self._queued += len(items)
+            self._wake.notify()
+        request.done.wait()
+        self.stats.request(request.timer, succeeded=request.error is None)
+        if request.error is not None:
+            raise request.error
+        return request.outputs
 
-    def _run(
-        self, count: int, make_batch: BatchMaker, order: list[int], timer: RequestTimer
-    ) -> np.ndarray:
-        outputs = np.empty((count, self.spec.dim), dtype=np.float32)
-        for start in range(0, count, self.spec.max_batch):
-            chunk = order[start : start + self.spec.max_batch]
-            waiting = time.perf_counter_ns()
-            with self._executor:
-                began = time.perf_counter_ns()
-                batch = make_batch(chunk)
-                prepared = time.perf_counter_ns()
-                result = self.backend.run(batch)
-                executed = time.perf_counter_ns()
-                outputs[chunk] = result
-                finished = time.perf_counter_ns()
-            durations = (prepared - began, executed - prepared, finished - executed)
-            self.stats.execution(len(chunk), *durations)
-            timer.add("queue", began - waiting)
+    def close(self) -> None:
+        """Stop the executor once the queue is empty."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    # --- executor thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            for execution in self._executions(batch):
+                self._execute(execution)
+
+    def _take(self) -> list[tuple[_Request, int]] | None:
+        """The next items to run: at once when idle with one request queued, else as many as
+        arrive within the batching delay, up to the max batch and token budget."""
+        with self._wake:
+            while not self._pending:
+                if self._closed:
+                    return None
+                self._wake.wait()
+            batch = self._collect()
+            if not self._busy and not self._pending and self._started_alone(batch):
+                return self._claimed(batch)
+            deadline = time.monotonic() + self.batching.max_delay_s
+            while self._room(batch) and (remaining := deadline - time.monotonic()) > 0:
+                self._wake.wait(remaining)
+                batch += self._collect(batch)
+            return self._claimed(batch)
+
+    @staticmethod
+    def _started_alone(batch: list[tuple[_Request, int]]) -> bool:
+        return len({id(request) for request, _ in batch}) == 1
+
+    def _room(self, batch: list[tuple[_Request, int]]) -> bool:
+        return len(batch) < self.spec.max_batch
+
+    def _collect(
+        self, batch: list[tuple[_Request, int]] | None = None
+    ) -> list[tuple[_Request, int]]:
+        """Take queued items in arrival order while they fit the batch (lock held)."""
+        taken: list[tuple[_Request, int]] = []
+        lengths = [r.lengths[i] for r, i in batch or [] if r.lengths is not None]
+        count = len(batch or [])
+        while self._pending and count < self.spec.max_batch:
+            request = self._pending[0]
+            if request.lengths is not None:
+                length = request.lengths[request.taken]
+                widest = max([length, *lengths])
+                if lengths and (len(lengths) + 1) * widest > self.batching.max_tokens:
+                    break
+                lengths.append(length)
+            taken.append((request, request.taken))
+            request.taken += 1
+            count += 1
+            if request.taken == len(request.items):
+                self._pending.popleft()
+        self._queued -= len(taken)
+        return taken
+
+    def _claimed(self, batch: list[tuple[_Request, int]]) -> list[tuple[_Request, int]]:
+        self._busy = True
+        return batch
+
+    def _executions(self, batch: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
+        """Text: sorted by length and cut where padding would waste too much. Images: one."""
+        first = batch[0][0]
+        if first.lengths is None:
+            return [batch]
+        ordered = sorted(batch, key=lambda item: item[0].lengths[item[1]])
+        groups: list[list[tuple[_Request, int]]] = [[]]
+        total = 0
+        for request, index in ordered:
+            length = request.lengths[index]
+            group = groups[-1]
+            padded = (len(group) + 1) * length
+            if group and padded > (total + length) * (1 + self.batching.padding_waste):
+                groups.append([])
+                group, total = groups[-1], 0
+            group.append((request, index))
+            total += length
+        return groups
+
+    def _execute(self, execution: list[tuple[_Request, int]]) -> None:
+        began = time.perf_counter_ns()
+        requests = {id(request): request for request, _ in execution}.values()
+        for request in requests:
+            if not request.started:
+                request.started = True
+                request.timer.add("queue", began - request.timer.arrival)
+        try:
+            inputs = self.collate([request.items[index] for request, index in execution])
+            prepared = time.perf_counter_ns()
+            result = self.backend.run(inputs)
+            executed = time.perf_counter_ns()
+            for row, (request, index) in enumerate(execution):
+                request.outputs[index] = result[row]
+            finished = time.perf_counter_ns()
+        except BaseException as error:  # the request fails; the executor keeps serving
+            for request in requests:
+                request.error = error
+            self._finish(execution)
+            return
+        durations = (prepared - began, executed - prepared, finished - executed)
+        self.stats.execution(len(execution), *durations)
+        for request in requests:
             for stat, ns in zip(BATCH_STATS, durations, strict=True):
-                timer.add(stat, ns)
-        return outputs
+                request.timer.add(stat, ns)
+        self._finish(execution)
+
+    def _finish(self, execution: list[tuple[_Request, int]]) -> None:
+        for request, _ in execution:
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.done.set()
+        with self._wake:
+            self._busy = bool(self._pending)

@@ -1,0 +1,24 @@
+"""Dynamic batching settings, apart from the batcher so that configuring a server does not
+import its metrics (prometheus-client must first be imported after its multiprocess directory
+is set, in serve)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Overloaded(RuntimeError):
+    """The tower's queue is full; the caller should retry shortly."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    # How long the executor may hold a partial batch open for more requests (never when it was
+    # idle and only one request is queued).
+    max_delay_s: float = 0.002
+    # Most padded tokens (batch x longest text) in one execution; text towers only.
+    max_tokens: int = 16384
+    # Most items waiting per tower; beyond it requests are refused at once (503).
+    max_queue: int = 1024
+    # Text: a sorted batch is cut where padding to the longest would waste more than this share.
+    padding_waste: float = 0.25

@@ -1,0 +1,229 @@
+"""The dynamic batcher, driving the real all-MiniLM-L6-v2 graph in ONNX Runtime.
+
+A recording wrapper around the real backend notes each execution's batch size and, where a
+test needs requests to pile up, holds executions until the test releases them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+
+import numpy as np
+import pytest
+import requests
+
+from runtime.backends.onnxruntime import OnnxRuntimeBackend
+from runtime.batching import BatchingConfig, Overloaded
+from runtime.models import Model
+from runtime.repository import Repository
+from runtime.stats import TowerStats
+from runtime.tower import Tower
+from tests.conftest import MINILM, start_server, stop_server
+
+
+class Recording:
+    """The real backend, plus a record of batch sizes and an optional gate on executions."""
+
+    def __init__(self, backend: OnnxRuntimeBackend) -> None:
+        self.backend = backend
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
+
+    def run(self, inputs):
+        self.entered.release()
+        self.gate.wait()
+        self.sizes.append(len(next(iter(inputs.values()))))
+        return self.backend.run(inputs)
+
+
+@pytest.fixture(scope="module")
+def minilm(engines):
+    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+
+
+def tower(minilm, recording, **batching) -> Tower:
+    encoder = minilm.text
+    spec = encoder.tower.spec
+    names = encoder.tower.input_names
+    return Tower(
+        spec,
+        recording,
+        TowerStats("batching-test", "text_encoder"),
+        lambda items: encoder.tokenizer.batch(items, names),
+        BatchingConfig(**batching),
+    )
+
+
+@pytest.fixture
+def recording(minilm):
+    return Recording(minilm.text.tower.backend)
+
+
+def token_ids(minilm, texts):
+    return minilm.text.tokenizer.token_ids(texts)
+
+
+def unbatched(minilm, recording, texts) -> np.ndarray:
+    """Each text run alone through the same backend."""
+    names = minilm.text.tower.input_names
+    rows = [
+        recording.backend.run(minilm.text.tokenizer.batch([ids], names))
+        for ids in token_ids(minilm, texts)
+    ]
+    return np.concatenate(rows)
+
+
+def test_concurrent_requests_lose_nothing_and_match_unbatched_results(minilm, recording):
+    rng = random.Random(7)
+    words = "the quick brown fox jumps over a lazy dog while markets rally and rain falls"
+    words = words.split()
+    requests_ = [
+        [" ".join(rng.choices(words, k=rng.randint(1, 40))) for _ in range(rng.randint(1, 5))]
+        for _ in range(60)
+    ]
+    batcher = tower(minilm, recording, max_delay_s=0.005)
+
+    def run(texts):
+        ids = token_ids(minilm, texts)
+        return batcher.infer(ids, [len(row) for row in ids])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, requests_))
+    batcher.close()
+    assert sum(recording.sizes) == sum(len(texts) for texts in requests_)
+    assert max(recording.sizes) > 1, "concurrent requests were never merged"
+    for texts, result in zip(requests_, results, strict=True):
+        assert np.abs(result - unbatched(minilm, recording, texts)).max() < 1e-5
+
+
+def test_requests_queued_while_the_engine_runs_are_merged(minilm, recording):
+    batcher = tower(minilm, recording, max_delay_s=0.05)
+    recording.gate.clear()
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        first = pool.submit(batcher.infer, token_ids(minilm, ["first"]), [3])
+        recording.entered.acquire()  # the first execution has started and is held
+        others = [
+            pool.submit(batcher.infer, token_ids(minilm, [f"text {i}"]), [4]) for i in range(10)
+        ]
+        while batcher._queued < 10:  # all ten are waiting behind the held execution
+            threading.Event().wait(0.001)
+        recording.gate.set()
+        first.result()
+        [future.result() for future in others]
+    batcher.close()
+    assert recording.sizes == [1, 10]
+
+
+def test_a_lone_request_on_an_idle_engine_does_not_wait(minilm, recording):
+    batcher = tower(minilm, recording, max_delay_s=3600)  # any wait would hang the test
+    ids = token_ids(minilm, ["alone"])
+    assert batcher.infer(ids, [len(ids[0])]).shape == (1, 384)
+    batcher.close()
+    assert recording.sizes == [1]
+
+
+def test_large_requests_are_split_and_reassembled_in_order(minilm, recording):
+    texts = [f"sentence number {i} " * (1 + i % 3) for i in range(70)]
+    batcher = tower(minilm, recording, padding_waste=10.0)
+    ids = token_ids(minilm, texts)
+    result = batcher.infer(ids, [len(row) for row in ids])
+    batcher.close()
+    assert recording.sizes == [32, 32, 6]
+    assert np.abs(result - unbatched(minilm, recording, texts)).max() < 1e-5
+
+
+def test_the_token_budget_limits_each_execution(minilm, recording):
+    texts = ["one two three four five six seven eight nine ten eleven twelve thirteen"] * 10
+    ids = token_ids(minilm, texts)
+    width = len(ids[0])
+    batcher = tower(minilm, recording, max_tokens=4 * width)
+    batcher.infer(ids, [len(row) for row in ids])
+    batcher.close()
+    assert recording.sizes == [4, 4, 2]
+
+
+def test_short_and_long_texts_run_in_separate_executions(minilm, recording):
+    texts = ["short"] * 6 + ["a very long text that keeps going and going " * 12] * 6
+    random.Random(1).shuffle(texts)
+    ids = token_ids(minilm, texts)
+    batcher = tower(minilm, recording)
+    result = batcher.infer(ids, [len(row) for row in ids])
+    batcher.close()
+    assert sorted(recording.sizes) == [6, 6]
+    assert np.abs(result - unbatched(minilm, recording, texts)).max() < 1e-5
+
+
+def test_a_full_queue_refuses_at_once(minilm, recording):
+    batcher = tower(minilm, recording, max_queue=4)
+    recording.gate.clear()
+    ids = token_ids(minilm, ["x"])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        running = pool.submit(batcher.infer, ids, [3])
+        recording.entered.acquire()
+        queued = pool.submit(batcher.infer, ids * 4, [3] * 4)
+        while batcher._queued < 4:
+            threading.Event().wait(0.001)
+        with pytest.raises(Overloaded, match="limit 4"):
+            batcher.infer(ids, [3])
+        recording.gate.set()
+        assert running.result().shape == (1, 384)
+        assert queued.result().shape == (4, 384)
+    batcher.close()
+
+
+def test_an_overloaded_server_answers_503_with_retry_after(engines, tmp_path):
+    log = tmp_path / "server.log"
+    server = start_server(engines, log, "--threads", "12", "--max-queue", "8", "--max-items", "8")
+    long_texts = ["a long sentence about nothing in particular " * 30] * 8
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            responses = list(
+                pool.map(
+                    lambda _: server.post("/embed_text", {"name": MINILM, "text": long_texts}),
+                    range(24),
+                )
+            )
+    finally:
+        stop_server(server)
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+    refused = next(response for response in responses if response.status_code == 503)
+    assert refused.headers["Retry-After"] == "1"
+    assert "overloaded" in refused.json()["error"]
+
+
+def test_max_items_above_max_queue_is_refused_at_start(engines):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    result = subprocess.run(
+        [
+            str(BIN / "ingrain-serve"),
+            "--engines",
+            str(engines),
+            "--max-queue",
+            "4",
+            "--max-items",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "--max-queue" in result.stderr
+
+
+def test_metrics_queue_is_the_wait_in_the_batcher(server):
+    before = requests.get(server.url + "/metrics", timeout=10).json()
+    server.post("/embed_text", {"name": MINILM, "text": ["one", "two"]})
+    after = requests.get(server.url + "/metrics", timeout=10).json()
+
+    def queue(body):
+        [entry] = [e for e in body["modelStats"] if e["name"] == MINILM]
+        return int(entry["inferenceStats"]["queue"]["count"] or 0)
+
+    assert queue(after) == queue(before) + 1
