@@ -142,9 +142,10 @@ def build_command(
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=8,
+    default=64,
     show_default=True,
-    help="Request threads per worker.",
+    help="Request threads per worker. They mostly wait on the batcher; the batcher can only "
+    "merge requests that are in it, so this caps the batch a worker can form.",
 )
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option(

@@ -20,5 +20,6 @@ class BatchingConfig:
     max_tokens: int = 16384
     # Most items waiting per tower; beyond it requests are refused at once (503).
     max_queue: int = 1024
-    # Text: a sorted batch is cut where padding to the longest would waste more than this share.
-    padding_waste: float = 0.25
+    # Text: a sorted batch is cut into executions where that saves padding worth more than this
+    # many tokens per extra execution (the fixed cost of one execution, measured on CPU).
+    execution_overhead_tokens: int = 128

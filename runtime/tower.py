@@ -150,23 +150,26 @@ class Tower:
         return batch
 
     def _executions(self, batch: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
-        """Text: sorted by length and cut where padding would waste too much. Images: one."""
-        first = batch[0][0]
-        if first.lengths is None:
+        """Text: sorted by length, then cut into the executions with the least estimated cost
+        (padded tokens, plus a fixed overhead per execution). Images: one execution."""
+        if batch[0][0].lengths is None:
             return [batch]
         ordered = sorted(batch, key=lambda item: item[0].lengths[item[1]])
-        groups: list[list[tuple[_Request, int]]] = [[]]
-        total = 0
-        for request, index in ordered:
-            length = request.lengths[index]
-            group = groups[-1]
-            padded = (len(group) + 1) * length
-            if group and padded > (total + length) * (1 + self.batching.padding_waste):
-                groups.append([])
-                group, total = groups[-1], 0
-            group.append((request, index))
-            total += length
-        return groups
+        lengths = [request.lengths[index] for request, index in ordered]
+        overhead = self.batching.execution_overhead_tokens
+        # best[j]: least cost of the first j items; cut[j]: where its last execution starts.
+        best, cut = [0.0], [0]
+        for end in range(1, len(lengths) + 1):
+            costs = [
+                best[start] + overhead + (end - start) * lengths[end - 1] for start in range(end)
+            ]
+            cut.append(min(range(end), key=costs.__getitem__))
+            best.append(costs[cut[-1]])
+        executions, end = [], len(ordered)
+        while end > 0:
+            executions.append(ordered[cut[end] : end])
+            end = cut[end]
+        return executions[::-1]
 
     def _execute(self, execution: list[tuple[_Request, int]]) -> None:
         began = time.perf_counter_ns()

@@ -128,7 +128,7 @@ def test_a_lone_request_on_an_idle_engine_does_not_wait(minilm, recording):
 
 def test_large_requests_are_split_and_reassembled_in_order(minilm, recording):
     texts = [f"sentence number {i} " * (1 + i % 3) for i in range(70)]
-    batcher = tower(minilm, recording, padding_waste=10.0)
+    batcher = tower(minilm, recording, execution_overhead_tokens=10**6)
     ids = token_ids(minilm, texts)
     result = batcher.infer(ids, [len(row) for row in ids])
     batcher.close()

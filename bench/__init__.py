@@ -1,0 +1,1 @@
+"""Load generator and benchmarks (not tests): `python -m bench --help`."""

@@ -1,0 +1,70 @@
+"""`python -m bench load ...` drives a running server; `python -m bench compare` measures the
+server against in-process ONNX Runtime, sentence-transformers and infinity-emb in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import orjson
+
+from bench.load import run_load, text_bodies
+from bench.sentences import sentences
+
+
+def show(report: dict, as_json: bool, prefix: str = "") -> None:
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            show(value, False, f"{prefix}{key}.")
+        else:
+            click.echo(f"{prefix + key:<60} {value}")
+
+
+@click.group()
+def main() -> None:
+    """Benchmarks for ingrain-server (loopback or a URL you give; bounded in requests)."""
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8686", show_default=True)
+@click.option("--model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--per-request", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option(
+    "--requests", "count", type=click.IntRange(1, 1_000_000), default=500, show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def load(url: str, model: str, concurrency: int, per_request: int, count: int, as_json: bool):
+    """Send a bounded number of /embed_text requests and report throughput and latency."""
+    bodies = text_bodies(model, sentences(), per_request, count)
+    show(run_load(url, "/embed_text", bodies, concurrency).summary(), as_json)
+
+
+@main.command()
+@click.option(
+    "--sentences", "count", type=click.IntRange(64, 100_000), default=2000, show_default=True
+)
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the demo model in (default: a temporary one).",
+)
+@click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--workers=2.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(count: int, engines: Path | None, serve_args: tuple[str, ...], as_json: bool):
+    """The server vs the engine in-process, sentence-transformers and infinity-emb."""
+    from bench.compare import compare as run
+
+    show(run(count, engines, list(serve_args)), as_json)
+
+
+if __name__ == "__main__":
+    main()
