@@ -248,6 +248,29 @@ def build_command(
     help="Most items waiting per model tower and worker; beyond it requests get 503.",
 )
 @click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    envvar="INGRAIN_API_KEYS",
+    help="Require Authorization: Bearer KEY on every route but /health (repeatable; the "
+    "variable holds keys separated by spaces).",
+)
+@click.option(
+    "--admin-key",
+    "admin_keys",
+    multiple=True,
+    envvar="INGRAIN_ADMIN_KEYS",
+    help="Require one of these keys (instead of an API key) on /load_model, /unload_model and "
+    "/delete_model; they also open every other route.",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    envvar="INGRAIN_CORS_ORIGINS",
+    help="Allow browsers on this origin to call the API (repeatable; '*' for any). Off by default.",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -277,6 +300,9 @@ def serve_command(
     max_batch_delay_ms: float,
     max_batch_tokens: int,
     max_queue: int,
+    api_keys: tuple[str, ...],
+    admin_keys: tuple[str, ...],
+    cors_origins: tuple[str, ...],
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
@@ -324,6 +350,9 @@ def serve_command(
         preload=preload,
         json_logs=log_format == "json",
         max_loaded_models=max_loaded_models,
+        api_keys=api_keys,
+        admin_keys=admin_keys,
+        cors_origins=cors_origins,
         model_port=model_port_number,
         limits=Limits(
             max_body_bytes=max_body_bytes,

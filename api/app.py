@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import falcon
 
+from api.auth import ApiKeys
 from api.errors import install_error_handlers
 from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModels, UnloadModel
 from api.metrics import Metrics
 from api.middleware import Observability
+from api.openapi import OpenAPI
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
 from runtime.loaded_set import LoadedSet
@@ -31,10 +33,17 @@ def create_app(settings: ServerSettings) -> falcon.App:
         registry.get(name)
     if loaded is not None:
         registry.follow()
-    app = falcon.App(middleware=[Observability(settings.json_logs)])
+    middleware = [
+        Observability(settings.json_logs),
+        ApiKeys(settings.api_keys, settings.admin_keys),
+    ]
+    if settings.cors_origins:
+        middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins)))
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
     app.add_route("/health", Health(settings.model_port))
+    app.add_route("/openapi.json", OpenAPI())
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
     embed = Embed(registry, settings.limits)

@@ -123,12 +123,7 @@ class LoadModel(_Management):
             raise falcon.HTTPBadRequest(description=f"cannot build {name!r}: {reason}")
 
 
-class UnloadModel(_Management):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, name = self._name(req)
-        self._unload(name)
-        respond(resp, {"message": f"Model {name} unloaded successfully."})
-
+class _Unloading(_Management):
     def _unload(self, name: str) -> None:
         def remove(models: Models) -> Models:
             if name not in models:
@@ -139,7 +134,14 @@ class UnloadModel(_Management):
         self.registry.sync()
 
 
-class DeleteModel(UnloadModel):
+class UnloadModel(_Unloading):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _, name = self._name(req)
+        self._unload(name)
+        respond(resp, {"message": f"Model {name} unloaded successfully."})
+
+
+class DeleteModel(_Unloading):
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         _, name = self._name(req)
         entry = self.repository.find(name)  # 404 when it is not there

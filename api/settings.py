@@ -32,6 +32,10 @@ class ServerSettings:
     max_loaded_models: int = 5
     # Requests arriving on this port are the "model server" (its /health says so).
     model_port: int | None = None
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    # Origins allowed to call from a browser; CORS stays off when empty.
+    cors_origins: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

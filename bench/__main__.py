@@ -66,5 +66,21 @@ def compare(count: int, engines: Path | None, serve_args: tuple[str, ...], as_js
     show(run(count, engines, list(serve_args)), as_json)
 
 
+@main.command()
+@click.option("--minutes", type=click.FloatRange(0.1, 600), default=10.0, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the models in (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def soak(minutes: float, concurrency: int, engines: Path | None, as_json: bool):
+    """Mixed load on a 2-worker server at saturation; 5xx, lost requests and memory growth."""
+    from bench.soak import soak as run
+
+    show(run(minutes, concurrency, engines), as_json)
+
+
 if __name__ == "__main__":
     main()

@@ -41,6 +41,12 @@ def jpeg(width: int, height: int, seed: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def encoded(image_format: str, width: int = 64, height: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png(width, height, 4))).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares width x height but carries almost no data: a decompression bomb."""
 
@@ -51,6 +57,16 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_a_one_pixel_image_and_every_format_embed(server, clip_reference):
+    images = [png(1, 1), *(encoded(kind) for kind in ("JPEG", "WEBP", "GIF", "BMP", "TIFF"))]
+    body = {"name": CLIP, "image": [base64.b64encode(data).decode() for data in images]}
+    response = server.post("/embed_image", body)
+    assert response.status_code == 200, response.text
+    served = np.array(response.json()["embeddings"])
+    expected = unit(reference_images(clip_reference[CLIP], images))
+    assert cosines(served, expected).min() >= 0.9999
 
 
 IMAGES = {"/cat.png": png(64, 48), "/dog.jpg": jpeg(40, 90), "/wide.png": png(300, 30, 2)}
@@ -283,6 +299,8 @@ BAD_IMAGES = [
     (base64.b64encode(png_header_only(30000, 30000)).decode(), "30000x30000 pixels"),
     (base64.b64encode(jpeg(64, 64)[:600]).decode(), "corrupt or truncated"),
     (base64.b64encode(b"GIF89a" + b"\0" * 20).decode(), "not an image"),
+    (base64.b64encode(encoded("WEBP")[:200]).decode(), "corrupt or truncated"),
+    (base64.b64encode(encoded("GIF")[:1500]).decode(), "corrupt or truncated"),
 ]
 
 

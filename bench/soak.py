@@ -1,0 +1,145 @@
+"""Soak and stress: a 2-worker server on 127.0.0.1 under mixed text / image / classify load at
+saturation for a bounded time, reporting every answer by status, latency and worker memory.
+
+Goal: no 5xx and no lost request (every request answered) below the queue limit, and worker
+RSS growing less than 10% between the end of warm-up and the end of the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from bench.compare import MODEL, ensure_model, free_port, wait_for
+from bench.sentences import sentences
+
+
+def worker_rss_mb(master_pid: int) -> dict[int, float]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    rss = {}
+    for pid in map(int, children):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss[pid] = int(line.split()[1]) / 1024
+    return rss
+
+
+def tiny_models(engines: Path) -> tuple[str, str]:
+    """A tiny random CLIP (for images) and a tiny timm classifier, built as tests build them."""
+    from builder import BuildOptions, Progress, build_model
+    from tests.models import LABELS, TIMM_ARCH, tiny_clip, tiny_timm_classifier
+
+    scratch = Path(tempfile.mkdtemp(prefix="ingrain-soak-"))
+    labels = scratch / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    quiet = Progress(quiet=True)
+    clip, classifier = "soak/tiny-clip", "soak/tiny-timm"
+    build_model(
+        f"local-dir:{tiny_clip(scratch / 'clip')}",
+        engines,
+        clip,
+        skip_existing=True,
+        progress=quiet,
+    )
+    options = BuildOptions(
+        labels=labels, checkpoint=tiny_timm_classifier(scratch, 5), num_classes=5
+    )
+    build_model(TIMM_ARCH, engines, classifier, "timm", options, skip_existing=True, progress=quiet)
+    return clip, classifier
+
+
+def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
+    from builder.verify import verification_images
+
+    engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-soak-engines-"))
+    ensure_model(engines)
+    clip, classifier = tiny_models(engines)
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "ingrain-serve"),
+        *("--engines", str(engines), "--port", str(port), "--model-port", "none"),
+        *("--workers", "2", "--preload", MODEL, "--preload", clip, "--preload", classifier),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    texts = sentences()
+    images = [base64.b64encode(data).decode() for data in verification_images()[:3]]
+    bodies = itertools.cycle(
+        [("/embed_text", {"name": MODEL, "text": texts[i : i + 8]}) for i in range(0, 400, 8)]
+        + [
+            ("/embed_image", {"name": clip, "image": images}),
+            ("/embed", {"name": clip, "text": texts[:4], "image": images[:1]}),
+            ("/classify_image", {"name": classifier, "image": images}),
+        ]
+    )
+    lock = threading.Lock()
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    sent = 0
+    try:
+        wait_for(url + "/health", process)
+        warm_until = time.monotonic() + min(60.0, minutes * 60 / 5)
+        end = time.monotonic() + minutes * 60
+        rss: dict[str, dict[int, float]] = {"start": worker_rss_mb(process.pid)}
+
+        def client(seed: int) -> None:
+            nonlocal sent
+            session = requests.Session()
+            rng = random.Random(seed)
+            while time.monotonic() < end:
+                with lock:
+                    route, body = next(bodies)
+                    sent += 1
+                started = time.perf_counter()
+                try:
+                    status = session.post(url + route, json=body, timeout=60).status_code
+                except requests.RequestException:
+                    status = 0
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+                    latencies.append((time.perf_counter() - started) * 1000)
+                if rng.random() < 0.01:
+                    session.close()
+                    session = requests.Session()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        time.sleep(max(0.0, warm_until - time.monotonic()))
+        rss["after_warmup"] = worker_rss_mb(process.pid)
+        for thread in threads:
+            thread.join()
+        rss["end"] = worker_rss_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+    answered = sum(statuses.values())
+    growth = {
+        pid: round(100 * (rss["end"].get(pid, 0) - mb) / mb, 1)
+        for pid, mb in rss["after_warmup"].items()
+    }
+    return {
+        "minutes": minutes,
+        "concurrency": concurrency,
+        "sent": sent,
+        "answered": answered,
+        "lost": sent - answered,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "server_errors": sum(v for k, v in statuses.items() if k >= 500 or k == 0),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        "worker_rss_mb": {
+            stage: {str(k): round(v, 1) for k, v in values.items()} for stage, values in rss.items()
+        },
+        "rss_growth_after_warmup_percent": {str(k): v for k, v in growth.items()},
+    }

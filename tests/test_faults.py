@@ -1,0 +1,91 @@
+"""Faults: a worker killed under load, SIGTERM with requests in flight, a corrupted engine."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from runtime.repository import slugify
+from tests.conftest import CLIP, MINILM, start_server, stop_server
+
+LONG = ["a sentence long enough to keep the engine busy for a while " * 20] * 16
+
+
+def test_a_worker_killed_under_load_is_replaced_and_others_keep_serving(engines, tmp_path):
+    server = start_server(engines, tmp_path / "server.log", "--workers", "2")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                statuses.append(
+                    server.post("/embed_text", {"name": MINILM, "text": "a cat"}).status_code
+                )
+            except requests.ConnectionError:
+                statuses.append(0)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(load)
+            time.sleep(2)
+            victim = sorted(server.worker_pids())[0]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                workers = server.worker_pids()
+                if len(workers) == 2 and victim not in workers:
+                    break
+                time.sleep(0.2)
+            time.sleep(2)
+            stop.set()
+        failed = len([s for s in statuses if s != 200])
+        assert victim not in server.worker_pids() and len(server.worker_pids()) == 2
+        assert len(statuses) > 20
+        # Only what the killed worker held can fail: at most one request per client thread.
+        assert failed <= 4, statuses
+        assert server.post("/embed_text", {"name": MINILM, "text": "after"}).status_code == 200
+    finally:
+        stop.set()
+        stop_server(server)
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_cleanly(engines, tmp_path):
+    server = start_server(engines, tmp_path / "server.log", "--preload", MINILM)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        in_flight = [
+            pool.submit(server.post, "/embed_text", {"name": MINILM, "text": LONG})
+            for _ in range(4)
+        ]
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        results = [future.result() for future in in_flight]
+    assert [r.status_code for r in results] == [200] * 4
+    assert server.process.wait(timeout=30) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/health", timeout=2)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_corrupted_engine_fails_clearly_and_other_models_keep_serving(engines, tmp_path):
+    root = tmp_path / "engines"
+    for name in (MINILM, CLIP):
+        shutil.copytree(engines / slugify(name), root / slugify(name))
+    (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
+    server = start_server(root, tmp_path / "server.log", "--workers", "2")
+    try:
+        broken = server.post("/embed_text", {"name": CLIP, "text": "a cat"})
+        assert broken.status_code == 500
+        assert "image.onnx" in broken.json()["error"] and "Traceback" not in broken.text
+        assert server.post("/embed_text", {"name": MINILM, "text": "a cat"}).status_code == 200
+        assert requests.get(server.url + "/health", timeout=5).ok
+    finally:
+        stop_server(server)

@@ -1,0 +1,84 @@
+"""API keys, admin keys and CORS over real HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.conftest import MINILM, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def guarded(engines, tmp_path_factory):
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    server = start_server(
+        engines,
+        log,
+        "--api-key",
+        "user-key-1",
+        "--api-key",
+        "user-key-2",
+        "--admin-key",
+        "admin-key",
+        "--cors-origin",
+        "https://app.example",
+        "--max-loaded-models",
+        "10",
+    )
+    yield server
+    stop_server(server)
+
+
+def call(server, route, key=None, body=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is None:
+        return requests.get(server.url + route, headers=headers, timeout=30)
+    return requests.post(server.url + route, json=body, headers=headers, timeout=30)
+
+
+def test_health_is_open(guarded):
+    assert call(guarded, "/health").status_code == 200
+
+
+@pytest.mark.parametrize("key", [None, "wrong", "user-key-1x", "user-key-"])
+def test_routes_need_a_valid_key(guarded, key):
+    response = call(guarded, "/embed_text", key, {"name": MINILM, "text": "a"})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in response.json()["error"]
+    assert call(guarded, "/metrics", key).status_code == 401
+
+
+@pytest.mark.parametrize("key", ["user-key-1", "user-key-2", "admin-key"])
+def test_any_configured_key_opens_inference(guarded, key):
+    assert call(guarded, "/embed_text", key, {"name": MINILM, "text": "a"}).status_code == 200
+    assert call(guarded, "/loaded_models", key).status_code == 200
+
+
+def test_management_needs_the_admin_key(guarded):
+    body = {"name": MINILM}
+    refused = call(guarded, "/unload_model", "user-key-1", body)
+    assert refused.status_code == 401 and "admin key" in refused.json()["error"]
+    assert call(guarded, "/unload_model", "admin-key", body).status_code == 200
+    load = {"name": MINILM, "library": "sentence_transformers"}
+    assert call(guarded, "/load_model", "admin-key", load).status_code == 200
+
+
+def test_a_non_bearer_scheme_is_refused(guarded):
+    response = requests.get(
+        guarded.url + "/metrics", headers={"Authorization": "Basic dXNlci1rZXktMQ=="}, timeout=10
+    )
+    assert response.status_code == 401
+
+
+def test_cors_allows_only_the_configured_origin(guarded, server):
+    preflight = requests.options(
+        guarded.url + "/embed_text",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert preflight.headers.get("Access-Control-Allow-Origin") == "https://app.example"
+    other = call(guarded, "/health")
+    assert "Access-Control-Allow-Origin" not in other.headers
+    plain = requests.get(server.url + "/health", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in plain.headers  # off unless configured
