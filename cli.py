@@ -68,6 +68,45 @@ def main() -> None:
 @click.option(
     "--num-classes", type=click.IntRange(min=1), help="timm: the classifier's number of classes."
 )
+@click.option("--tensorrt", is_flag=True, help="Also compile TensorRT plans (needs a GPU).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "fp16", "bf16"]),
+    default="fp16",
+    show_default=True,
+    help="TensorRT precision; normalisation, softmax and pooling stay in FP32.",
+)
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--opt-batch",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="TensorRT: batches up to this use a latency profile, larger ones a throughput profile.",
+)
+@click.option("--min-seq", type=click.IntRange(min=1), help="TensorRT text profiles (default 1).")
+@click.option("--opt-seq", type=click.IntRange(min=1), help="TensorRT (default 128).")
+@click.option(
+    "--max-seq",
+    type=click.IntRange(min=1),
+    help="TensorRT (default: the model's max sequence length).",
+)
+@click.option("--workspace-gb", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TensorRT timing cache file, read and updated (speeds up later builds).",
+)
+@click.option(
+    "--hardware-compat",
+    type=click.Choice(["none", "ampere_plus", "same_cc"]),
+    default="none",
+    show_default=True,
+)
+@click.option(
+    "--version-compatible", is_flag=True, help="TensorRT: let later TensorRT versions run the plan."
+)
 @click.option("--force", is_flag=True, help="Replace the model if it is already built.")
 @click.option("--skip-existing", is_flag=True, help="Do nothing if the model is already built.")
 def build_command(
@@ -81,6 +120,18 @@ def build_command(
     prompts: tuple[str, ...],
     checkpoint: Path | None,
     num_classes: int | None,
+    tensorrt: bool,
+    precision: str,
+    min_batch: int,
+    opt_batch: int,
+    min_seq: int | None,
+    opt_seq: int | None,
+    max_seq: int | None,
+    workspace_gb: float,
+    opt_level: int,
+    timing_cache: Path | None,
+    hardware_compat: str,
+    version_compatible: bool,
     force: bool,
     skip_existing: bool,
 ) -> None:
@@ -88,8 +139,27 @@ def build_command(
     name) to an engine directory, verify it against the source library, and add it to the
     repository."""
     from builder import BuildError, BuildOptions, build_model
+    from builder.options import TensorRTOptions
 
-    options = BuildOptions(max_batch, max_seq_len, labels, prompts, checkpoint, num_classes)
+    compile_options = None
+    if tensorrt:
+        sequence = None
+        if max_seq is not None or min_seq is not None or opt_seq is not None:
+            longest = max_seq or max_seq_len or 512
+            sequence = (min_seq or 1, opt_seq or min(128, longest), longest)
+        compile_options = TensorRTOptions(
+            precision=precision,
+            batch=(min_batch, min(max(opt_batch, min_batch), max_batch), max_batch),
+            sequence=sequence,
+            workspace_gb=workspace_gb,
+            opt_level=opt_level,
+            timing_cache=timing_cache,
+            hardware_compat=hardware_compat,
+            version_compatible=version_compatible,
+        )
+    options = BuildOptions(
+        max_batch, max_seq_len, labels, prompts, checkpoint, num_classes, compile_options
+    )
     try:
         build_model(
             source,

@@ -70,6 +70,15 @@ def build_model(
         )
     if options.max_batch < 1 or (options.max_seq_len is not None and options.max_seq_len < 2):
         raise BuildError("--max-batch must be at least 1 and --max-seq-len at least 2")
+    if options.tensorrt is not None:
+        from runtime.backends import tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason is not None:
+            raise BuildError(
+                f"--tensorrt needs TensorRT and a CUDA GPU: {reason}. Without --tensorrt the "
+                "ONNX build works here and serves with ONNX Runtime"
+            )
     try:
         slug = slugify(name)
     except ValueError as error:
@@ -87,6 +96,10 @@ def build_model(
         with staging_directory(target) as staging:
             builder = importlib.import_module(LIBRARY_BUILDERS[library])
             manifest = builder.build(source, name, staging, options, progress)
+            if options.tensorrt is not None:
+                from builder.tensorrt_build import add_plans
+
+                manifest = add_plans(staging, manifest, options.tensorrt, progress)
             _with_provenance(manifest, started).write(staging)
     progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
     return target

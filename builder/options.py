@@ -9,6 +9,22 @@ from builder.errors import BuildError
 
 DEFAULT_PROMPT = "a photo of a {}."
 
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+HARDWARE_COMPAT = ("none", "ampere_plus", "same_cc")
+TENSORRT_MIN_COSINE = {"fp32": 0.9999, "tf32": 0.9999, "fp16": 0.999, "bf16": 0.999}
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    precision: str = "fp16"
+    batch: tuple[int, int, int] = (1, 8, 32)
+    sequence: tuple[int, int, int] | None = None  # default: (1, min(128, max), the tower's max)
+    workspace_gb: float = 4.0
+    opt_level: int = 3
+    timing_cache: Path | None = None
+    hardware_compat: str = "none"
+    version_compatible: bool = False
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -21,6 +37,8 @@ class BuildOptions:
     # timm: an architecture's weights from a local file, and its number of classes.
     checkpoint: Path | None = None
     num_classes: int | None = None
+    # Compile TensorRT plans too; None builds ONNX only.
+    tensorrt: TensorRTOptions | None = None
 
     def read_labels(self) -> list[str] | None:
         if self.labels is None:

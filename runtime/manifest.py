@@ -42,6 +42,9 @@ class TowerSpec:
     max_batch: int
     max_seq_len: int | None = None
     plan: str | None = None
+    # TensorRT provenance and profiles: tensorrt_version, gpu_name, compute_capability,
+    # cuda_version, precision, flags, profiles, onnx_sha256.
+    plan_info: dict | None = None
 
 
 @dataclass(frozen=True)

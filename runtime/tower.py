@@ -86,10 +86,13 @@ class Tower:
         return request.outputs
 
     def close(self) -> None:
-        """Stop the executor once the queue is empty."""
+        """Stop the executor once the queue is empty, then release the engine."""
         with self._wake:
             self._closed = True
             self._wake.notify()
+
+    def _release(self) -> None:
+        self.backend.close()
 
     # --- executor thread ----------------------------------------------------------------------
 
@@ -97,6 +100,7 @@ class Tower:
         while (batch := self._take()) is not None:
             for execution in self._executions(batch):
                 self._execute(execution)
+        self._release()
 
     def _take(self) -> list[tuple[_Request, int]] | None:
         """The next items to run: at once when idle with one request queued, else as many as
@@ -184,14 +188,19 @@ class Tower:
             result = self.backend.run(inputs)
             executed = time.perf_counter_ns()
             for row, (request, index) in enumerate(execution):
-                request.outputs[index] = result[row]
+                request.outputs[index] = result.output[row]
             finished = time.perf_counter_ns()
         except BaseException as error:  # the request fails; the executor keeps serving
             for request in requests:
                 request.error = error
             self._finish(execution)
             return
-        durations = (prepared - began, executed - prepared, finished - executed)
+        # Host-side padding and slicing count with the backend's own input and output phases.
+        durations = (
+            prepared - began + result.input_ns,
+            result.infer_ns,
+            finished - executed + result.output_ns,
+        )
         self.stats.execution(len(execution), *durations)
         for request in requests:
             for stat, ns in zip(BATCH_STATS, durations, strict=True):

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ruff check .
+.venv/bin/hadolint Dockerfile.cuda
 exec .venv/bin/pytest "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -11,11 +12,26 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this tower here; the message says why and what to do."""
 
 
+@dataclass(frozen=True)
+class Execution:
+    """One batch's output and where its time went, in the metrics' terms: input (host to
+    device), infer (the engine itself) and output (device to host)."""
+
+    output: np.ndarray
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
 class Backend(Protocol):
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, inputs: dict[str, np.ndarray]) -> Execution:
         """Run one batch of named inputs; return the tower's single output for that batch."""
         ...
 
     def describe(self) -> str:
         """A short human description: engine kind and device."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's memory now rather than at garbage collection."""
         ...

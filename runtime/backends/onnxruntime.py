@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from runtime.backends.base import Execution
 
 
 class OnnxRuntimeBackend:
@@ -19,8 +22,13 @@ class OnnxRuntimeBackend:
         self._session = ort.InferenceSession(str(path), options, providers=providers)
         self._output = self._session.get_outputs()[0].name
 
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session.run([self._output], inputs)[0]
+    def run(self, inputs: dict[str, np.ndarray]) -> Execution:
+        started = time.perf_counter_ns()
+        output = self._session.run([self._output], inputs)[0]
+        return Execution(output, 0, time.perf_counter_ns() - started, 0)
+
+    def close(self) -> None:
+        self._session = None
 
     def describe(self) -> str:
         return f"onnxruntime {ort.__version__} ({self._session.get_providers()[0]})"

@@ -1,0 +1,190 @@
+"""ONNX towers -> TensorRT plans with optimization profiles, verified against ONNX Runtime.
+
+Written against the TensorRT 10 and 11 Python APIs (see shared/reference/tensorrt.md): 10.x
+builds weakly typed with FP16/BF16 builder flags and keeps normalisation, softmax and reduction
+layers in FP32; 11.x has no precision flags and is always strongly typed, so FP16 comes from
+converting the ONNX graph first (builder.mixed_precision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from builder.errors import BuildError
+from builder.mixed_precision import convert_to_fp16
+from builder.options import TENSORRT_MIN_COSINE, TensorRTOptions
+from builder.progress import Progress
+from builder.verify import VERIFICATION_TEXTS, compare, verification_images
+from runtime.images import decode, preprocess
+from runtime.manifest import Manifest, TowerSpec
+from runtime.models import Model
+from runtime.repository import Entry
+from runtime.trt_plan import ProfileRange, plan_profiles
+
+
+def add_plans(
+    staging: Path, manifest: Manifest, options: TensorRTOptions, progress: Progress
+) -> Manifest:
+    """Compile every tower of a staged model into a plan, verify each, record them."""
+    towers = dict(manifest.towers)
+    for key, tower in manifest.towers.items():
+        with progress.stage(
+            f"Compiling the {key} tower with TensorRT ({options.precision}); this takes minutes"
+        ):
+            towers[key] = _compile(staging, key, tower, options)
+    planned = replace(manifest, towers=towers)
+    with progress.stage("Verifying the TensorRT plans against ONNX Runtime"):
+        reports = verify_plans(staging, planned, TENSORRT_MIN_COSINE[options.precision])
+    for report in reports.values():
+        progress.report(report)
+    return replace(planned, build={**planned.build, "tensorrt_verification": reports})
+
+
+def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions) -> TowerSpec:
+    import tensorrt as trt
+
+    from runtime import cuda
+
+    major = int(trt.__version__.split(".")[0])
+    if major >= 11 and options.precision == "bf16":
+        raise BuildError("bf16 on TensorRT 11 needs a bf16 ONNX graph; use --precision fp16")
+    source = staging / tower.onnx
+    onnx_path = source
+    with tempfile.TemporaryDirectory() as scratch:
+        if major >= 11 and options.precision == "fp16":
+            onnx_path = Path(scratch) / "fp16.onnx"
+            convert_to_fp16(source, onnx_path)
+        sequence = None
+        if any(dim == "sequence" for spec in tower.inputs for dim in spec.shape):
+            longest = tower.max_seq_len or 512
+            sequence = options.sequence or (1, min(128, longest), longest)
+        profiles = plan_profiles(options.batch, sequence)
+        plan = _build(trt, major, onnx_path, tower, profiles, options)
+    plan_file = f"{key}.plan"
+    (staging / plan_file).write_bytes(plan)
+    gpu_name, capability = cuda.device()
+    info = {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": gpu_name,
+        "compute_capability": capability,
+        "cuda_version": cuda.runtime_version(),
+        "precision": options.precision,
+        "strongly_typed": major >= 11,
+        "hardware_compat": options.hardware_compat,
+        "version_compatible": options.version_compatible,
+        "opt_level": options.opt_level,
+        "profiles": [profile.to_dict() for profile in profiles],
+        "onnx_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+    }
+    return replace(tower, plan=plan_file, plan_info=info, max_batch=options.batch[2])
+
+
+def _build(
+    trt,
+    major: int,
+    onnx_path: Path,
+    tower: TowerSpec,
+    profiles: list[ProfileRange],
+    options: TensorRTOptions,
+) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # STRONGLY_TYPED exists in 10.x and 11.x (where it is always on); EXPLICIT_BATCH is gone.
+    strongly_typed = major >= 11
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
+    config.builder_optimization_level = options.opt_level
+    if options.precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif options.precision == "tf32":
+        config.set_flag(trt.BuilderFlag.TF32)
+    elif not strongly_typed:
+        config.set_flag(
+            trt.BuilderFlag.FP16 if options.precision == "fp16" else trt.BuilderFlag.BF16
+        )
+        _keep_sensitive_layers_fp32(trt, network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if options.hardware_compat != "none":
+        levels = {"ampere_plus": "AMPERE_PLUS", "same_cc": "SAME_COMPUTE_CAPABILITY"}
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, levels[options.hardware_compat]
+        )
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    cache_bytes = b""
+    if options.timing_cache is not None and options.timing_cache.is_file():
+        cache_bytes = options.timing_cache.read_bytes()
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    for profile in profiles:
+        optimization = builder.create_optimization_profile()
+        for spec in tower.inputs:
+            optimization.set_shape(spec.name, *profile.shapes(spec.shape))
+        config.add_optimization_profile(optimization)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError("TensorRT could not build the plan (see its log above)")
+    if options.timing_cache is not None:
+        options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        serialized = bytes(config.get_timing_cache().serialize())
+        with tempfile.NamedTemporaryFile(dir=options.timing_cache.parent, delete=False) as handle:
+            handle.write(serialized)
+        Path(handle.name).replace(options.timing_cache)
+    return bytes(plan)
+
+
+def _keep_sensitive_layers_fp32(trt, network) -> None:
+    """Weakly typed FP16/BF16 (10.x): normalisation, softmax and the reductions behind pooling
+    and L2 normalisation stay in FP32, where half precision overflows or loses accuracy."""
+    sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in sensitive:
+            layer.precision = trt.float32
+            for output in range(layer.num_outputs):
+                layer.set_output_type(output, trt.float32)
+
+
+def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[str, dict]:
+    """Each tower through TensorRT and through ONNX Runtime on the verification inputs."""
+    entry = Entry(staging, manifest)
+    planned = Model.load(entry, backend="tensorrt")
+    reference = Model.load(entry, backend="onnxruntime")
+    reports = {}
+    try:
+        if planned.text is not None:
+            texts = VERIFICATION_TEXTS
+            served = planned.text.embed(texts)
+            expected = reference.text.embed(texts)
+            reports["text"] = _checked(served, expected, "text plan", texts, min_cosine)
+        if planned.image is not None:
+            pixels = np.stack(
+                [preprocess(decode(data, 10**9), manifest.image) for data in verification_images()]
+            )
+            served = planned.image.embed(pixels)
+            expected = reference.image.embed(pixels)
+            reports["image"] = _checked(
+                served,
+                expected,
+                "image plan",
+                [f"image {i}" for i in range(len(pixels))],
+                min_cosine,
+            )
+    finally:
+        planned.close()
+        reference.close()
+    return reports
+
+
+def _checked(served, expected, what: str, labels: list, min_cosine: float) -> dict:
+    return compare(served, expected, what, [repr(str(label)[:60]) for label in labels], min_cosine)

@@ -1,0 +1,134 @@
+"""TensorRT: a plan deserialised once per worker (after fork), one execution context per
+optimization profile, each on its own non-blocking CUDA stream with device and pinned host
+buffers allocated once for the profile's max shapes. The tower's executor thread is the only
+caller, so each context is used by one thread at a time.
+
+Per batch: choose the profile, set input shapes, copy inputs to the device, execute_async_v3,
+copy the output back, synchronise. CUDA events around the copies and the execution give
+compute_input, compute_infer and compute_output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorrt as trt
+
+from runtime import cuda
+from runtime.backends.base import BackendUnavailable, Execution
+from runtime.trt_plan import ProfileRange, buffer_bytes, select_profile
+
+log = logging.getLogger(__name__)
+
+
+class _Slot:
+    """One profile's execution context, stream, buffers and events."""
+
+    def __init__(self, engine, index: int, inputs: list[str], output: str) -> None:
+        self.context = engine.create_execution_context()
+        self.stream = cuda.Stream()
+        if index:
+            self.context.set_optimization_profile_async(index, int(self.stream))
+            self.stream.synchronize()
+        self.device: dict[str, cuda.DeviceBuffer] = {}
+        self.host: dict[str, cuda.PinnedBuffer] = {}
+        for name in inputs:
+            max_shape = tuple(engine.get_tensor_profile_shape(name, index)[2])
+            self.context.set_input_shape(name, max_shape)
+            self._allocate(name, max_shape, engine)
+        self._allocate(output, tuple(self.context.get_tensor_shape(output)), engine)
+        for name, buffer in self.device.items():
+            self.context.set_tensor_address(name, int(buffer.pointer))
+        self.events = [cuda.Event() for _ in range(4)]
+
+    def _allocate(self, name: str, shape: tuple[int, ...], engine) -> None:
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        nbytes = buffer_bytes(shape, dtype)
+        self.device[name] = cuda.DeviceBuffer(nbytes)
+        self.host[name] = cuda.PinnedBuffer(nbytes, dtype)
+
+    def close(self) -> None:
+        for resource in [*self.device.values(), *self.host.values(), *self.events, self.stream]:
+            resource.close()
+        self.context = None
+
+
+class TensorRTBackend:
+    def __init__(self, plan: Path, profiles: list[dict]) -> None:
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self._engine is None:
+            raise BackendUnavailable(f"TensorRT cannot deserialise {plan} (see the log above)")
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.inputs = [name for name in names if is_input[name]]
+        [self.output] = [name for name in names if not is_input[name]]
+        self.profiles = [ProfileRange.from_dict(profile) for profile in profiles]
+        self._slots = [self._slot(index) for index in range(len(self.profiles))]
+        self.gpu = cuda.device()[0]
+
+    def _slot(self, index: int) -> _Slot:
+        return _Slot(self._engine, index, self.inputs, self.output)
+
+    def describe(self) -> str:
+        return f"TensorRT {trt.__version__} on {self.gpu} ({len(self._slots)} profiles)"
+
+    def run(self, inputs: dict[str, np.ndarray]) -> Execution:
+        first = inputs[self.inputs[0]]
+        sequence = first.shape[1] if first.ndim == 2 else None
+        index = select_profile(self.profiles, first.shape[0], sequence)
+        try:
+            return self._run(self._slots[index], inputs)
+        except Exception:
+            # A failed execution may leave the context unusable: replace it, keep serving.
+            log.exception("TensorRT execution failed; recreating the execution context")
+            self._slots[index].close()
+            self._slots[index] = self._slot(index)
+            raise
+
+    def _run(self, slot: _Slot, inputs: dict[str, np.ndarray]) -> Execution:
+        started = time.perf_counter_ns()
+        before_copy, before_run, after_run, after_copy = slot.events
+        for name in self.inputs:
+            array = inputs[name]
+            if not slot.context.set_input_shape(name, array.shape):
+                raise ValueError(f"TensorRT refused shape {array.shape} for {name}")
+            np.copyto(slot.host[name].view(array.shape), array, casting="same_kind")
+        staged = time.perf_counter_ns()
+        before_copy.record(slot.stream)
+        for name in self.inputs:
+            nbytes = inputs[name].size * slot.host[name].array.itemsize
+            cuda.to_device(slot.device[name], slot.host[name], nbytes, slot.stream)
+        before_run.record(slot.stream)
+        if not slot.context.execute_async_v3(int(slot.stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
+        after_run.record(slot.stream)
+        shape = tuple(slot.context.get_tensor_shape(self.output))
+        output = slot.host[self.output]
+        cuda.to_host(
+            output,
+            slot.device[self.output],
+            int(np.prod(shape)) * output.array.itemsize,
+            slot.stream,
+        )
+        after_copy.record(slot.stream)
+        slot.stream.synchronize()
+        copied = time.perf_counter_ns()
+        result = output.view(shape).copy()
+        return Execution(
+            result,
+            input_ns=staged - started + before_run.nanoseconds_since(before_copy),
+            infer_ns=after_run.nanoseconds_since(before_run),
+            output_ns=after_copy.nanoseconds_since(after_run) + time.perf_counter_ns() - copied,
+        )
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.close()
+        self._slots = []
+        self._engine = None
+        self._runtime = None

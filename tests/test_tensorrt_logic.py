@@ -1,0 +1,147 @@
+"""The TensorRT path's logic that runs without a GPU: profiles, buffers, compatibility, the
+strongly typed FP16 conversion (checked with ONNX Runtime), and a clear --tensorrt error."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from builder.mixed_precision import convert_to_fp16
+from runtime.manifest import Manifest
+from runtime.models import Model, ModelLoadError
+from runtime.repository import Repository, slugify
+from runtime.trt_plan import (
+    ProfileRange,
+    buffer_bytes,
+    incompatibility,
+    plan_profiles,
+    select_profile,
+)
+from tests.conftest import BIN, MINILM, cosines
+
+
+def test_profiles_split_small_and_large_batches():
+    small, large = plan_profiles((1, 8, 32), (1, 128, 512))
+    assert small == ProfileRange((1, 1, 8), (1, 128, 512))
+    assert large == ProfileRange((9, 32, 32), (1, 128, 512))
+    assert plan_profiles((1, 1, 32), None) == [ProfileRange((1, 1, 32))]
+    assert plan_profiles((1, 32, 32), None) == [ProfileRange((1, 32, 32))]
+    with pytest.raises(ValueError):
+        plan_profiles((4, 2, 8), None)
+
+
+def test_profile_shapes_for_text_and_image_inputs():
+    profile = ProfileRange((1, 4, 8), (2, 64, 256))
+    assert profile.shapes(["batch", "sequence"]) == ((1, 2), (4, 64), (8, 256))
+    assert profile.shapes(["batch", 3, 224, 224]) == (
+        (1, 3, 224, 224),
+        (4, 3, 224, 224),
+        (8, 3, 224, 224),
+    )
+    assert ProfileRange.from_dict(profile.to_dict()) == profile
+
+
+def test_select_profile_picks_the_smallest_that_fits():
+    profiles = plan_profiles((1, 8, 32), (1, 128, 512))
+    assert select_profile(profiles, 1, 20) == 0
+    assert select_profile(profiles, 8, 512) == 0
+    assert select_profile(profiles, 9, 3) == 1
+    assert select_profile(profiles, 32, 512) == 1
+    with pytest.raises(ValueError, match="no optimization profile takes batch 33"):
+        select_profile(profiles, 33, 10)
+    with pytest.raises(ValueError, match="sequence 513"):
+        select_profile(profiles, 2, 513)
+
+
+def test_buffers_are_sized_for_the_max_shape():
+    assert buffer_bytes((32, 512), np.int64) == 32 * 512 * 8
+    assert buffer_bytes((32, 3, 224, 224), np.uint8) == 32 * 3 * 224 * 224
+    with pytest.raises(ValueError):
+        buffer_bytes((-1, 512), np.int64)
+
+
+PLAN = {"tensorrt_version": "10.9.0", "gpu_name": "NVIDIA A10G", "compute_capability": "8.6"}
+
+
+def test_plan_compatibility_names_both_sides():
+    assert incompatibility(PLAN, "10.9.0", "NVIDIA A10G", "8.6") is None
+    reason = incompatibility(PLAN, "10.10.0", "NVIDIA A10G", "8.6")
+    assert "TensorRT 10.9.0" in reason and "TensorRT 10.10.0" in reason
+    reason = incompatibility(PLAN, "10.9.0", "NVIDIA H100", "9.0")
+    assert "NVIDIA A10G (compute 8.6)" in reason and "NVIDIA H100 (compute 9.0)" in reason
+    portable = {**PLAN, "version_compatible": True, "hardware_compat": "ampere_plus"}
+    assert incompatibility(portable, "11.1.0", "NVIDIA H100", "9.0") is None
+    assert incompatibility(portable, "10.8.0", "NVIDIA H100", "9.0") is not None
+    assert incompatibility(portable, "12.0.0", "NVIDIA H100", "9.0") is not None
+
+
+def test_fp16_conversion_keeps_io_types_and_accuracy(engines, tmp_path, reference):
+    source = engines / slugify(MINILM) / "text.onnx"
+    target = tmp_path / "text.fp16.onnx"
+    convert_to_fp16(source, target)
+    model = Model.load(Repository(engines).find(MINILM))
+    texts = ["a cat", "the quick brown fox " * 20, "日本語のテキスト"]
+    ids = model.text.tokenizer.token_ids(texts)
+    names = model.text.tower.input_names
+    batch = model.text.tokenizer.batch(ids, names)
+    half = ort.InferenceSession(str(target))
+    assert [i.type for i in half.get_inputs()] == ["tensor(int64)"] * 3
+    assert half.get_outputs()[0].type == "tensor(float)"
+    converted = half.run(None, batch)[0]
+    full = ort.InferenceSession(str(source)).run(None, batch)[0]
+    assert cosines(converted, full).min() >= 0.999
+    assert target.stat().st_size < 0.6 * source.stat().st_size
+
+
+tensorrt_missing = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here"
+)
+
+
+@tensorrt_missing
+def test_tensorrt_build_fails_at_once_with_a_clear_message(tmp_path):
+    result = subprocess.run(
+        [
+            str(BIN / "ingrain-build"),
+            str(tmp_path / "never-loaded"),
+            "--tensorrt",
+            "--engines",
+            str(tmp_path / "engines"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "--tensorrt needs TensorRT and a CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "engines" / "never-loaded").exists()
+
+
+def planned_copy(engines, tmp_path):
+    """The demo model with a (placeholder) plan recorded, as a GPU build would leave it."""
+    directory = tmp_path / slugify(MINILM)
+    shutil.copytree(engines / slugify(MINILM), directory)
+    manifest = Manifest.read(directory)
+    info = {**PLAN, "profiles": [p.to_dict() for p in plan_profiles((1, 8, 32), (1, 128, 256))]}
+    text = replace(manifest.towers["text"], plan="text.plan", plan_info=info)
+    (directory / "text.plan").write_bytes(b"built on another machine")
+    replace(manifest, towers={"text": text}).write(directory)
+    return Repository(tmp_path).find(MINILM)
+
+
+@tensorrt_missing
+def test_auto_falls_back_to_onnx_runtime_with_a_warning(engines, tmp_path, caplog):
+    entry = planned_copy(engines, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        model = Model.load(entry, backend="auto")
+    assert model.embed_text(["still served"], True, None).shape == (1, 384)
+    assert "falling back to ONNX Runtime" in caplog.text and "tensorrt" in caplog.text
+    with pytest.raises(ModelLoadError, match="tensorrt package is not installed"):
+        Model.load(entry, backend="tensorrt")
