@@ -92,13 +92,14 @@ def _build(
     profiles: list[ProfileRange],
     options: TensorRTOptions,
 ) -> bytes:
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    from runtime.backends.tensorrt import LOGGER
+
+    builder = trt.Builder(LOGGER)
     # STRONGLY_TYPED exists in 10.x and 11.x (where it is always on); EXPLICIT_BATCH is gone.
     strongly_typed = major >= 11
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, LOGGER)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
@@ -149,7 +150,12 @@ def _keep_sensitive_layers_fp32(trt, network) -> None:
     sensitive = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
     for index in range(network.num_layers):
         layer = network.get_layer(index)
-        if layer.type in sensitive:
+        # Only float layers: integer reductions (mask sums, shape arithmetic) stay as they are.
+        floating = all(
+            layer.get_output(o).dtype in (trt.float32, trt.float16, trt.bfloat16)
+            for o in range(layer.num_outputs)
+        )
+        if layer.type in sensitive and floating:
             layer.precision = trt.float32
             for output in range(layer.num_outputs):
                 layer.set_output_type(output, trt.float32)

@@ -9,6 +9,7 @@ exceptions. Nothing here runs at import, so importing it never touches the GPU.
 from __future__ import annotations
 
 import ctypes
+import logging
 
 import numpy as np
 from cuda.bindings import runtime as cudart
@@ -27,8 +28,13 @@ def check(result: tuple):
 
 
 def device_count() -> int:
+    """Visible GPUs; 0 (with the reason logged) when the driver or device cannot be used."""
     error, count = cudart.cudaGetDeviceCount()
-    return count if error == cudart.cudaError_t.cudaSuccess else 0
+    if error != cudart.cudaError_t.cudaSuccess:
+        _, name = cudart.cudaGetErrorName(error)
+        logging.getLogger(__name__).info("no usable CUDA device: %s", name)
+        return 0
+    return count
 
 
 def device(index: int = 0) -> tuple[str, str]:

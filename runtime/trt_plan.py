@@ -107,10 +107,15 @@ def incompatibility(
             f"the plan was built with TensorRT {built_version}; this host has TensorRT "
             f"{tensorrt_version}"
         )
-    if plan["compute_capability"] != capability and plan.get("hardware_compat", "none") == "none":
+    compat = plan.get("hardware_compat", "none")
+    if compat == "ampere_plus":
+        runs_here = int(capability.split(".")[0]) >= 8
+    else:  # "none" and "same_cc": the same compute capability only
+        runs_here = plan["compute_capability"] == capability
+    if not runs_here:
         return (
-            f"the plan was built for {plan['gpu_name']} (compute {plan['compute_capability']}); "
-            f"this host has {gpu_name} (compute {capability})"
+            f"the plan was built for {plan['gpu_name']} (compute {plan['compute_capability']}, "
+            f"hardware compatibility {compat}); this host has {gpu_name} (compute {capability})"
         )
     return None
 

@@ -75,9 +75,13 @@ def test_plan_compatibility_names_both_sides():
     reason = incompatibility(PLAN, "10.10.0", "NVIDIA A10G", "8.6")
     assert "TensorRT 10.9.0" in reason and "TensorRT 10.10.0" in reason
     reason = incompatibility(PLAN, "10.9.0", "NVIDIA H100", "9.0")
-    assert "NVIDIA A10G (compute 8.6)" in reason and "NVIDIA H100 (compute 9.0)" in reason
+    assert "NVIDIA A10G (compute 8.6" in reason and "NVIDIA H100 (compute 9.0)" in reason
     portable = {**PLAN, "version_compatible": True, "hardware_compat": "ampere_plus"}
     assert incompatibility(portable, "11.1.0", "NVIDIA H100", "9.0") is None
+    assert "compute 7.5" in incompatibility(portable, "10.9.0", "Tesla T4", "7.5")
+    same_cc = {**PLAN, "hardware_compat": "same_cc"}
+    assert incompatibility(same_cc, "10.9.0", "NVIDIA A40", "8.6") is None
+    assert incompatibility(same_cc, "10.9.0", "NVIDIA L4", "8.9") is not None
     assert incompatibility(portable, "10.8.0", "NVIDIA H100", "9.0") is not None
     assert incompatibility(portable, "12.0.0", "NVIDIA H100", "9.0") is not None
 

@@ -65,7 +65,11 @@ def open_backend(directory: Path, tower: TowerSpec, choice: str, threads: int) -
         if reason is None:
             from runtime.backends.tensorrt import TensorRTBackend
 
-            backend = TensorRTBackend(directory / tower.plan, tower.plan_info["profiles"])
+            backend = TensorRTBackend(
+                directory / tower.plan,
+                tower.plan_info["profiles"],
+                version_compatible=bool(tower.plan_info.get("version_compatible")),
+            )
             log.info("%s/%s: using %s", directory.name, tower.plan, backend.describe())
             return backend
         if choice == "tensorrt":

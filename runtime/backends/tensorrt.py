@@ -31,7 +31,8 @@ class _Slot:
         self.context = engine.create_execution_context()
         self.stream = cuda.Stream()
         if index:
-            self.context.set_optimization_profile_async(index, int(self.stream))
+            if not self.context.set_optimization_profile_async(index, int(self.stream)):
+                raise RuntimeError(f"TensorRT refused optimization profile {index}")
             self.stream.synchronize()
         self.device: dict[str, cuda.DeviceBuffer] = {}
         self.host: dict[str, cuda.PinnedBuffer] = {}
@@ -56,13 +57,23 @@ class _Slot:
         self.context = None
 
 
+# TensorRT keeps one process-wide logger: every runtime and builder must share this one.
+LOGGER = trt.Logger(trt.Logger.WARNING)
+
+
 class TensorRTBackend:
-    def __init__(self, plan: Path, profiles: list[dict]) -> None:
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+    def __init__(self, plan: Path, profiles: list[dict], version_compatible: bool = False) -> None:
+        self._runtime = trt.Runtime(LOGGER)
+        # A version-compatible plan carries its own lean runtime, which must be allowed to run.
+        self._runtime.engine_host_code_allowed = version_compatible
         self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
             raise BackendUnavailable(f"TensorRT cannot deserialise {plan} (see the log above)")
+        if self._engine.num_optimization_profiles != len(profiles):
+            raise BackendUnavailable(
+                f"{plan} has {self._engine.num_optimization_profiles} optimization profiles; "
+                f"model.json records {len(profiles)}"
+            )
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [name for name in names if is_input[name]]
@@ -83,11 +94,16 @@ class TensorRTBackend:
         index = select_profile(self.profiles, first.shape[0], sequence)
         try:
             return self._run(self._slots[index], inputs)
+        except ValueError:
+            raise  # a refused shape: the context is untouched
         except Exception:
             # A failed execution may leave the context unusable: replace it, keep serving.
             log.exception("TensorRT execution failed; recreating the execution context")
-            self._slots[index].close()
-            self._slots[index] = self._slot(index)
+            try:
+                self._slots[index].close()
+                self._slots[index] = self._slot(index)
+            except Exception:
+                log.exception("recreating the execution context failed too")
             raise
 
     def _run(self, slot: _Slot, inputs: dict[str, np.ndarray]) -> Execution:
