@@ -58,12 +58,23 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
     multiple=True,
     help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--workers=2.",
 )
+@click.option(
+    "--infinity",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The infinity_emb executable to compare with (default: the one on PATH).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def compare(count: int, engines: Path | None, serve_args: tuple[str, ...], as_json: bool):
+def compare(
+    count: int,
+    engines: Path | None,
+    serve_args: tuple[str, ...],
+    infinity: str | None,
+    as_json: bool,
+):
     """The server vs the engine in-process, sentence-transformers and infinity-emb."""
     from bench.compare import compare as run
 
-    show(run(count, engines, list(serve_args)), as_json)
+    show(run(count, engines, list(serve_args), infinity), as_json)
 
 
 @main.command()

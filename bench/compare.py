@@ -4,7 +4,6 @@ is installed. Every figure is measured in the same run, so the ratios are what m
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -123,10 +122,11 @@ def server_figures(engines: Path, texts: list[str], serve_args: list[str]) -> di
     return figures
 
 
-def infinity_figures(texts: list[str]) -> dict | None:
-    """infinity-emb serving the same local model directory under the same load, if installed."""
-    executable = shutil.which("infinity_emb") or str(Path(sys.executable).parent / "infinity_emb")
-    if importlib.util.find_spec("infinity_emb") is None or not os.path.exists(executable):
+def infinity_figures(texts: list[str], executable: str | None) -> dict | None:
+    """infinity-emb serving the same local model directory under the same load, if installed
+    (here or, as its dependencies rarely resolve beside this project's, in its own venv)."""
+    executable = executable or shutil.which("infinity_emb")
+    if executable is None or not os.path.exists(executable):
         return None
     port = free_port()
     command = [
@@ -162,7 +162,9 @@ def infinity_figures(texts: list[str]) -> dict | None:
     return figures
 
 
-def compare(count: int, engines: Path | None, serve_args: list[str]) -> dict:
+def compare(
+    count: int, engines: Path | None, serve_args: list[str], infinity: str | None = None
+) -> dict:
     texts = sentences(count)
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
     directory = ensure_model(engines)
@@ -178,7 +180,7 @@ def compare(count: int, engines: Path | None, serve_args: list[str]) -> dict:
         "in_process_batch1": in_process(directory, texts[: count // 4], 1, threads),
         "sentence_transformers_batch32": sentence_transformers_figure(texts),
         "server": server_figures(engines, texts, serve_args),
-        "infinity": infinity_figures(texts),
+        "infinity": infinity_figures(texts, infinity),
     }
     ceiling = report["in_process_batch32"]["items_per_s"]
     report["ratios"] = {
