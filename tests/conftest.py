@@ -106,6 +106,19 @@ class Server:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return {int(pid) for pid in children.read_text().split()}
 
+    def kill_a_worker(self) -> int:
+        """SIGKILL one worker and wait until gunicorn has replaced it; its pid."""
+        before = self.worker_pids()
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = self.worker_pids()
+            if len(workers) == len(before) and victim not in workers:
+                return victim
+            time.sleep(0.2)
+        raise AssertionError("gunicorn did not replace the killed worker within 30 s")
+
     def post(self, route: str, body: dict, **kwargs) -> requests.Response:
         return requests.post(self.url + route, json=body, timeout=60, **kwargs)
 
