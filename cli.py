@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from builder.options import HARDWARE_COMPAT, PRECISIONS
 from runtime.backends import BACKENDS
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
 
@@ -71,7 +72,7 @@ def main() -> None:
 @click.option("--tensorrt", is_flag=True, help="Also compile TensorRT plans (needs a GPU).")
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "tf32", "fp16", "bf16"]),
+    type=click.Choice(PRECISIONS),
     default="fp16",
     show_default=True,
     help="TensorRT precision; normalisation, softmax and pooling stay in FP32.",
@@ -100,7 +101,7 @@ def main() -> None:
 )
 @click.option(
     "--hardware-compat",
-    type=click.Choice(["none", "ampere_plus", "same_cc"]),
+    type=click.Choice(HARDWARE_COMPAT),
     default="none",
     show_default=True,
 )

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DYNAMIC = -1
-
 
 @dataclass(frozen=True)
 class ProfileRange:
