@@ -48,7 +48,7 @@ class ImageEncoder:
         self.spec = spec
         self.fetcher = fetcher
         self.max_pixels = max_pixels
-        self._workers = ThreadPoolExecutor(4, thread_name_prefix="image-decode")
+        self.decoders = ThreadPoolExecutor(4, thread_name_prefix="image-decode")
 
     def load(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
         """Fetch, decode and preprocess every image (in parallel) into one uint8 NCHW array.
@@ -62,7 +62,7 @@ class ImageEncoder:
         for index, result in enumerate(fetched):
             if isinstance(result, Exception):
                 raise InputError(f"image[{index}]: {result}")
-        pixels = list(self._workers.map(self._prepare, fetched))
+        pixels = list(self.decoders.map(self._prepare, fetched))
         self.tower.stats.preprocess("decode", time.perf_counter_ns() - decoding)
         for index, result in enumerate(pixels):
             if isinstance(result, ImageDecodeError):
@@ -188,10 +188,12 @@ class Model:
         return self.classifier.probabilities(self.image.embed(pixels))
 
     def close(self) -> None:
-        """Stop the towers' executors; the engines go with the last reference to the model."""
+        """Stop the towers' executors (each then releases its engine) and the decode threads."""
         for encoder in (self.text, self.image):
             if encoder is not None:
                 encoder.tower.close()
+        if self.image is not None:
+            self.image.decoders.shutdown(wait=False)
 
     def _require(self, encoder, action: str):
         if encoder is None:
