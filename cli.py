@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import click
 
+from api.on_demand import BuildSettings
 from builder.options import HARDWARE_COMPAT, PRECISIONS
 from runtime.backends import BACKENDS
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
@@ -335,6 +335,41 @@ def build_command(
     "/delete_model; they also open every other route.",
 )
 @click.option(
+    "--model-host",
+    help="Address for the model port (default: --host), e.g. 127.0.0.1 to keep management "
+    "off the network while --host 0.0.0.0 serves inference.",
+)
+@click.option(
+    "--management-on-model-port-only",
+    is_flag=True,
+    envvar="INGRAIN_MANAGEMENT_ON_MODEL_PORT_ONLY",
+    help="Answer the management routes on --model-port only (the inference port 404s them).",
+)
+@click.option(
+    "--build-on-load/--no-build-on-load",
+    default=True,
+    show_default=True,
+    envvar="INGRAIN_BUILD_ON_LOAD",
+    help="Let /load_model build a Hugging Face Hub model that is not in the repository (one "
+    "build at a time per server).",
+)
+@click.option(
+    "--build-timeout",
+    type=click.FloatRange(min=1),
+    default=BuildSettings.timeout_s,
+    show_default=True,
+    envvar="INGRAIN_BUILD_TIMEOUT",
+    help="Seconds an on-demand build may take (waiting included) before /load_model gets a 504.",
+)
+@click.option(
+    "--max-queued-builds",
+    type=click.IntRange(min=0),
+    default=BuildSettings.max_waiting,
+    show_default=True,
+    envvar="INGRAIN_MAX_QUEUED_BUILDS",
+    help="On-demand builds that may wait for the running one; more get a 503.",
+)
+@click.option(
     "--cors-origin",
     "cors_origins",
     multiple=True,
@@ -373,10 +408,16 @@ def serve_command(
     max_queue: int,
     api_keys: tuple[str, ...],
     admin_keys: tuple[str, ...],
+    model_host: str | None,
+    management_on_model_port_only: bool,
+    build_on_load: bool,
+    build_timeout: float,
+    max_queued_builds: int,
     cors_origins: tuple[str, ...],
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
+    from api.logs import configure_logging
     from api.server import serve
     from api.settings import Limits, ServerSettings
     from runtime.batching import BatchingConfig
@@ -409,9 +450,7 @@ def serve_command(
             raise click.ClickException(
                 f"--preload {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
-    logging.basicConfig(
-        level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
-    )
+    configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
     settings = ServerSettings(
@@ -425,6 +464,8 @@ def serve_command(
         admin_keys=admin_keys,
         cors_origins=cors_origins,
         model_port=model_port_number,
+        management_on_model_port_only=management_on_model_port_only,
+        builds=BuildSettings(build_on_load, build_timeout, max_queued_builds),
         limits=Limits(
             max_body_bytes=max_body_bytes,
             max_items=max_items,
@@ -443,7 +484,7 @@ def serve_command(
             max_queue=max_queue,
         ),
     )
-    serve(settings, host, port, workers, threads, timeout)
+    serve(settings, host, port, workers, threads, timeout, model_host)
 
 
 @main.command("list")

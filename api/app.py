@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import falcon
 
-from api.auth import ApiKeys
+from api.auth import ApiKeys, ManagementOnModelPort
 from api.errors import install_error_handlers
 from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModels, UnloadModel
 from api.metrics import Metrics
 from api.middleware import Observability
+from api.on_demand import OnDemandBuilds
 from api.openapi import OpenAPI
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
@@ -30,15 +31,15 @@ def create_app(settings: ServerSettings) -> falcon.App:
         settings.batching,
     )
     for name in settings.preload:
-        registry.get(name)
+        registry.load(name)
     if loaded is not None:
         registry.follow()
-    middleware = [
-        Observability(settings.json_logs),
-        ApiKeys(settings.api_keys, settings.admin_keys),
-    ]
+    middleware: list = [Observability(settings.json_logs)]
     if settings.cors_origins:
-        middleware.insert(1, falcon.CORSMiddleware(allow_origins=list(settings.cors_origins)))
+        middleware.append(falcon.CORSMiddleware(allow_origins=list(settings.cors_origins)))
+    if settings.management_on_model_port_only and settings.model_port is not None:
+        middleware.append(ManagementOnModelPort(settings.model_port))
+    middleware.append(ApiKeys(settings.api_keys, settings.admin_keys))
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
@@ -63,7 +64,8 @@ def create_app(settings: ServerSettings) -> falcon.App:
 def add_management_routes(
     app: falcon.App, registry: ModelRegistry, loaded: LoadedSet, settings: ServerSettings
 ) -> None:
-    arguments = (registry, loaded, settings)
+    builds = OnDemandBuilds(registry.repository, loaded.path.parent / "builds", settings.builds)
+    arguments = (registry, loaded, settings, builds)
     app.add_route("/load_model", LoadModel(*arguments))
     app.add_route("/unload_model", UnloadModel(*arguments))
     app.add_route("/delete_model", DeleteModel(*arguments))

@@ -7,10 +7,14 @@ import logging
 import falcon
 import orjson
 
-from runtime.batching import Overloaded
-from runtime.models import InputError, ModelLoadError
-from runtime.registry import ModelNotLoaded
-from runtime.repository import ModelNotFound
+from runtime.errors import (
+    InputError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotLoaded,
+    ModelUnavailable,
+    Overloaded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(ModelLoadError, _model_load_error)
     app.add_error_handler(ModelNotLoaded, _model_not_loaded)
     app.add_error_handler(Overloaded, _overloaded)
+    app.add_error_handler(ModelUnavailable, _model_unavailable)
     app.add_error_handler(Exception, _unexpected)
 
 
@@ -60,6 +65,13 @@ def _model_not_loaded(req, resp, error: ModelNotLoaded, params):
 def _overloaded(req, resp, error: Overloaded, params):
     raise falcon.HTTPServiceUnavailable(
         description=f"the server is overloaded: {error}", retry_after=1
+    )
+
+
+def _model_unavailable(req, resp, error: ModelUnavailable, params):
+    raise falcon.HTTPServiceUnavailable(
+        description=f"the model is not available right now: {error}; retry shortly",
+        retry_after=1,
     )
 
 

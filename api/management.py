@@ -7,33 +7,39 @@ every worker follows the set (runtime.registry).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import subprocess
-import sys
 
 import falcon
 
 from api import params
+from api.auth import Access
+from api.on_demand import OnDemandBuilds
 from api.resources import respond
 from api.settings import ServerSettings
+from runtime.errors import ModelNotFound
 from runtime.loaded_set import LoadedSet, Models
+from runtime.manifest import LIBRARIES
 from runtime.registry import ModelRegistry
-from runtime.repository import ModelNotFound, Repository
+from runtime.repository import Entry, Repository
 
 log = logging.getLogger(__name__)
 
-# Each library's import name is the library's name.
-LIBRARIES = ("sentence_transformers", "open_clip", "timm")
-BUILD_TIMEOUT_S = 3600
-
 
 class _Management:
-    def __init__(self, registry: ModelRegistry, loaded: LoadedSet, settings: ServerSettings):
+    management = True
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        loaded: LoadedSet,
+        settings: ServerSettings,
+        builds: OnDemandBuilds,
+    ) -> None:
         self.registry = registry
         self.repository: Repository = registry.repository
         self.loaded = loaded
         self.settings = settings
+        self.builds = builds
 
     def _name(self, req: falcon.Request) -> tuple[dict, str]:
         body = params.read_json_object(req, self.settings.limits)
@@ -43,6 +49,8 @@ class _Management:
 
 
 class LoadModel(_Management):
+    access = Access.ADMIN
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body, name = self._name(req)
         library = body.get("library")
@@ -50,25 +58,30 @@ class LoadModel(_Management):
             raise falcon.HTTPBadRequest(
                 description=f'"library" must be one of {", ".join(LIBRARIES)}, not {library!r}'
             )
-        if name in self.loaded.read():
-            respond(resp, {"message": f"Model {name} is already loaded."})
-            return
-        self._check_capacity(self.loaded.read())
+        loaded = self.loaded.read()
+        if name not in loaded:
+            self._check_capacity(loaded)
         entry = self._entry_or_build(name, library)
         if library is not None and entry.manifest.library != library:
             raise falcon.HTTPBadRequest(
                 description=f"model {name!r} in the repository is a {entry.manifest.library} "
                 f"model, not {library}"
             )
-        self.registry.load(name)  # here first, so a broken model fails this request
+        added = False
 
         def add(models: Models) -> Models:
-            if name not in models:
-                self._check_capacity(models)
+            # Under the set's lock: loads, unloads and deletes on this server take turns.
+            nonlocal added
+            if name in models:
+                return models
+            self._check_capacity(models)
+            self.registry.load(name)  # here first, so a broken model fails this request
+            added = True
             return {**models, name: entry.manifest.library}
 
         self.loaded.update(add)
-        respond(resp, {"message": f"Model {name} loaded successfully."})
+        message = "loaded successfully" if added else "is already loaded"
+        respond(resp, {"message": f"Model {name} {message}."})
 
     def _check_capacity(self, models: Models) -> None:
         limit = self.settings.max_loaded_models
@@ -79,75 +92,49 @@ class LoadModel(_Management):
                 '{"name": "..."}, or start the server with a larger --max-loaded-models.'
             )
 
-    def _entry_or_build(self, name: str, library: str | None):
+    def _entry_or_build(self, name: str, library: str | None) -> Entry:
         try:
             return self.repository.find(name)
         except ModelNotFound:
             pass
-        command = f"ingrain-build {name}" + (f" --library {library}" if library else "")
-        needed = ("torch", "onnx", *([library] if library else []))
-        missing = [module for module in needed if importlib.util.find_spec(module) is None]
-        if missing:
-            raise falcon.HTTPBadRequest(
-                description=f"model {name!r} is not in the engine repository and this server "
-                f"cannot build it (no {', '.join(missing)}): run {command} "
-                "or install ingrain-server[build]"
-            )
-        self._build(name, library, command)
+        self.builds.build(name, library)
         return self.repository.find(name)
 
-    def _build(self, name: str, library: str | None, command: str) -> None:
-        """Build in a child process: torch stays out of the worker, and a crash stays there too.
-        Concurrent loads of one model build it once (the builder locks the entry)."""
-        argv = [
-            sys.executable,
-            "-m",
-            "cli",
-            "build",
-            name,
-            "--skip-existing",
-            "--engines",
-            str(self.repository.root),
-        ]
-        if library:
-            argv += ["--library", library]
-        log.info("building %s: %s", name, command)
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise falcon.HTTPBadRequest(
-                description=f"building {name!r} took longer than {BUILD_TIMEOUT_S} s; run {command}"
-            ) from None
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise falcon.HTTPBadRequest(description=f"cannot build {name!r}: {reason}")
+
+def _without(models: Models, name: str) -> Models:
+    return {key: value for key, value in models.items() if key != name}
 
 
-class _Unloading(_Management):
-    def _unload(self, name: str) -> None:
+class UnloadModel(_Management):
+    access = Access.ADMIN
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _, name = self._name(req)
+
         def remove(models: Models) -> Models:
             if name not in models:
                 raise falcon.HTTPNotFound(description=f"model {name!r} is not loaded")
-            return {key: value for key, value in models.items() if key != name}
+            return _without(models, name)
 
         self.loaded.update(remove)
         self.registry.sync()
-
-
-class UnloadModel(_Unloading):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, name = self._name(req)
-        self._unload(name)
         respond(resp, {"message": f"Model {name} unloaded successfully."})
 
 
-class DeleteModel(_Unloading):
+class DeleteModel(_Management):
+    access = Access.ADMIN
+
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         _, name = self._name(req)
-        entry = self.repository.find(name)  # 404 when it is not there
-        if name in self.loaded.read():
-            self._unload(name)
-        self.repository.remove(entry.name)
+
+        def remove(models: Models) -> Models:
+            # Under the set's lock, so a concurrent load or delete of it waits its turn;
+            # ModelNotFound (a 404) when it is not there (any more).
+            self.repository.remove(name)
+            return _without(models, name)
+
+        self.loaded.update(remove)
+        self.registry.sync()
         respond(resp, {"message": f"Model {name} deleted successfully."})
 
 

@@ -23,6 +23,7 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PLAIN = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
 
 class Observability:
@@ -56,4 +57,13 @@ class Observability:
         if self.json_logs:
             log.info(orjson.dumps(record).decode())
         else:
-            log.info(" ".join(f"{key}={'-' if v is None else v}" for key, v in record.items()))
+            log.info(" ".join(f"{key}={_text_value(value)}" for key, value in record.items()))
+
+
+def _text_value(value: object) -> str:
+    """A value that cannot pass for another field: quoted (JSON-style) unless it is a plain
+    token."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if PLAIN.fullmatch(text) else orjson.dumps(text).decode()

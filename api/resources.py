@@ -10,6 +10,7 @@ import falcon
 import orjson
 
 from api import params
+from api.auth import Access, request_port
 from api.settings import Limits
 from runtime.classifier import read_labels
 from runtime.registry import ModelRegistry
@@ -32,9 +33,10 @@ class Health:
     def __init__(self, model_port: int | None) -> None:
         self.model_port = model_port
 
+    access = Access.OPEN
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        connection = req.env.get("gunicorn.socket")
-        port = connection.getsockname()[1] if connection is not None else None
+        port = request_port(req)
         server = "model" if port is not None and port == self.model_port else "inference"
         respond(resp, {"message": f"The {server} server is running."})
 
@@ -58,7 +60,8 @@ class EmbedText(_ModelRoute):
         texts = params.texts(body, self.limits)
         normalize, n_dims = params.normalize(body), params.n_dims(body)
         req.context.items = len(texts)
-        embeddings = self.registry.get(name).embed_text(texts, normalize, n_dims)
+        with self.registry.use(name) as model:
+            embeddings = model.embed_text(texts, normalize, n_dims)
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -70,10 +73,10 @@ class EmbedImage(_ModelRoute):
         headers = params.download_headers(body)
         normalize, n_dims = params.normalize(body), params.n_dims(body)
         req.context.items = len(sources)
-        model = self.registry.get(name)
-        model.validate(texts=False, images=True, n_dims=n_dims)
-        pixels = model.load_images(sources, headers)
-        embeddings = model.embed_images(pixels, normalize, n_dims)
+        with self.registry.use(name) as model:
+            model.validate(texts=False, images=True, n_dims=n_dims)
+            pixels = model.load_images(sources, headers)
+            embeddings = model.embed_images(pixels, normalize, n_dims)
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -94,18 +97,20 @@ class Embed(_ModelRoute):
         headers = params.download_headers(body)
         normalize, n_dims = params.normalize(body), params.n_dims(body)
         req.context.items = len(texts or []) + len(sources or [])
-        model = self.registry.get(name)
-        model.validate(texts=texts is not None, images=sources is not None, n_dims=n_dims)
-        # Every image is fetched and decoded before any tower runs: a bad one stops it all.
-        pixels = model.load_images(sources, headers) if sources is not None else None
-        jobs = {}
-        if texts is not None:
-            jobs["textEmbeddings"] = self._towers.submit(model.embed_text, texts, normalize, n_dims)
-        if pixels is not None:
-            jobs["imageEmbeddings"] = self._towers.submit(
-                model.embed_images, pixels, normalize, n_dims
-            )
-        answer = {key: job.result() for key, job in jobs.items()}
+        with self.registry.use(name) as model:
+            model.validate(texts=texts is not None, images=sources is not None, n_dims=n_dims)
+            # Every image is fetched and decoded before any tower runs: a bad one stops it all.
+            pixels = model.load_images(sources, headers) if sources is not None else None
+            jobs = {}
+            if texts is not None:
+                jobs["textEmbeddings"] = self._towers.submit(
+                    model.embed_text, texts, normalize, n_dims
+                )
+            if pixels is not None:
+                jobs["imageEmbeddings"] = self._towers.submit(
+                    model.embed_images, pixels, normalize, n_dims
+                )
+            answer = {key: job.result() for key, job in jobs.items()}
         respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -116,9 +121,9 @@ class ClassifyImage(_ModelRoute):
         sources = params.images(body, self.limits)
         headers = params.download_headers(body)
         req.context.items = len(sources)
-        model = self.registry.get(name)
-        model.validate_classification()
-        probabilities = model.classify(model.load_images(sources, headers))
+        with self.registry.use(name) as model:
+            model.validate_classification()
+            probabilities = model.classify(model.load_images(sources, headers))
         respond(resp, {"probabilities": probabilities, "processingTimeMs": elapsed_ms(started)})
 
 

@@ -67,6 +67,7 @@ def serve(
     workers: int,
     threads: int,
     timeout: int,
+    model_host: str | None = None,
 ) -> None:
     """Run until stopped. The run directory holds this server's metrics files and loaded-model
     set; it is made here, before any worker exists, and removed at exit."""
@@ -81,12 +82,14 @@ def serve(
     loaded = LoadedSet(run_dir / "loaded.json")
     loaded.write(initial_loaded_set(settings))
     settings = replace(settings, loaded_set=loaded.path)
-    ports = [port] if settings.model_port is None else [port, settings.model_port]
+    binds = [_address(host, port)]
+    if settings.model_port is not None:
+        binds.append(_address(model_host or host, settings.model_port))
     try:
         GunicornServer(
             settings,
             {
-                "bind": [_address(host, p) for p in ports],
+                "bind": binds,
                 "workers": workers,
                 "threads": threads,
                 "worker_class": "gthread",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from api.on_demand import BuildSettings
 from runtime.batching import BatchingConfig
 from runtime.fetch import FetchLimits
 from runtime.images import DEFAULT_MAX_PIXELS
@@ -36,6 +37,9 @@ class ServerSettings:
     admin_keys: tuple[str, ...] = ()
     # Origins allowed to call from a browser; CORS stays off when empty.
     cors_origins: tuple[str, ...] = ()
+    # Management routes answer on the model port only (the inference port 404s them).
+    management_on_model_port_only: bool = False
+    builds: BuildSettings = field(default_factory=BuildSettings)
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)

@@ -7,10 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-class Overloaded(RuntimeError):
-    """The tower's queue is full; the caller should retry shortly."""
-
-
 @dataclass(frozen=True)
 class BatchingConfig:
     # How long the executor may hold a partial batch open for more requests (never when it was

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -12,6 +13,7 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
+from runtime.errors import InputError, ModelLoadError
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
@@ -20,14 +22,6 @@ from runtime.repository import Entry
 from runtime.stats import TowerStats
 from runtime.tokenizer import TextTokenizer
 from runtime.tower import Collate, Tower
-
-
-class InputError(ValueError):
-    """The request asks something of the model that it cannot do; the message says what."""
-
-
-class ModelLoadError(RuntimeError):
-    """An engine directory that cannot be loaded; the message names the file and the cause."""
 
 
 class TextEncoder:
@@ -91,6 +85,12 @@ class Model:
         self.text = text
         self.image = image
         self.classifier = classifier
+        # Set by the registry: the engine directory and which build of it this is.
+        self.directory: Path | None = None
+        self.identity: tuple[int, int] | None = None
+        self._users = 0
+        self._retired = False
+        self._lease = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -147,7 +147,9 @@ class Model:
                 classifier = Classifier(directory, manifest.classifier)
             except (OSError, ValueError) as error:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
-        return cls(manifest, text, image, classifier)
+        model = cls(manifest, text, image, classifier)
+        model.directory = directory
+        return model
 
     def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
         self.validate(texts=True, images=False, n_dims=n_dims)
@@ -186,6 +188,27 @@ class Model:
         self.validate_classification()
         assert self.image is not None and self.classifier is not None
         return self.classifier.probabilities(self.image.embed(pixels))
+
+    def acquire(self) -> None:
+        """A request starts using the model."""
+        with self._lease:
+            self._users += 1
+
+    def release(self) -> None:
+        """A request is done with the model; the last one out closes a retired model."""
+        with self._lease:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self.close()
+
+    def retire(self) -> None:
+        """No new requests get this model; it closes once the requests holding it finish."""
+        with self._lease:
+            self._retired = True
+            idle = self._users == 0
+        if idle:
+            self.close()
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""

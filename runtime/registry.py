@@ -1,28 +1,31 @@
-"""The models one worker process holds, kept in step with the server's loaded set."""
+"""The models one worker process holds, kept in step with the server's loaded set.
+
+Requests hold a model through `use()`: a model that leaves the set (or whose engine directory
+is rebuilt) is retired at once, so new requests no longer see it, and closed when the last
+request that holds it has finished, so no request ever runs on a closed engine.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from runtime.batching import BatchingConfig
+from runtime.errors import ModelLoadError, ModelNotLoaded, ModelUnavailable
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.loaded_set import LoadedSet
+from runtime.manifest import MANIFEST_FILE
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.stats import MODEL_LOADED
 
 log = logging.getLogger(__name__)
-
-
-class ModelNotLoaded(LookupError):
-    """The model is in the repository but not in the server's loaded set."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
 
 
 class ModelRegistry:
@@ -51,38 +54,69 @@ class ModelRegistry:
         self._stamp: tuple | None = None
         self._allowed: set[str] | None = None
 
-    def get(self, name: str) -> Model:
-        """The model called `name`, loading it from the repository the first time.
+    @contextmanager
+    def use(self, name: str) -> Iterator[Model]:
+        """The model called `name`, held for the duration of the block (loaded on first use).
 
         Raises `ModelNotFound` when the repository has no such model, `ModelNotLoaded` when it
-        is not in the server's loaded set, `ModelLoadError` when its files cannot be loaded.
+        is not in the server's loaded set, `ModelLoadError` when its files cannot be loaded,
+        `ModelUnavailable` when it changes under the request.
         """
         self.sync()
-        if self._allowed is not None and name not in self._allowed:
-            self.repository.find(name)  # ModelNotFound if it is not even built
-            raise ModelNotLoaded(name)
-        return self.load(name)
+        with self._lock:
+            if self._allowed is not None and name not in self._allowed:
+                self.repository.find(name)  # ModelNotFound if it is not even built
+                raise ModelNotLoaded(name)
+            model = self._load_locked(name)
+            model.acquire()
+        try:
+            yield model
+        finally:
+            model.release()
 
     def load(self, name: str) -> Model:
         """Load `name` in this worker now (whether or not it is in the loaded set)."""
+        with self._lock:
+            return self._load_locked(name)
+
+    def drop(self, name: str) -> None:
+        """Retire `name` in this worker (it closes once no request holds it)."""
+        with self._lock:
+            self._retire(name, "unloaded")
+
+    def _load_locked(self, name: str) -> Model:
         model = self._models.get(name)
         if model is not None:
             return model
-        with self._lock:
-            model = self._models.get(name)
-            if model is None:
-                entry = self.repository.find(name)
-                started = time.perf_counter()
-                model = Model.load(
-                    entry, self.backend, self.threads, self.fetcher, self.max_pixels, self.batching
-                )
-                log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
-                self._models[name] = model
-                MODEL_LOADED.labels(name).inc()
+        entry = self.repository.find(name)
+        started = time.perf_counter()
+        identity = _identity(entry.directory)
+        try:
+            model = Model.load(
+                entry, self.backend, self.threads, self.fetcher, self.max_pixels, self.batching
+            )
+        except ModelLoadError:
+            if identity is None or _identity(entry.directory) != identity:
+                raise ModelUnavailable(
+                    f"model {name!r} was deleted or replaced while it was loading"
+                ) from None
+            raise
+        model.identity = identity
+        log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
+        self._models[name] = model
+        MODEL_LOADED.labels(name).inc()
         return model
 
+    def _retire(self, name: str, why: str) -> None:
+        model = self._models.pop(name, None)
+        if model is not None:
+            model.retire()
+            MODEL_LOADED.labels(name).dec()
+            log.info("%s %s", why, name)
+
     def sync(self) -> None:
-        """Follow the loaded set: drop every held model that has left it (freeing its memory)."""
+        """Follow the loaded set: retire every held model that has left it (freeing its memory
+        once no request holds it)."""
         if self.loaded_set is None:
             return
         stamp = self.loaded_set.stamp()
@@ -91,20 +125,37 @@ class ModelRegistry:
         with self._lock:
             allowed = set(self.loaded_set.read())
             for name in [name for name in self._models if name not in allowed]:
-                self._models.pop(name).close()
-                MODEL_LOADED.labels(name).dec()
-                log.info("unloaded %s", name)
+                self._retire(name, "unloaded")
             self._allowed, self._stamp = allowed, stamp
 
+    def refresh(self) -> None:
+        """Retire held models whose engine directory was rebuilt or removed, so the next
+        request loads what the repository holds now."""
+        with self._lock:
+            for name, model in list(self._models.items()):
+                if _identity(model.directory) != model.identity:
+                    self._retire(name, "reloading rebuilt")
+
     def follow(self, interval_s: float = 0.5) -> None:
-        """Keep syncing in the background, so unloaded models free memory in idle workers."""
+        """Keep syncing in the background, so unloaded models free memory in idle workers and
+        rebuilt models are picked up."""
 
         def loop() -> None:
             while True:
                 time.sleep(interval_s)
                 try:
                     self.sync()
+                    self.refresh()
                 except Exception:
-                    log.exception("cannot read the loaded-model set")
+                    log.exception("cannot follow the loaded-model set")
 
         threading.Thread(target=loop, name="loaded-set", daemon=True).start()
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which engine directory is at this path now: a rebuild swaps in a new one."""
+    try:
+        status = os.stat(directory / MANIFEST_FILE)
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns

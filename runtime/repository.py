@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.errors import ModelNotFound
 from runtime.manifest import MANIFEST_FILE, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,6 @@ class Entry:
 
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.directory.rglob("*") if path.is_file())
-
-
-class ModelNotFound(LookupError):
-    def __init__(self, name: str, root: Path) -> None:
-        super().__init__(name)
-        self.name = name
-        self.root = root
 
 
 class Repository:
@@ -83,6 +77,13 @@ class Repository:
                 return entry
         raise ModelNotFound(name, self.root)
 
+    def contains(self, name: str) -> bool:
+        try:
+            self.find(name)
+        except ModelNotFound:
+            return False
+        return True
+
     @staticmethod
     def _read(directory: Path) -> Entry | None:
         try:
@@ -94,6 +95,9 @@ class Repository:
         """Delete a model: first renamed out of sight so no reader sees it half-deleted."""
         entry = self.find(name)
         doomed = entry.directory.with_name(f".removing-{entry.directory.name}-{os.getpid()}")
-        entry.directory.rename(doomed)
+        try:
+            entry.directory.rename(doomed)
+        except FileNotFoundError:  # someone else removed it first
+            raise ModelNotFound(name, self.root) from None
         shutil.rmtree(doomed)
         return entry

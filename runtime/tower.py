@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import Backend
-from runtime.batching import BatchingConfig, Overloaded
+from runtime.batching import BatchingConfig
+from runtime.errors import ModelUnavailable, Overloaded
 from runtime.manifest import TowerSpec
 from runtime.stats import BATCH_STATS, RequestTimer, TowerStats
 
@@ -70,7 +71,7 @@ class Tower:
         request.remaining = len(items)
         with self._wake:
             if self._closed:
-                raise RuntimeError("the model was unloaded")
+                raise ModelUnavailable("the model was unloaded")
             if self._queued + len(items) > self.batching.max_queue:
                 raise Overloaded(
                     f"{self._queued} items are queued for this model (limit "

@@ -123,7 +123,7 @@ class Server:
         return requests.post(self.url + route, json=body, timeout=60, **kwargs)
 
 
-def start_server(engines: Path, log: Path, *args: str) -> Server:
+def start_server(engines: Path, log: Path, *args: str, env: dict | None = None) -> Server:
     port, model_port = free_port(), free_port()
     command = [
         str(BIN / "ingrain-serve"),
@@ -131,21 +131,21 @@ def start_server(engines: Path, log: Path, *args: str) -> Server:
         *args,
     ]
     # No model hub is reachable from tests: fail builds at once instead of after retries.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ingrain-serve exited: {log.read_text()}")
         try:
-            if requests.get(url + "/health", timeout=1).ok:
+            if requests.get(url + "/health", timeout=5).ok:
                 return Server(process, url, f"http://127.0.0.1:{model_port}", log)
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"ingrain-serve did not answer within 60 s: {log.read_text()}")
+    raise RuntimeError(f"ingrain-serve did not answer within 120 s: {log.read_text()}")
 
 
 def stop_server(server: Server) -> None:

@@ -135,3 +135,13 @@ def tiny_timm_classifier(directory: Path, classes: int) -> Path:
 
 TIMM_ARCH = "test_vit"
 LABELS = ["cat", "dog", "bird", "fish", "horse"]
+
+
+def put_in_hub_cache(source: Path, hf_home: Path, repo_id: str) -> None:
+    """Lay a saved model out as the Hugging Face Hub cache holds a download of `repo_id`, so
+    Hub-id loading code (with HF_HOME=hf_home and HF_HUB_OFFLINE=1) finds it without a hub."""
+    commit = "0" * 40
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)

@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
-from runtime.batching import BatchingConfig, Overloaded
+from runtime.batching import BatchingConfig
+from runtime.errors import Overloaded
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.stats import TowerStats

@@ -4,7 +4,6 @@ both ports: every call it has, model management across workers, and its snake_ca
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import shutil
 import subprocess
 
@@ -15,7 +14,7 @@ import requests
 from ingrain.ingrain_errors import IngrainWebException
 
 from tests.conftest import BIN, CLIP, TIMM, cosines, start_server, stop_server
-from tests.models import LABELS, tiny_sentence_transformer
+from tests.models import LABELS
 
 E5 = "intfloat/e5-small-v2"
 MOBILECLIP = "hf-hub:apple/MobileCLIP-S1-OpenCLIP"
@@ -164,27 +163,8 @@ def test_model_object_methods(client):
     assert np.asarray(clip.embed(text=["a", "b"]).text_embeddings).shape == (2, 32)
 
 
-def test_load_builds_a_missing_model_once_even_when_asked_twice(client, tmp_path, minilm_source):
-    source, reference = tiny_sentence_transformer(tmp_path, minilm_source, "mean", False)
-    client.unload_model(name=TIMM)
-    name = str(source)  # not in the repository: the server builds it, as ingrain-build would
-
-    def load(_):
-        return client.__class__(client.inference_server_url, client.model_server_url).load_model(
-            name=name, library="sentence_transformers"
-        )
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        models = list(pool.map(load, range(2)))
-    served = np.asarray(models[0].embed_text(text=["built on demand"], normalize=False).embeddings)
-    assert cosines(served, reference.encode(["built on demand"])).min() >= 0.9999
-    names = [m.name for m in client.repository_models().models]
-    assert names.count(name) == 1
-
-
 def test_delete_removes_the_model_from_every_worker_and_the_disk(client, repository):
-    loaded = [m.name for m in client.loaded_models().models]
-    victim = next(name for name in loaded if name.startswith("/"))
+    victim = TIMM
     assert client.delete_model(name=victim).message == f"Model {victim} deleted successfully."
     assert victim not in [m.name for m in client.repository_models().models]
     with pytest.raises(IngrainWebException) as caught:

@@ -1,0 +1,44 @@
+"""What can go wrong when serving, as one hierarchy. The API maps each kind to its status in
+one place (api/errors.py); the runtime never speaks HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ServingError(Exception):
+    """Base of every error the runtime raises on purpose; the message says what to do."""
+
+
+class InputError(ServingError, ValueError):
+    """The request asks something of the model that it cannot do (a 400)."""
+
+
+class ModelNotFound(ServingError, LookupError):
+    """No model of that name in the engine repository (a 404)."""
+
+    def __init__(self, name: str, root: Path | None = None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.root = root
+
+
+class ModelNotLoaded(ServingError, LookupError):
+    """The model is in the repository but not in the server's loaded set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class ModelLoadError(ServingError, RuntimeError):
+    """An engine directory that cannot be loaded; the message names the file and the cause."""
+
+
+class ModelUnavailable(ServingError, RuntimeError):
+    """The model is changing under the request (being unloaded, deleted or replaced): a
+    transient state that a retry resolves (a 503 with Retry-After)."""
+
+
+class Overloaded(ServingError, RuntimeError):
+    """The tower's queue is full; the caller should retry shortly (a 503)."""
