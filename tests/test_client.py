@@ -128,6 +128,8 @@ def test_unload_then_every_worker_refuses_with_the_same_error(client, served):
             client.embed_text(name=E5, text="x")
         errors.add((caught.value.status_code, caught.value.text))
     assert errors == {(400, f"Model {E5} is not loaded; load it with /load_model")}
+    by_worker = served.answers_by_worker("/embed_text", {"name": E5, "text": "x"})
+    assert len(by_worker) == 2 and set().union(*by_worker.values()) == {400}, by_worker
     with pytest.raises(IngrainWebException) as again:
         client.unload_model(name=E5)
     assert again.value.status_code == 404
@@ -141,6 +143,8 @@ def test_load_returns_a_model_that_every_worker_serves(client, served, reference
         embeddings = np.asarray(model.embed_text(text="a cat").embeddings)
         assert cosines(embeddings, reference.encode(["a cat"])).min() >= 0.9999
     body = {"name": E5, "library": "sentence_transformers"}
+    by_worker = served.answers_by_worker("/embed_text", {"name": E5, "text": "x"})
+    assert len(by_worker) == 2 and set().union(*by_worker.values()) == {200}, by_worker
     again = requests.post(served.model_url + "/load_model", json=body, timeout=60)
     assert again.json() == {"message": f"Model {E5} is already loaded."}
 

@@ -78,6 +78,15 @@ def test_cors_allows_only_the_configured_origin(guarded, server):
         timeout=10,
     )
     assert preflight.headers.get("Access-Control-Allow-Origin") == "https://app.example"
+    for origin in ("https://evil.example", "https://app.example.evil", "null"):
+        refused = requests.options(
+            guarded.url + "/embed_text",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+            timeout=10,
+        )
+        assert "Access-Control-Allow-Origin" not in refused.headers
+        simple = requests.get(guarded.url + "/health", headers={"Origin": origin}, timeout=10)
+        assert "Access-Control-Allow-Origin" not in simple.headers
     other = call(guarded, "/health")
     assert "Access-Control-Allow-Origin" not in other.headers
     plain = requests.get(server.url + "/health", headers={"Origin": "https://app.example"})
