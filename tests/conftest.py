@@ -133,16 +133,17 @@ class Server:
             time.sleep(0.2)
         raise AssertionError("gunicorn did not replace the killed worker within 30 s")
 
-    def answers_by_worker(self, route: str, body: dict, count: int = 48) -> dict[int, set[int]]:
+    def answers_by_worker(
+        self, route: str, body: dict, count: int = 48, headers: dict | None = None
+    ) -> dict[int, set[int]]:
         """Send `count` requests on fresh connections, 8 at a time; the statuses each worker
         pid answered with (read from the access log through the requests' X-Request-IDs)."""
         ids = [f"probe-{uuid.uuid4().hex}" for _ in range(count)]
 
         def send(request_id: str) -> int:
-            headers = {"X-Request-ID": request_id, "Connection": "close"}
-            return requests.post(
-                self.url + route, json=body, headers=headers, timeout=60
-            ).status_code
+            sent = {**(headers or {}), "X-Request-ID": request_id, "Connection": "close"}
+            answer = requests.post(self.url + route, json=body, headers=sent, timeout=60)
+            return answer.status_code
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = dict(zip(ids, pool.map(send, ids), strict=True))

@@ -226,8 +226,15 @@ def test_metrics_queue_is_the_wait_in_the_batcher(server):
     server.post("/embed_text", {"name": MINILM, "text": ["one", "two"]})
     after = requests.get(server.url + "/metrics", timeout=10).json()
 
-    def queue(body):
+    def stat(body, name, field):
         [entry] = [e for e in body["modelStats"] if e["name"] == MINILM]
-        return int(entry["inferenceStats"]["queue"]["count"] or 0)
+        return int(entry["inferenceStats"][name][field] or 0)
 
-    assert queue(after) == queue(before) + 1
+    # The two responses may come from different workers; the sums over both are exact.
+    assert stat(after, "queue", "count") == stat(before, "queue", "count") + 1
+    queue, infer, whole = (
+        stat(after, name, "ns") - stat(before, name, "ns")
+        for name in ("queue", "compute_infer", "success")
+    )
+    # The wait before execution: part of the request's whole time, apart from the execution.
+    assert queue > 0 and queue + infer <= whole

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from tests.conftest import BIN, CLIP, MINILM, TIMM
+import requests
+
+from tests.conftest import BIN, CLIP, MINILM, TIMM, start_server, stop_server
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -52,3 +54,25 @@ def test_serve_refuses_an_unknown_preload(engines):
     result = run("ingrain-serve", "--engines", str(engines), "--preload", "no/such", "--port", "1")
     assert result.returncode != 0
     assert "ingrain-build no/such" in result.stderr
+
+
+def test_serve_refuses_bad_ports_and_too_many_preloads(engines):
+    serve = ("ingrain-serve", "--engines", str(engines))
+    for model_port in ("8686", "abc", "0", "70000"):
+        result = run(*serve, "--port", "8686", "--model-port", model_port)
+        assert result.returncode == 2 and "--model-port" in result.stderr, model_port
+    preloads = [part for name in (MINILM, CLIP, TIMM) for part in ("--preload", name)]
+    result = run(*serve, *preloads, "--max-loaded-models", "2")
+    assert result.returncode == 2 and "more than --max-loaded-models 2" in result.stderr
+
+
+def test_api_keys_from_the_environment_are_split_on_spaces(engines, tmp_path):
+    server = start_server(engines, tmp_path / "log", env={"INGRAIN_API_KEYS": "key-one key-two"})
+    try:
+        for key, status in (("key-one", 200), ("key-two", 200), ("key-one key-two", 401)):
+            answer = requests.get(
+                server.url + "/loaded_models", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == status, key
+    finally:
+        stop_server(server)

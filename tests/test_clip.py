@@ -313,6 +313,19 @@ def test_each_bad_image_is_a_400_naming_its_index(server, image_host, source, re
     assert message.startswith("image[1]: ") and reason in message, message
 
 
+def test_the_configured_pixel_limit_is_the_boundary(server):
+    """The server runs with --max-image-pixels 1000000 (the default is 50 million)."""
+
+    def error(width: int, height: int) -> str:
+        image = base64.b64encode(png_header_only(width, height)).decode()
+        response = server.post("/embed_image", {"name": CLIP, "image": image})
+        assert response.status_code == 400
+        return response.json()["error"]
+
+    assert "1000x1001 pixels; the limit is 1000000 pixels" in error(1000, 1001)
+    assert "pixels" not in error(1000, 1000)  # at the limit it is decoded (and is corrupt)
+
+
 def test_a_bad_image_stops_the_whole_request(server, image_host):
     def executions() -> int:
         stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]

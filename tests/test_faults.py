@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import signal
+import socket
 import threading
 import time
 
@@ -51,16 +53,26 @@ def test_a_worker_killed_under_load_is_replaced_and_others_keep_serving(engines,
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_cleanly(engines, tmp_path):
+    """Requests whose last body byte is still to come when SIGTERM arrives are in flight by
+    construction; they must still be answered."""
     server = start_server(engines, tmp_path / "server.log", "--preload", MINILM)
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        in_flight = [
-            pool.submit(server.post, "/embed_text", {"name": MINILM, "text": LONG})
-            for _ in range(4)
-        ]
-        time.sleep(0.3)
-        server.process.send_signal(signal.SIGTERM)
-        results = [future.result() for future in in_flight]
-    assert [r.status_code for r in results] == [200] * 4
+    port = int(server.url.rsplit(":", 1)[1])
+    body = json.dumps({"name": MINILM, "text": LONG}).encode()
+    head = (
+        f"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
+    for connection in connections:
+        connection.sendall(head + body[:-1])
+    time.sleep(1)  # let the worker take the connections (they cannot finish without us)
+    server.process.send_signal(signal.SIGTERM)
+    answers = []
+    for connection in connections:
+        connection.sendall(body[-1:])
+        answers.append(connection.makefile("rb").readline())
+        connection.close()
+    assert answers == [b"HTTP/1.1 200 OK\r\n"] * 4
     assert server.process.wait(timeout=30) == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(server.url + "/health", timeout=2)

@@ -9,6 +9,7 @@ import http.client
 import shutil
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,29 @@ def test_management_can_answer_on_the_model_port_only(engines, tmp_path):
         assert requests.post(server.model_url + "/unload_model", json=body, timeout=30).ok
     finally:
         stop_server(server)
+
+
+def workers_holding(server, name: str) -> float:
+    headers = {"Authorization": f"Bearer {USER}"}
+    text = requests.get(server.url + "/metrics/prometheus", headers=headers, timeout=30).text
+    for line in text.splitlines():
+        if line.startswith("ingrain_model_loaded_workers{") and f'model="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_idle_workers_drop_an_unloaded_model_promptly(guarded):
+    headers = {"Authorization": f"Bearer {USER}"}
+    body = {"name": MINILM, "text": "x"}
+    by_worker = guarded.answers_by_worker("/embed_text", body, headers=headers)
+    assert by_worker and set().union(*by_worker.values()) == {200}
+    assert workers_holding(guarded, MINILM) == len(by_worker) == 2
+    assert admin(guarded, "/unload_model", {"name": MINILM}).status_code == 200
+    deadline = time.monotonic() + 5  # the README promises half a second; slack for a busy CI
+    while workers_holding(guarded, MINILM) > 0:
+        assert time.monotonic() < deadline, "a worker still holds the unloaded model"
+        time.sleep(0.1)
+    assert admin(guarded, "/load_model", {"name": MINILM}).status_code == 200
 
 
 def test_a_model_name_cannot_forge_a_log_line(guarded):
