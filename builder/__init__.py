@@ -12,6 +12,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.options import BuildOptions
 from builder.progress import Progress
+from builder.sources import check_source
 from builder.staging import entry_lock, staging_directory, target_directory
 from runtime.manifest import Manifest
 from runtime.repository import Repository, slugify
@@ -79,6 +80,7 @@ def build_model(
                 f"--tensorrt needs TensorRT and a CUDA GPU: {reason}. Without --tensorrt the "
                 "ONNX build works here and serves with ONNX Runtime"
             )
+    check_source(source, library)
     try:
         slug = slugify(name)
     except ValueError as error:

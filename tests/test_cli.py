@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -47,7 +48,7 @@ def test_build_refuses_overwrite_with_a_clear_message(engines, minilm_source):
 def test_build_of_a_missing_source_fails_cleanly(tmp_path):
     result = run("ingrain-build", str(tmp_path / "nope"), "--engines", str(tmp_path / "e"))
     assert result.returncode == 1
-    assert "cannot load" in result.stderr and "Traceback" not in result.stderr
+    assert "no such directory" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_serve_refuses_an_unknown_preload(engines):
@@ -76,3 +77,21 @@ def test_api_keys_from_the_environment_are_split_on_spaces(engines, tmp_path):
             assert answer.status_code == status, key
     finally:
         stop_server(server)
+
+
+def test_a_missing_local_source_or_an_unreachable_hub_fails_fast(tmp_path):
+    engines = str(tmp_path / "engines")
+    for source in ("./no-such-model", "/no/such/dir", "local-dir:/no/such/clip"):
+        result = run("ingrain-build", source, "--engines", engines)
+        assert result.returncode == 1 and "no such directory" in result.stderr, result.stderr
+    closed = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:1", "HF_HUB_OFFLINE": "0"}
+    result = subprocess.run(
+        [str(BIN / "ingrain-build"), "org/model", "--engines", engines],
+        capture_output=True,
+        text=True,
+        env=closed,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "cannot reach the Hugging Face Hub" in result.stderr
+    assert "HF_HUB_OFFLINE=1" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
