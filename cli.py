@@ -418,7 +418,7 @@ def serve_command(
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.logs import configure_logging
-    from api.server import serve
+    from api.server import PortUnavailable, serve
     from api.settings import Limits, ServerSettings
     from runtime.batching import BatchingConfig
     from runtime.fetch import FetchLimits
@@ -484,7 +484,16 @@ def serve_command(
             max_queue=max_queue,
         ),
     )
-    serve(settings, host, port, workers, threads, timeout, model_host)
+    if not repository.entries():
+        click.echo(
+            f"warning: no models in {engines}; build one with: ingrain-build SOURCE "
+            "(scripts/serve-demo.sh builds and serves the demo model)",
+            err=True,
+        )
+    try:
+        serve(settings, host, port, workers, threads, timeout, model_host)
+    except PortUnavailable as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("list")

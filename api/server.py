@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import replace
@@ -60,6 +61,25 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class PortUnavailable(OSError):
+    """A port the server must listen on cannot be bound; the message names it and its flag."""
+
+
+def check_bindable(host: str, port: int, flag: str) -> None:
+    """Fail with one clear line before gunicorn would (with "Can't connect to ...")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise PortUnavailable(
+                f"cannot listen on {_address(host, port)} ({flag}): {error.strerror}; choose "
+                f"another with {flag} PORT"
+                + (" or turn the model port off with --model-port none" if "model" in flag else "")
+            ) from None
+
+
 def serve(
     settings: ServerSettings,
     host: str,
@@ -82,8 +102,10 @@ def serve(
     loaded = LoadedSet(run_dir / "loaded.json")
     loaded.write(initial_loaded_set(settings))
     settings = replace(settings, loaded_set=loaded.path)
+    check_bindable(host, port, "--port")
     binds = [_address(host, port)]
     if settings.model_port is not None:
+        check_bindable(model_host or host, settings.model_port, "--model-port")
         binds.append(_address(model_host or host, settings.model_port))
     try:
         GunicornServer(

@@ -8,7 +8,7 @@ import subprocess
 
 import requests
 
-from tests.conftest import BIN, CLIP, MINILM, TIMM, start_server, stop_server
+from tests.conftest import BIN, CLIP, MINILM, TIMM, free_port, start_server, stop_server
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -95,3 +95,26 @@ def test_a_missing_local_source_or_an_unreachable_hub_fails_fast(tmp_path):
     assert result.returncode == 1 and "cannot reach the Hugging Face Hub" in result.stderr
     assert "HF_HUB_OFFLINE=1" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
+
+
+def test_a_taken_port_is_one_clear_line_naming_its_flag(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free = free_port()
+        result = run(
+            "ingrain-serve",
+            "--engines",
+            str(tmp_path),
+            "--port",
+            str(free),
+            "--model-port",
+            str(port),
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (--model-port)" in result.stderr
+    assert "--model-port none" in result.stderr and "Traceback" not in result.stderr
+    assert f"no models in {tmp_path}" in result.stderr
