@@ -113,11 +113,17 @@ def test_model_metadata(client):
 
 
 def test_metrics(client):
-    client.embed_text(name=E5, text="counted")
+    def counts() -> dict[str, int]:
+        return {s.name: int(s.inference_count or 0) for s in client.metrics().model_stats}
+
+    before = counts()
+    client.embed_text(name=E5, text=["counted", "twice"])
+    client.embed_image(name=MOBILECLIP, image=image_b64())
+    after = counts()
+    assert after[E5] - before[E5] == 2
+    assert after[f"{MOBILECLIP}/image_encoder"] - before[f"{MOBILECLIP}/image_encoder"] == 1
     stats = {s.name: s for s in client.metrics().model_stats}
-    assert int(stats[E5].inference_count) >= 1
-    assert stats[E5].inference_stats["success"].count is not None
-    assert f"{MOBILECLIP}/image_encoder" in stats
+    assert int(stats[E5].inference_stats["success"].count) >= 1
 
 
 def test_unload_then_every_worker_refuses_with_the_same_error(client, served):

@@ -354,8 +354,15 @@ def test_download_headers_must_be_strings(server, image_host):
     assert "imageDownloadHeaders" in response.json()["error"]
 
 
-def test_metrics_list_both_towers_of_a_clip_model(server, image_host):
-    server.post("/embed_image", {"name": CLIP, "image": f"{image_host}/cat.png"})
-    stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
-    names = {entry["name"] for entry in stats}
-    assert {f"{CLIP}/text_encoder", f"{CLIP}/image_encoder", MINILM} <= names
+def test_metrics_count_each_tower_of_a_clip_model_apart(server, image_host):
+    def counts() -> dict[str, int]:
+        stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
+        return {entry["name"]: int(entry["inferenceCount"] or 0) for entry in stats}
+
+    before = counts()
+    images = [f"{image_host}/cat.png"] * 3
+    assert server.post("/embed_image", {"name": CLIP, "image": images}).status_code == 200
+    assert server.post("/embed_text", {"name": CLIP, "text": ["a", "b"]}).status_code == 200
+    after = counts()
+    assert after[f"{CLIP}/image_encoder"] - before[f"{CLIP}/image_encoder"] == 3
+    assert after[f"{CLIP}/text_encoder"] - before[f"{CLIP}/text_encoder"] == 2
