@@ -453,37 +453,40 @@ def serve_command(
     configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
-    settings = ServerSettings(
-        engines=engines,
-        backend=backend,
-        threads=intra_op_threads,
-        preload=preload,
-        json_logs=log_format == "json",
-        max_loaded_models=max_loaded_models,
-        api_keys=api_keys,
-        admin_keys=admin_keys,
-        cors_origins=cors_origins,
-        model_port=model_port_number,
-        management_on_model_port_only=management_on_model_port_only,
-        builds=BuildSettings(build_on_load, build_timeout, max_queued_builds),
-        limits=Limits(
-            max_body_bytes=max_body_bytes,
-            max_items=max_items,
-            max_text_chars=max_text_chars,
-            max_image_pixels=max_image_pixels,
-        ),
-        fetch=FetchLimits(
-            max_bytes=max_image_bytes,
-            timeout_s=download_timeout,
-            max_redirects=max_redirects,
-            allow_private=not block_private_addresses,
-        ),
-        batching=BatchingConfig(
-            max_delay_s=max_batch_delay_ms / 1000.0,
-            max_tokens=max_batch_tokens,
-            max_queue=max_queue,
-        ),
-    )
+    try:
+        settings = ServerSettings(
+            engines=engines,
+            backend=backend,
+            threads=intra_op_threads,
+            preload=preload,
+            json_logs=log_format == "json",
+            max_loaded_models=max_loaded_models,
+            api_keys=api_keys,
+            admin_keys=admin_keys,
+            cors_origins=cors_origins,
+            model_port=model_port_number,
+            management_on_model_port_only=management_on_model_port_only,
+            builds=BuildSettings(build_on_load, build_timeout, max_queued_builds),
+            limits=Limits(
+                max_body_bytes=max_body_bytes,
+                max_items=max_items,
+                max_text_chars=max_text_chars,
+                max_image_pixels=max_image_pixels,
+            ),
+            fetch=FetchLimits(
+                max_bytes=max_image_bytes,
+                timeout_s=download_timeout,
+                max_redirects=max_redirects,
+                allow_private=not block_private_addresses,
+            ),
+            batching=BatchingConfig(
+                max_delay_s=max_batch_delay_ms / 1000.0,
+                max_tokens=max_batch_tokens,
+                max_queue=max_queue,
+            ),
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     if not repository.entries():
         click.echo(
             f"warning: no models in {engines}; build one with: ingrain-build SOURCE "

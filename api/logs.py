@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# C0 and C1 controls, line and paragraph separators, and the bidirectional overrides (which
+# reorder a line on screen).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def escape_controls(text: str) -> str:
-    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+    """Each control character as a \\uXXXX escape, which is also valid inside a JSON string (so
+    JSON log lines stay JSON)."""
+    return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 class EscapingFormatter(logging.Formatter):

@@ -43,3 +43,11 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+    def __post_init__(self) -> None:
+        for key in (*self.api_keys, *self.admin_keys):
+            if not key or key != key.strip() or any(c.isspace() for c in key):
+                raise ValueError(
+                    "an API or admin key may not be empty or hold white space (an unset "
+                    "variable in --api-key \"$KEY\" gives an empty one)"
+                )

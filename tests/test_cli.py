@@ -118,3 +118,9 @@ def test_a_taken_port_is_one_clear_line_naming_its_flag(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port} (--model-port)" in result.stderr
     assert "--model-port none" in result.stderr and "Traceback" not in result.stderr
     assert f"no models in {tmp_path}" in result.stderr
+
+
+def test_empty_or_spaced_keys_are_refused(engines):
+    for key in ("", " ", "two words"):
+        result = run("ingrain-serve", "--engines", str(engines), "--admin-key", key)
+        assert result.returncode == 2 and "may not be empty" in result.stderr, key

@@ -361,3 +361,19 @@ def test_a_forced_rebuild_swaps_in_without_a_gap_and_workers_pick_it_up(
         stop_server(server)
     assert set(statuses) == {200}, statuses
     assert not list(root.glob(".*"))
+
+
+def test_escaped_log_lines_stay_one_line_and_valid_json():
+    import json
+    import logging
+
+    import orjson
+
+    from api.logs import EscapingFormatter
+
+    name = "a\x7fb\x85c\u2028d\u202ee\nf"
+    record = logging.LogRecord(
+        "x", logging.INFO, "", 0, orjson.dumps({"model": name}).decode(), (), None
+    )
+    line = EscapingFormatter("%(message)s").format(record)
+    assert "\n" not in line and json.loads(line) == {"model": name}
