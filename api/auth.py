@@ -1,4 +1,4 @@
-"""Optional API keys: `Authorization: Bearer KEY` on every route but /health (and CORS
+"""Optional API keys: `Authorization: Bearer KEY` on every route but /health, /ready (and CORS
 preflights); management routes may require an admin key instead. Keys are compared in
 constant time, against every configured key, so timing reveals neither key nor position."""
 
@@ -8,7 +8,8 @@ import hmac
 
 import falcon
 
-OPEN_ROUTES = ("/health",)
+# Probes (liveness, readiness) carry no key.
+OPEN_ROUTES = ("/health", "/ready")
 ADMIN_ROUTES = ("/load_model", "/unload_model", "/delete_model")
 
 

@@ -20,6 +20,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ReadinessLimits:
+    # An execution running longer than this marks its model not ready: the executor is stuck.
+    max_execution_s: float = 60.0
+    # This many failed executions in a row mark the model not ready until a probe succeeds.
+    max_failed_executions: int = 3
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     engines: Path
     backend: str = "auto"
@@ -39,3 +47,4 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    readiness: ReadinessLimits = field(default_factory=ReadinessLimits)

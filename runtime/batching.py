@@ -11,6 +11,10 @@ class Overloaded(RuntimeError):
     """The tower's queue is full; the caller should retry shortly."""
 
 
+class QueueDeadline(Overloaded):
+    """The request waited in the queue past the deadline and was dropped before execution."""
+
+
 @dataclass(frozen=True)
 class BatchingConfig:
     # How long the executor may hold a partial batch open for more requests (never when it was
@@ -23,3 +27,6 @@ class BatchingConfig:
     # Text: a sorted batch is cut into executions where that saves padding worth more than this
     # many tokens per extra execution (the fixed cost of one execution, measured on CPU).
     execution_overhead_tokens: int = 128
+    # Requests still queued after this many seconds are dropped before execution (503); None
+    # waits forever.
+    max_queue_wait_s: float | None = None

@@ -63,6 +63,10 @@ class ModelRegistry:
             raise ModelNotLoaded(name)
         return self.load(name)
 
+    def held(self, name: str) -> Model | None:
+        """The model if this worker holds it now (loaded and warmed up), without loading it."""
+        return self._models.get(name)
+
     def load(self, name: str) -> Model:
         """Load `name` in this worker now (whether or not it is in the loaded set)."""
         model = self._models.get(name)

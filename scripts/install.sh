@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install ingrain-server with its build and dev extras into it.
+# Create .venv (if missing) and install ingrain-server with its build and dev extras into it;
+# and checkov, which tests/test_deploy.py runs on the Kubernetes manifests, into its own
+# .venv-checkov (its pinned dependencies would fight the project's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # These torch releases lie on this project's machines' disk (torchvision has no CPU-only wheel
@@ -8,3 +10,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 # shellcheck disable=SC2086 # TORCH_SPEC holds several requirements
 .venv/bin/pip install --quiet --disable-pip-version-check $TORCH_SPEC -e '.[build,dev]'
+[ -x .venv-checkov/bin/checkov ] || {
+    python3 -m venv .venv-checkov
+    .venv-checkov/bin/pip install --quiet --disable-pip-version-check "checkov==3.3.30"
+}
