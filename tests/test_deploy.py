@@ -13,7 +13,7 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
-from tests.conftest import BIN
+from tests.conftest import BIN, MINILM
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +163,29 @@ def test_checkov_finds_nothing_but_the_accepted_checks(tmp_path):
     ]
     assert failed == [], failed
     assert report["summary"]["passed"] > 100  # it really checked the manifests
+
+
+def test_every_ingrain_setting_in_the_configmap_is_an_ingrain_serve_variable():
+    from cli import serve_command
+
+    variables = {param.envvar for param in serve_command.params if param.envvar}
+    settings = KUBERNETES / "base" / "settings.env"
+    keys = {
+        line.split("=", 1)[0]
+        for line in settings.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert {"INGRAIN_PRELOAD", "INGRAIN_MAX_QUEUE_WAIT_MS"} <= keys
+    assert {key for key in keys if key.startswith("INGRAIN_")} <= variables
+
+
+def test_ingrain_serve_takes_preloads_separated_by_spaces_from_the_environment(engines):
+    """As the ConfigMap sets them: every name is checked (the second one is unknown)."""
+    result = subprocess.run(
+        [str(BIN / "ingrain-serve"), "--engines", str(engines), "--port", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "INGRAIN_PRELOAD": f"{MINILM} no/such"},
+    )
+    assert result.returncode != 0
+    assert "--preload no/such" in result.stderr and "Traceback" not in result.stderr

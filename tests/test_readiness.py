@@ -14,13 +14,12 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from runtime.batching import BatchingConfig, QueueDeadline
+from runtime.batching import QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository, slugify
-from runtime.stats import TowerStats
-from runtime.tower import Tower
 from tests.conftest import CLIP, MINILM, start_server, stop_server
 from tests.test_batching import Recording
+from tests.test_batching import tower as make_tower
 
 
 class Faulty(Recording):
@@ -39,24 +38,12 @@ def minilm(engines):
     return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
 
 
-def make_tower(minilm, backend, **batching) -> Tower:
-    encoder = minilm.text
-    names = encoder.tower.input_names
-    return Tower(
-        encoder.tower.spec,
-        backend,
-        TowerStats("readiness-test", "text_encoder"),
-        lambda items: encoder.tokenizer.batch(items, names),
-        BatchingConfig(**batching),
-    )
-
-
 def ids(minilm, text="hello"):
     return minilm.text.tokenizer.token_ids([text])
 
 
 def drops() -> float:
-    labels = {"model": "readiness-test", "tower": "text_encoder"}
+    labels = {"model": "batching-test", "tower": "text_encoder"}
     return REGISTRY.get_sample_value("ingrain_queue_deadline_drops_total", labels) or 0.0
 
 
