@@ -47,17 +47,15 @@ class Readiness:
             self._load(name)
 
     def required(self) -> list[str]:
-        """The models this server must serve: --preload ones and the loaded set, in order."""
-        loaded = self.registry.loaded_set.read() if self.registry.loaded_set else {}
-        return list(dict.fromkeys([*self.preload, *loaded]))
+        """The models this server must serve: its loaded set (which starts as the --preload
+        models, and follows /load_model and /unload_model); without one, the preloaded ones."""
+        if self.registry.loaded_set is None:
+            return list(self.preload)
+        return list(self.registry.loaded_set.read())
 
-    def problems(self) -> dict[str, str]:
-        """Why each required model is not ready in this worker (empty when all are)."""
-        return {
-            name: reason
-            for name in self.required()
-            if (reason := self.model_problem(name)) is not None
-        }
+    def problems(self, names: list[str]) -> dict[str, str]:
+        """Why each of `names` is not ready in this worker (empty when all are)."""
+        return {name: reason for name in names if (reason := self.model_problem(name)) is not None}
 
     def model_problem(self, name: str) -> str | None:
         model = self.registry.held(name)
@@ -104,7 +102,7 @@ class Ready:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         required = self.readiness.required()
-        problems = self.readiness.problems()
+        problems = self.readiness.problems(required)
         models = [
             {"name": name, "ready": name not in problems}
             | ({"reason": problems[name]} if name in problems else {})

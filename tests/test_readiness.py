@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
-from runtime.batching import QueueDeadline
+from runtime.batching import BatchingConfig, QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
@@ -105,7 +105,7 @@ def test_failing_executions_mark_the_tower_not_ready_until_a_probe_succeeds(mini
 
 def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
     backend = Recording(minilm.text.tower.backend)
-    tower = make_tower(minilm, backend, max_queue_wait_s=0.01)
+    tower = make_tower(minilm, backend)
     try:
         tower.warm_up(ids(minilm, ""))
         before = drops()
@@ -114,6 +114,8 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         first.start()
         backend.entered.acquire()  # the warm-up's execution
         backend.entered.acquire()  # the first request, now held inside the engine
+        # The deadline applies from here on, so only the request queued behind can miss it.
+        tower.batching = BatchingConfig(max_queue_wait_s=0.01)
         outcome: list[BaseException | None] = []
 
         def late() -> None:
@@ -135,7 +137,8 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         )
         assert len(backend.sizes) == executed + 1  # only the first request ran
         assert drops() == before + 1
-        assert tower.infer(ids(minilm)).shape == (1, 384)  # the next request runs normally
+        tower.batching = BatchingConfig()
+        assert tower.infer(ids(minilm)).shape == (1, 384)  # the executor serves on
     finally:
         tower.close()
 
@@ -186,10 +189,7 @@ def test_ready_is_503_until_the_loaded_set_is_warm_in_the_worker_then_200(corrup
         assert first.json()["models"] == [
             {"name": MINILM, "ready": False, "reason": "loading in this worker"}
         ]
-        deadline = time.monotonic() + 60
-        while get(server, "/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert get(server, "/ready").json() == {
+        assert wait_ready(server).json() == {
             "ready": True,
             "models": [{"name": MINILM, "ready": True}],
         }
@@ -224,5 +224,30 @@ def test_a_request_past_the_queue_deadline_gets_503_and_is_counted(engines, tmp_
             f'ingrain_queue_deadline_drops_total{{model="{MINILM}",tower="text_encoder"}} 1.0'
             in text
         )
+    finally:
+        stop_server(server)
+
+
+def wait_ready(server, timeout_s: float = 60) -> requests.Response:
+    deadline = time.monotonic() + timeout_s
+    while (answer := get(server, "/ready")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return answer
+
+
+def test_ready_follows_the_loaded_set_through_load_and_unload(engines, tmp_path):
+    server = start_server(engines, tmp_path / "server.log", "--preload", MINILM)
+    try:
+        assert get(server, "/ready").json()["models"] == [{"name": MINILM, "ready": True}]
+        loaded = requests.post(server.model_url + "/load_model", json={"name": CLIP}, timeout=60)
+        assert loaded.status_code == 200, loaded.text
+        names = [model["name"] for model in wait_ready(server).json()["models"]]
+        assert names == [MINILM, CLIP]
+        unloaded = requests.post(
+            server.model_url + "/unload_model", json={"name": MINILM}, timeout=60
+        )
+        assert unloaded.status_code == 200, unloaded.text
+        # An unloaded model, preloaded or not, is no longer one the server must serve.
+        assert wait_ready(server).json()["models"] == [{"name": CLIP, "ready": True}]
     finally:
         stop_server(server)
