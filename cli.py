@@ -224,7 +224,13 @@ def build_command(
     type=click.IntRange(min=0),
     help="ONNX Runtime threads per worker (default: cores / workers).",
 )
-@click.option("--preload", multiple=True, help="Load this model in every worker at start.")
+@click.option(
+    "--preload",
+    multiple=True,
+    envvar="INGRAIN_PRELOAD",
+    help="Load and warm up this model in every worker at start (repeatable; the variable "
+    "holds names separated by spaces).",
+)
 @click.option(
     "--timeout",
     type=click.IntRange(min=1),
@@ -319,6 +325,32 @@ def build_command(
     help="Most items waiting per model tower and worker; beyond it requests get 503.",
 )
 @click.option(
+    "--max-queue-wait-ms",
+    type=click.FloatRange(min=0),
+    default=30_000.0,
+    show_default=True,
+    envvar="INGRAIN_MAX_QUEUE_WAIT_MS",
+    help="A request still queued after this long is dropped before execution with 503 (its "
+    "client has most likely given up; 0: never).",
+)
+@click.option(
+    "--ready-max-execution-s",
+    type=click.FloatRange(min=0.001),
+    default=60.0,
+    show_default=True,
+    envvar="INGRAIN_READY_MAX_EXECUTION_S",
+    help="/ready: an execution running longer than this marks its model not ready (stuck).",
+)
+@click.option(
+    "--ready-max-failures",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    envvar="INGRAIN_READY_MAX_FAILURES",
+    help="/ready: this many failed executions in a row mark a model not ready until a probe "
+    "execution succeeds.",
+)
+@click.option(
     "--api-key",
     "api_keys",
     multiple=True,
@@ -406,6 +438,9 @@ def serve_command(
     max_batch_delay_ms: float,
     max_batch_tokens: int,
     max_queue: int,
+    max_queue_wait_ms: float,
+    ready_max_execution_s: float,
+    ready_max_failures: int,
     api_keys: tuple[str, ...],
     admin_keys: tuple[str, ...],
     model_host: str | None,
@@ -419,7 +454,7 @@ def serve_command(
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.logs import configure_logging
     from api.server import PortUnavailable, serve
-    from api.settings import Limits, ServerSettings
+    from api.settings import Limits, ReadinessLimits, ServerSettings
     from runtime.batching import BatchingConfig
     from runtime.fetch import FetchLimits
 
@@ -483,7 +518,9 @@ def serve_command(
                 max_delay_s=max_batch_delay_ms / 1000.0,
                 max_tokens=max_batch_tokens,
                 max_queue=max_queue,
+                max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
             ),
+            readiness=ReadinessLimits(ready_max_execution_s, ready_max_failures),
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None

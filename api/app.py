@@ -11,6 +11,7 @@ from api.metrics import Metrics
 from api.middleware import Observability
 from api.on_demand import OnDemandBuilds
 from api.openapi import OpenAPI
+from api.readiness import ModelReady, Readiness, Ready
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
 from runtime.loaded_set import LoadedSet
@@ -30,8 +31,8 @@ def create_app(settings: ServerSettings) -> falcon.App:
         loaded,
         settings.batching,
     )
-    for name in settings.preload:
-        registry.load(name)
+    readiness = Readiness(registry, settings.preload, settings.readiness)
+    readiness.load_preloaded()
     if loaded is not None:
         registry.follow()
     middleware: list = [Observability(settings.json_logs)]
@@ -44,6 +45,8 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
     install_error_handlers(app)
     app.add_route("/health", Health(settings.model_port))
+    app.add_route("/ready", Ready(readiness))
+    app.add_route("/models/ready", ModelReady(readiness, settings.limits))
     app.add_route("/openapi.json", OpenAPI())
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))

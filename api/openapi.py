@@ -139,6 +139,22 @@ SCHEMAS = {
         },
         ["models"],
     ),
+    "Readiness": _object(
+        {
+            "ready": {"type": "boolean"},
+            "models": {
+                "type": "array",
+                "items": _object(
+                    {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+                    ["name", "ready"],
+                ),
+            },
+        },
+        ["ready", "models"],
+    ),
+    "ModelReadiness": _object(
+        {"name": {"type": "string"}, "ready": {"type": "boolean"}}, ["name", "ready"]
+    ),
     "OpenAPI": {"type": "object"},
 }
 
@@ -148,6 +164,13 @@ EMBED = _operation(
 
 PATHS = {
     "/health": {"get": _operation("Liveness of the inference (or model) server.", "Message")},
+    "/ready": {
+        "get": {
+            "summary": "Every model this server must serve is loaded, warmed up and executing.",
+            "responses": {"200": {"description": "Ready.", **_json(_ref("Readiness"))}},
+        }
+    },
+    "/models/ready": {"get": _operation("One model's readiness.", "ModelReadiness", query=True)},
     "/embed_text": {"post": _operation("Embed texts.", "Embeddings", "EmbedTextRequest")},
     "/embed_image": {"post": _operation("Embed images.", "Embeddings", "EmbedImageRequest")},
     "/embed": {"post": EMBED},
@@ -193,6 +216,13 @@ PATHS = {
     "/repository_models": {"get": _operation("Every model in the repository.", "RepositoryModels")},
     "/openapi.json": {"get": _operation("This document.", "OpenAPI")},
 }
+
+# Readiness answers 503 when not ready: the error names each model that is not, and why.
+for _route in ("/ready", "/models/ready"):
+    PATHS[_route]["get"]["responses"]["503"] = {
+        "description": "Not ready: the error names each model that is not, and why.",
+        **_json(_ref("Error")),
+    }
 
 DOCUMENT = {
     "openapi": "3.1.0",

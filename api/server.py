@@ -24,6 +24,10 @@ from api.settings import ServerSettings
 from runtime.loaded_set import LoadedSet, Models
 from runtime.repository import Repository
 
+# On SIGTERM, workers stop accepting and in-flight requests get this long to finish
+# (the pods in deploy/kubernetes get this plus their preStop pause as termination grace).
+GRACEFUL_TIMEOUT_S = 30
+
 
 class GunicornServer(BaseApplication):
     def __init__(self, settings: ServerSettings, options: dict[str, Any]) -> None:
@@ -116,7 +120,7 @@ def serve(
                 "threads": threads,
                 "worker_class": "gthread",
                 "timeout": timeout,
-                "graceful_timeout": 30,
+                "graceful_timeout": GRACEFUL_TIMEOUT_S,
                 "keepalive": 5,
                 "preload_app": False,
                 "proc_name": "ingrain-serve",

@@ -21,6 +21,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ReadinessLimits:
+    # An execution running longer than this marks its model not ready: the executor is stuck.
+    max_execution_s: float = 60.0
+    # This many failed executions in a row mark the model not ready until a probe succeeds.
+    max_failed_executions: int = 3
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     engines: Path
     backend: str = "auto"
@@ -43,6 +51,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    readiness: ReadinessLimits = field(default_factory=ReadinessLimits)
 
     def __post_init__(self) -> None:
         for key in (*self.api_keys, *self.admin_keys):

@@ -19,3 +19,6 @@ class BatchingConfig:
     # Text: a sorted batch is cut into executions where that saves padding worth more than this
     # many tokens per extra execution (the fixed cost of one execution, measured on CPU).
     execution_overhead_tokens: int = 128
+    # Requests still queued after this many seconds are dropped before execution (503); None
+    # waits forever.
+    max_queue_wait_s: float | None = None

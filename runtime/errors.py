@@ -42,3 +42,7 @@ class ModelUnavailable(ServingError, RuntimeError):
 
 class Overloaded(ServingError, RuntimeError):
     """The tower's queue is full; the caller should retry shortly (a 503)."""
+
+
+class QueueDeadline(Overloaded):
+    """The request waited in the queue past the deadline and was dropped before execution."""

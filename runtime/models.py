@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
@@ -34,6 +35,11 @@ class TextEncoder:
         ids = self.tokenizer.token_ids(texts)
         self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
         return self.tower.infer(ids, lengths=[len(row) for row in ids])
+
+    def warm_up(self) -> None:
+        """The smallest input: one empty text (special tokens only)."""
+        ids = self.tokenizer.token_ids([""])
+        self.tower.warm_up(ids, lengths=[len(ids[0])])
 
 
 class ImageEncoder:
@@ -71,6 +77,11 @@ class ImageEncoder:
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         return self.tower.infer(list(pixels))
+
+    def warm_up(self) -> None:
+        """One blank image, through the same preprocessing as a real one."""
+        height, width = self.spec.size
+        self.tower.warm_up([preprocess(Image.new("RGB", (width, height)), self.spec)])
 
 
 class Model:
@@ -149,6 +160,7 @@ class Model:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
         model = cls(manifest, text, image, classifier)
         model.directory = directory
+        model.warm_up()
         return model
 
     def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
@@ -209,6 +221,37 @@ class Model:
             idle = self._users == 0
         if idle:
             self.close()
+    @property
+    def towers(self) -> dict[str, Tower]:
+        return {kind: encoder.tower for kind, encoder in self._encoders().items()}
+
+    def warm_up(self) -> None:
+        """One execution per tower before the model counts as loaded: a model that cannot
+        execute fails its load (and is not ready) instead of failing its first request."""
+        for kind, encoder in self._encoders().items():
+            try:
+                encoder.warm_up()
+            except Exception as error:
+                self.close()
+                raise ModelLoadError(
+                    f"{self.name}: the {kind} tower's warm-up execution failed: {error}"
+                ) from error
+
+    def not_ready(self, stuck_after_s: float, max_failures: int) -> str | None:
+        """Why this model cannot serve now (per tower), or None when every tower can."""
+        reasons = [
+            f"{kind} tower: {reason}"
+            for kind, tower in self.towers.items()
+            if (reason := tower.check(stuck_after_s, max_failures)) is not None
+        ]
+        return "; ".join(reasons) or None
+
+    def _encoders(self) -> dict[str, TextEncoder | ImageEncoder]:
+        return {
+            kind: encoder
+            for kind, encoder in (("text", self.text), ("image", self.image))
+            if encoder is not None
+        }
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""

@@ -74,6 +74,10 @@ class ModelRegistry:
         finally:
             model.release()
 
+    def held(self, name: str) -> Model | None:
+        """The model if this worker holds it now (loaded and warmed up), without loading it."""
+        return self._models.get(name)
+
     def load(self, name: str) -> Model:
         """Load `name` in this worker now (whether or not it is in the loaded set)."""
         with self._lock:

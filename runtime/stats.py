@@ -45,6 +45,11 @@ PREPROCESS_NS = Counter(
     "Nanoseconds of preprocessing (tokenize, fetch, decode).",
     (*TOWER, "step"),
 )
+QUEUE_DEADLINE_DROPS = Counter(
+    "ingrain_queue_deadline_drops",
+    "Requests dropped before execution: their queue wait passed --max-queue-wait-ms.",
+    TOWER,
+)
 LAST_INFERENCE = Gauge(
     "ingrain_last_inference_ms",
     "Milliseconds since the epoch of the last execution.",

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,9 @@ import numpy as np
 
 from runtime.backends import Backend
 from runtime.batching import BatchingConfig
-from runtime.errors import ModelUnavailable, Overloaded
+from runtime.errors import ModelUnavailable, Overloaded, QueueDeadline
 from runtime.manifest import TowerSpec
-from runtime.stats import BATCH_STATS, RequestTimer, TowerStats
+from runtime.stats import BATCH_STATS, QUEUE_DEADLINE_DROPS, RequestTimer, TowerStats
 
 Collate = Callable[[list[Any]], dict[str, np.ndarray]]
 
@@ -37,6 +38,8 @@ class _Request:
     started: bool = False
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # Warm-up and readiness probes: run like any request, but outside the metrics.
+    counted: bool = True
 
 
 class Tower:
@@ -59,16 +62,62 @@ class Tower:
         self._busy = False
         self._closed = False
         self._wake = threading.Condition()
+        # Health, for readiness: set by the executor thread, read by anyone.
+        self.warmed = False
+        self.executing_since: float | None = None  # time.monotonic() of the running execution
+        self.failures = 0  # consecutive failed executions
+        self.last_error: BaseException | None = None
+        self._probe: tuple[Sequence[Any], Sequence[int] | None] | None = None
+        self._probing: _Request | None = None
         self._executor = threading.Thread(target=self._run, name="tower-executor", daemon=True)
         self._executor.start()
 
     def infer(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> np.ndarray:
         """One output row per item, in order. `lengths` (token counts) groups text by length.
 
-        Raises Overloaded when the queue cannot take the items.
+        Raises Overloaded when the queue cannot take the items, QueueDeadline when they waited
+        longer than the batching config's max_queue_wait_s before execution.
         """
+        request = self._submit(items, lengths)
+        request.done.wait()
+        self.stats.request(request.timer, succeeded=request.error is None)
+        if request.error is not None:
+            raise request.error
+        return request.outputs
+
+    def warm_up(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> None:
+        """Run `items` once through the executor and the engine (outside the metrics), so the
+        first real request pays no first-execution cost; raise what the execution raised.
+        The same input is the probe `check` re-runs after failures."""
+        self._probe = (items, lengths)
+        request = self._submit(items, lengths, counted=False)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        self.warmed = True
+
+    def check(self, stuck_after_s: float, max_failures: int) -> str | None:
+        """Why this tower cannot serve now, or None. After `max_failures` failed executions
+        in a row it queues one probe execution (the warm-up input), whose success clears them."""
+        if not self.warmed:
+            return "not warmed up yet"
+        since = self.executing_since
+        if since is not None and (running := time.monotonic() - since) > stuck_after_s:
+            return f"an execution has been running for {running:.0f} s (limit {stuck_after_s:g} s)"
+        if self.failures >= max_failures:
+            idle = self._probing is None or self._probing.done.is_set()
+            if self._probe is not None and idle:
+                with suppress(Overloaded):  # a full queue will clear the failures anyway
+                    self._probing = self._submit(*self._probe, counted=False)
+            return f"its last {self.failures} executions failed: {self.last_error}"
+        return None
+
+    def _submit(
+        self, items: Sequence[Any], lengths: Sequence[int] | None, counted: bool = True
+    ) -> _Request:
         request = _Request(items, lengths, np.empty((len(items), self.spec.dim), np.float32))
         request.remaining = len(items)
+        request.counted = counted
         with self._wake:
             if self._closed:
                 raise ModelUnavailable("the model was unloaded")
@@ -80,11 +129,7 @@ class Tower:
             self._pending.append(request)
             self._queued += len(items)
             self._wake.notify()
-        request.done.wait()
-        self.stats.request(request.timer, succeeded=request.error is None)
-        if request.error is not None:
-            raise request.error
-        return request.outputs
+        return request
 
     def close(self) -> None:
         """Stop the executor once the queue is empty, then release the engine."""
@@ -107,11 +152,13 @@ class Tower:
         """The next items to run: at once when idle with one request queued, else as many as
         arrive within the batching delay, up to the max batch and token budget."""
         with self._wake:
-            while not self._pending:
-                if self._closed:
-                    return None
-                self._wake.wait()
-            batch = self._collect()
+            batch: list[tuple[_Request, int]] = []
+            while not batch:  # empty when every queued request had passed its deadline
+                while not self._pending:
+                    if self._closed:
+                        return None
+                    self._wake.wait()
+                batch = self._collect()
             if not self._busy and not self._pending and self._started_alone(batch):
                 return self._claimed(batch)
             deadline = time.monotonic() + self.batching.max_delay_s
@@ -136,6 +183,8 @@ class Tower:
         count = len(batch or [])
         while self._pending and count < self.spec.max_batch:
             request = self._pending[0]
+            if request.taken == 0 and request.counted and self._expired(request):
+                continue
             if request.lengths is not None:
                 length = request.lengths[request.taken]
                 widest = max([length, *lengths])
@@ -149,6 +198,23 @@ class Tower:
                 self._pending.popleft()
         self._queued -= len(taken)
         return taken
+
+    def _expired(self, request: _Request) -> bool:
+        """Drop the request at the head of the queue if it waited past the deadline (lock held):
+        its client has most likely given up, and running it would delay the live ones."""
+        limit = self.batching.max_queue_wait_s
+        waited_s = (time.perf_counter_ns() - request.timer.arrival) / 1e9
+        if limit is None or waited_s <= limit:
+            return False
+        self._pending.popleft()
+        self._queued -= len(request.items)
+        QUEUE_DEADLINE_DROPS.labels(*self.stats.labels).inc()
+        request.error = QueueDeadline(
+            f"the request waited {waited_s * 1000:.0f} ms in the queue for this model (limit "
+            f"{limit * 1000:g} ms) and was dropped before execution; retry shortly"
+        )
+        request.done.set()
+        return True
 
     def _claimed(self, batch: list[tuple[_Request, int]]) -> list[tuple[_Request, int]]:
         self._busy = True
@@ -177,6 +243,13 @@ class Tower:
         return executions[::-1]
 
     def _execute(self, execution: list[tuple[_Request, int]]) -> None:
+        self.executing_since = time.monotonic()
+        try:
+            self._run_execution(execution)
+        finally:
+            self.executing_since = None
+
+    def _run_execution(self, execution: list[tuple[_Request, int]]) -> None:
         began = time.perf_counter_ns()
         requests = {id(request): request for request, _ in execution}.values()
         for request in requests:
@@ -192,17 +265,21 @@ class Tower:
                 request.outputs[index] = result.output[row]
             finished = time.perf_counter_ns()
         except BaseException as error:  # the request fails; the executor keeps serving
+            self.failures += 1
+            self.last_error = error
             for request in requests:
                 request.error = error
             self._finish(execution)
             return
+        self.failures = 0
         # Host-side padding and slicing count with the backend's own input and output phases.
         durations = (
             prepared - began + result.input_ns,
             result.infer_ns,
             finished - executed + result.output_ns,
         )
-        self.stats.execution(len(execution), *durations)
+        if any(request.counted for request in requests):  # not warm-ups and probes alone
+            self.stats.execution(len(execution), *durations)
         for request in requests:
             for stat, ns in zip(BATCH_STATS, durations, strict=True):
                 request.timer.add(stat, ns)

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/ruff check .
-.venv/bin/hadolint Dockerfile.cuda
+.venv/bin/hadolint Dockerfile Dockerfile.cuda
 exec .venv/bin/pytest "$@"

@@ -86,6 +86,11 @@ def test_plan_compatibility_names_both_sides():
     assert incompatibility(portable, "12.0.0", "NVIDIA H100", "9.0") is not None
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    importlib.util.find_spec("modelopt") is None,
+    reason="Model Optimizer comes with the gpu extra (pip install '.[gpu]')",
+)
 def test_fp16_conversion_keeps_io_types_and_accuracy(engines, tmp_path, reference):
     source = engines / slugify(MINILM) / "text.onnx"
     target = tmp_path / "text.fp16.onnx"

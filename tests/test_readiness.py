@@ -1,0 +1,254 @@
+"""Readiness (/ready, /models/ready), warm-up, stuck and failing towers, the queue deadline.
+
+Tower-level tests drive the real all-MiniLM-L6-v2 graph in ONNX Runtime through a wrapper that
+can hold or fail executions (tests.test_batching.Recording); server tests run real gunicorn.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import requests
+from prometheus_client import REGISTRY
+
+from runtime.batching import BatchingConfig
+from runtime.errors import QueueDeadline
+from runtime.models import Model
+from runtime.repository import Repository, slugify
+from tests.conftest import CLIP, MINILM, start_server, stop_server
+from tests.test_batching import Recording
+from tests.test_batching import tower as make_tower
+
+
+class Faulty(Recording):
+    """The real backend, failing every execution while `broken` is set."""
+
+    broken = False
+
+    def run(self, inputs):
+        if self.broken:
+            raise RuntimeError("injected engine failure")
+        return super().run(inputs)
+
+
+@pytest.fixture(scope="module")
+def minilm(engines):
+    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+
+
+def ids(minilm, text="hello"):
+    return minilm.text.tokenizer.token_ids([text])
+
+
+def drops() -> float:
+    labels = {"model": "batching-test", "tower": "text_encoder"}
+    return REGISTRY.get_sample_value("ingrain_queue_deadline_drops_total", labels) or 0.0
+
+
+def test_a_loaded_model_is_warm_and_ready(minilm):
+    assert all(tower.warmed for tower in minilm.towers.values())
+    assert minilm.not_ready(60.0, 3) is None
+
+
+def test_a_tower_is_not_ready_until_warmed_up(minilm):
+    tower = make_tower(minilm, Recording(minilm.text.tower.backend))
+    try:
+        assert tower.check(60.0, 3) == "not warmed up yet"
+        tower.warm_up(ids(minilm, ""))
+        assert tower.check(60.0, 3) is None
+    finally:
+        tower.close()
+
+
+def test_a_stuck_execution_marks_the_tower_not_ready_until_it_ends(minilm):
+    backend = Recording(minilm.text.tower.backend)
+    tower = make_tower(minilm, backend)
+    tower.warm_up(ids(minilm, ""))
+    backend.entered.acquire()  # the warm-up's execution
+    backend.gate.clear()
+    request = threading.Thread(target=tower.infer, args=(ids(minilm),))
+    request.start()
+    try:
+        backend.entered.acquire()  # the request, now held inside the engine
+        time.sleep(0.05)  # past the 10 ms limit
+        reason = tower.check(0.01, 3)
+        assert reason is not None and "an execution has been running for" in reason
+    finally:
+        backend.gate.set()
+        request.join()
+    assert tower.check(0.01, 3) is None
+    tower.close()
+
+
+def test_failing_executions_mark_the_tower_not_ready_until_a_probe_succeeds(minilm):
+    backend = Faulty(minilm.text.tower.backend)
+    tower = make_tower(minilm, backend)
+    try:
+        tower.warm_up(ids(minilm, ""))
+        backend.broken = True
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="injected"):
+                tower.infer(ids(minilm))
+        reason = tower.check(60.0, 3)
+        assert reason is not None and "last 3 executions failed: injected" in reason
+        backend.broken = False
+        # The check queued a probe execution (the warm-up input); once it ran, the tower is ready.
+        deadline = time.monotonic() + 30
+        while tower.check(60.0, 3) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tower.check(60.0, 3) is None
+    finally:
+        tower.close()
+
+
+def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
+    backend = Recording(minilm.text.tower.backend)
+    tower = make_tower(minilm, backend)
+    try:
+        tower.warm_up(ids(minilm, ""))
+        before = drops()
+        backend.gate.clear()
+        first = threading.Thread(target=tower.infer, args=(ids(minilm),))
+        first.start()
+        backend.entered.acquire()  # the warm-up's execution
+        backend.entered.acquire()  # the first request, now held inside the engine
+        # The deadline applies from here on, so only the request queued behind can miss it.
+        tower.batching = BatchingConfig(max_queue_wait_s=0.01)
+        outcome: list[BaseException | None] = []
+
+        def late() -> None:
+            try:
+                tower.infer(ids(minilm, "queued behind"))
+                outcome.append(None)
+            except QueueDeadline as error:
+                outcome.append(error)
+
+        second = threading.Thread(target=late)
+        second.start()
+        time.sleep(0.05)  # past the 10 ms deadline, while still queued
+        executed = len(backend.sizes)
+        backend.gate.set()
+        first.join()
+        second.join()
+        assert isinstance(outcome[0], QueueDeadline) and "dropped before execution" in str(
+            outcome[0]
+        )
+        assert len(backend.sizes) == executed + 1  # only the first request ran
+        assert drops() == before + 1
+        tower.batching = BatchingConfig()
+        assert tower.infer(ids(minilm)).shape == (1, 384)  # the executor serves on
+    finally:
+        tower.close()
+
+
+@pytest.fixture
+def corrupted_clip(engines, tmp_path):
+    """MiniLM intact, the tiny CLIP with a corrupted image graph."""
+    root = tmp_path / "engines"
+    for name in (MINILM, CLIP):
+        shutil.copytree(engines / slugify(name), root / slugify(name))
+    (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
+    return root
+
+
+def get(server, route: str, **kwargs) -> requests.Response:
+    return requests.get(server.url + route, timeout=30, **kwargs)
+
+
+def test_a_corrupted_preloaded_model_is_not_ready_while_the_others_serve(corrupted_clip, tmp_path):
+    server = start_server(
+        corrupted_clip, tmp_path / "server.log", "--preload", MINILM, "--preload", CLIP
+    )
+    try:
+        ready = get(server, "/ready")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert CLIP in body["error"] and "image.onnx" in body["error"]
+        assert MINILM not in body["error"]
+        assert [(m["name"], m["ready"]) for m in body["models"]] == [(MINILM, True), (CLIP, False)]
+        assert get(server, "/models/ready", params={"name": MINILM}).json()["ready"] is True
+        one = get(server, "/models/ready", params={"name": CLIP})
+        assert one.status_code == 503 and "image.onnx" in one.json()["error"]
+        assert server.post("/embed_text", {"name": MINILM, "text": "a cat"}).status_code == 200
+        assert get(server, "/health").ok
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        stop_server(server)
+
+
+def test_ready_is_503_until_the_loaded_set_is_warm_in_the_worker_then_200(corrupted_clip, tmp_path):
+    # --max-loaded-models 1: the loaded set is MiniLM alone; the broken CLIP stays unloaded.
+    server = start_server(
+        corrupted_clip, tmp_path / "server.log", "--max-loaded-models", "1", "--api-key", "k"
+    )
+    try:
+        first = get(server, "/ready")  # probes carry no key
+        assert first.status_code == 503
+        assert first.json()["models"] == [
+            {"name": MINILM, "ready": False, "reason": "loading in this worker"}
+        ]
+        assert wait_ready(server).json() == {
+            "ready": True,
+            "models": [{"name": MINILM, "ready": True}],
+        }
+        key = {"Authorization": "Bearer k"}
+        assert get(server, "/models/ready", params={"name": MINILM}).status_code == 401
+        assert get(server, "/models/ready", params={"name": MINILM}, headers=key).ok
+        unloaded = get(server, "/models/ready", params={"name": CLIP}, headers=key)
+        assert (
+            unloaded.status_code == 503 and "load it with /load_model" in unloaded.json()["error"]
+        )
+        unknown = get(server, "/models/ready", params={"name": "no/such"}, headers=key)
+        assert unknown.status_code == 404
+        assert get(server, "/models/ready", headers=key).status_code == 400
+        # The warm-up ran outside the metrics: nothing was inferred for a client yet.
+        stats = get(server, "/metrics", headers=key).json()["modelStats"]
+        assert next(s for s in stats if s["name"] == MINILM)["inferenceCount"] is None
+    finally:
+        stop_server(server)
+
+
+def test_a_request_past_the_queue_deadline_gets_503_and_is_counted(engines, tmp_path):
+    # 1 µs: no request leaves the queue that fast, so every one is dropped (warm-ups are not).
+    server = start_server(
+        engines, tmp_path / "server.log", "--preload", MINILM, "--max-queue-wait-ms", "0.001"
+    )
+    try:
+        dropped = server.post("/embed_text", {"name": MINILM, "text": "late"})
+        assert dropped.status_code == 503 and dropped.headers["Retry-After"] == "1"
+        assert "dropped before execution" in dropped.json()["error"]
+        text = get(server, "/metrics/prometheus").text
+        assert (
+            f'ingrain_queue_deadline_drops_total{{model="{MINILM}",tower="text_encoder"}} 1.0'
+            in text
+        )
+    finally:
+        stop_server(server)
+
+
+def wait_ready(server, timeout_s: float = 60) -> requests.Response:
+    deadline = time.monotonic() + timeout_s
+    while (answer := get(server, "/ready")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return answer
+
+
+def test_ready_follows_the_loaded_set_through_load_and_unload(engines, tmp_path):
+    server = start_server(engines, tmp_path / "server.log", "--preload", MINILM)
+    try:
+        assert get(server, "/ready").json()["models"] == [{"name": MINILM, "ready": True}]
+        loaded = requests.post(server.model_url + "/load_model", json={"name": CLIP}, timeout=60)
+        assert loaded.status_code == 200, loaded.text
+        names = [model["name"] for model in wait_ready(server).json()["models"]]
+        assert names == [MINILM, CLIP]
+        unloaded = requests.post(
+            server.model_url + "/unload_model", json={"name": MINILM}, timeout=60
+        )
+        assert unloaded.status_code == 200, unloaded.text
+        # An unloaded model, preloaded or not, is no longer one the server must serve.
+        assert wait_ready(server).json()["models"] == [{"name": CLIP, "ready": True}]
+    finally:
+        stop_server(server)
