@@ -9,6 +9,7 @@ from api.errors import install_error_handlers
 from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModels, UnloadModel
 from api.metrics import Metrics
 from api.middleware import Observability
+from api.openai_api import add_openai_routes
 from api.openapi import OpenAPI
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
@@ -53,6 +54,8 @@ def create_app(settings: ServerSettings) -> falcon.App:
     info = ModelInfo(repository, settings.limits)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")
+    app.add_route("/model_info", info, suffix="info")
+    add_openai_routes(app, registry, repository, settings.limits)
     if loaded is not None:
         add_management_routes(app, registry, loaded, settings)
     app.add_route("/metrics", Metrics(repository))

@@ -12,34 +12,16 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
+from runtime.errors import InputError, ModelLoadError
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
 from runtime.stats import TowerStats
+from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
 from runtime.tokenizer import TextTokenizer
 from runtime.tower import Collate, Tower
-
-
-class InputError(ValueError):
-    """The request asks something of the model that it cannot do; the message says what."""
-
-
-class ModelLoadError(RuntimeError):
-    """An engine directory that cannot be loaded; the message names the file and the cause."""
-
-
-class TextEncoder:
-    def __init__(self, tower: Tower, tokenizer: TextTokenizer) -> None:
-        self.tower = tower
-        self.tokenizer = tokenizer
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        started = time.perf_counter_ns()
-        ids = self.tokenizer.token_ids(texts)
-        self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
-        return self.tower.infer(ids, lengths=[len(row) for row in ids])
 
 
 class ImageEncoder:
@@ -127,9 +109,11 @@ class Model:
                     f"cannot load {directory / manifest.tokenizer.file}: {error}"
                 ) from error
             names = [tensor.name for tensor in manifest.towers["text"].inputs]
-            collate = partial(tokenizer.batch, names=names)
+            collate = partial(collate_rows, tokenizer, names)
             text = TextEncoder(
-                _tower(entry, "text", backend, threads, batching, collate), tokenizer
+                _tower(entry, "text", backend, threads, batching, collate),
+                tokenizer,
+                manifest.prompts,
             )
         if "image" in manifest.towers:
             if manifest.image is None:
@@ -149,10 +133,23 @@ class Model:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
         return cls(manifest, text, image, classifier)
 
-    def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
+    def embed_text(
+        self,
+        texts: list[str],
+        normalize: bool,
+        n_dims: int | None,
+        options: TextOptions | None = None,
+    ) -> np.ndarray:
+        return self.embed_tokens(self.tokenize(texts, options), normalize, n_dims)
+
+    def tokenize(self, texts: list[str], options: TextOptions | None = None) -> list[TokenRow]:
+        """Texts as token rows, with the request's prompt and truncation."""
+        return self._require(self.text, "embed text").rows(texts, options or TextOptions())
+
+    def embed_tokens(self, rows: list[TokenRow], normalize: bool, n_dims: int | None) -> np.ndarray:
         self.validate(texts=True, images=False, n_dims=n_dims)
         assert self.text is not None
-        return finish_embeddings(self.text.embed(texts), normalize, n_dims)
+        return finish_embeddings(self.text.embed(rows), normalize, n_dims)
 
     def load_images(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
         return self._require(self.image, "embed images").load(sources, headers)
