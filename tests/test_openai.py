@@ -21,7 +21,8 @@ TEXTS = ["a cat", "The quick brown fox jumps over the lazy dog.", "日本語の�
 def keyed(engines, tmp_path_factory):
     """A server with an API key and room for 100 inputs per request."""
     log = tmp_path_factory.mktemp("openai") / "server.log"
-    running = start_server(engines, log, "--api-key", KEY, "--max-items", "128")
+    flags = ("--api-key", KEY, "--max-items", "128", "--max-loaded-models", "10")
+    running = start_server(engines, log, *flags)
     yield running
     stop_server(running)
 
