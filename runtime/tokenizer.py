@@ -38,17 +38,22 @@ class TextTokenizer:
         kept, as the tokenizer's own truncation does), and its untruncated token count."""
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]
-        room = self.spec.max_length - self._added
         rows = []
-        for encoding in self._tokenizer.encode_batch(texts, add_special_tokens=False):
-            count = len(encoding.ids) + self._added
-            if len(encoding.ids) > room:
-                encoding.truncate(room, direction=direction)
-            ids = self._tokenizer.post_process(encoding).ids
+        for text, encoding in zip(texts, self._tokenizer.encode_batch(texts), strict=True):
+            ids, count = encoding.ids, len(encoding.ids)
+            if count > self.spec.max_length:
+                ids = self._truncated(text, direction)
             if self.spec.strip_token_id is not None:
                 ids = [0 if i == self.spec.strip_token_id else i for i in ids]
             rows.append((ids, count))
         return rows
+
+    def _truncated(self, text: str, direction: str) -> list[int]:
+        """What the tokenizer's own truncation does: cut the text's tokens to leave room for
+        the special tokens, then add them."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        encoding.truncate(self.spec.max_length - self._added, direction=direction)
+        return self._tokenizer.post_process(encoding).ids
 
     def prompt_length(self, prompt: str) -> int:
         """The prompt's tokens as sentence-transformers counts them for pooling: with the
