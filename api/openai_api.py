@@ -98,7 +98,7 @@ def _choice(body: dict[str, Any], key: str, choices: tuple[str, ...], default: s
     if value is None:
         return default
     if value not in choices:
-        raise invalid(f"{key} must be one of {', '.join(choices)}, not {value!r}", key)
+        raise invalid(f"{key} must be one of {', '.join(choices)}, not {value!r:.40}", key)
     return value
 
 
@@ -134,7 +134,7 @@ class Embeddings:
         req.context.model = name
         texts, ids = _inputs(body.get("input"), self.limits)
         encoding = _choice(body, "encoding_format", ENCODINGS, "float")
-        options = params.text_options(body)
+        options = params.text_options(body, self.limits)
         if ids is not None and (options.prompt or options.prompt_name):
             raise invalid("prompts apply to text input, not to token ids", "prompt")
         req.context.items = len(texts or ids or [])

@@ -172,18 +172,24 @@ def _optional(body: dict[str, Any], camel: str, snake: str, kind: type, what: st
     return value
 
 
-def text_options(body: dict[str, Any]) -> TextOptions:
+def text_options(body: dict[str, Any], limits: Limits) -> TextOptions:
     """`truncate`, `truncationDirection`, `prompt` and `promptName` for the text part."""
     truncate = _optional(body, "truncate", "truncate", bool, "true or false")
     direction = _optional(body, "truncationDirection", "truncation_direction", str, "a string")
     if direction is not None and direction not in TRUNCATION_SIDES:
         raise falcon.HTTPBadRequest(
-            description=f'"truncationDirection" must be "right" or "left", not {direction!r}'
+            description=f'"truncationDirection" must be "right" or "left", not {direction!r:.40}'
+        )
+    prompt = _optional(body, "prompt", "prompt", str, "a string")
+    if prompt is not None and len(prompt) > limits.max_text_chars:
+        raise falcon.HTTPContentTooLarge(
+            description=f'"prompt" has {len(prompt)} characters; the limit is '
+            f"{limits.max_text_chars}"
         )
     return TextOptions(
         truncate=True if truncate is None else truncate,
         direction=direction,
-        prompt=_optional(body, "prompt", "prompt", str, "a string"),
+        prompt=prompt,
         prompt_name=_optional(body, "promptName", "prompt_name", str, "a string"),
     )
 
@@ -194,6 +200,6 @@ def precision(body: dict[str, Any]) -> str:
         return "float32"
     if value not in PRECISIONS:
         raise falcon.HTTPBadRequest(
-            description=f'"precision" must be one of {", ".join(PRECISIONS)}, not {value!r}'
+            description=f'"precision" must be one of {", ".join(PRECISIONS)}, not {value!r:.40}'
         )
     return value

@@ -78,7 +78,7 @@ class EmbedText(_ModelRoute):
         started = time.perf_counter()
         body, name = self._request(req)
         texts = params.texts(body, self.limits)
-        options = params.text_options(body)
+        options = params.text_options(body, self.limits)
         req.context.items = len(texts)
         model = self.registry.get(name)
         output = _Output(model, "text", body)
@@ -114,7 +114,7 @@ class Embed(_ModelRoute):
         if texts is None and sources is None:
             raise falcon.HTTPBadRequest(description='send "text", "image" or both')
         headers = params.download_headers(body)
-        options = params.text_options(body)
+        options = params.text_options(body, self.limits)
         req.context.items = len(texts or []) + len(sources or [])
         model = self.registry.get(name)
         jobs = {}

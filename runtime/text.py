@@ -73,7 +73,7 @@ class TextEncoder:
         if name not in self.prompts.prompts:
             known = ", ".join(sorted(self.prompts.prompts)) or "none"
             raise InputError(
-                f"prompt name {name!r} is not one of this model's prompts ({known}); see "
+                f"prompt name {name!r:.60} is not one of this model's prompts ({known}); see "
                 "GET /model_info, or add prompts with ingrain-build --prompt NAME=TEXT"
             )
         return self.prompts.prompts[name]

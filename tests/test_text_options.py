@@ -3,6 +3,7 @@ gunicorn, checked against sentence-transformers itself."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 
@@ -12,11 +13,12 @@ import requests
 from sentence_transformers import SentenceTransformer, quantize_embeddings
 
 from builder import BuildError, BuildOptions
+from builder.verify import verification_images
 from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.text import TextOptions
-from tests.conftest import BIN, MINILM, QUERY_PROMPT, cosines
+from tests.conftest import BIN, CLIP, MINILM, QUERY_PROMPT, cosines
 from tests.models import tiny_sentence_transformer
 
 TEXTS = ["a cat", "The quick brown fox jumps over the lazy dog.", "日本語のテキスト 🚀"]
@@ -207,3 +209,18 @@ def test_manifests_without_prompts_or_calibration_still_load(engines):
     del data["towers"]["text"]["quantization"]
     manifest = Manifest.from_dict(data)
     assert manifest.prompts is None and manifest.towers["text"].quantization is None
+
+
+def test_image_embeddings_take_binary_precisions(server):
+    image = base64.b64encode(verification_images()[0]).decode()
+    body = {"name": CLIP, "image": image}
+    floats = np.array(server.post("/embed_image", body).json()["embeddings"], dtype=np.float32)
+    served = server.post("/embed_image", {**body, "precision": "ubinary"}).json()["embeddings"]
+    assert np.array_equal(served, quantize_embeddings(floats, precision="ubinary"))
+    refused = server.post("/embed_image", {**body, "precision": "int8"})
+    assert refused.status_code == 400 and "binary" in refused.json()["error"]
+
+
+def test_a_prompt_longer_than_a_text_may_be_is_refused(server):
+    body = {"name": MINILM, "text": "x", "prompt": "p" * 20_001}
+    assert server.post("/embed_text", body).status_code == 413
