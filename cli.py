@@ -58,8 +58,13 @@ def main() -> None:
     "--prompt",
     "prompts",
     multiple=True,
-    help="CLIP zero-shot prompt with {} for the label (repeatable: prompts are averaged; "
-    'default "a photo of a {}.").',
+    help="Repeatable. sentence-transformers models: NAME=TEXT, a prompt requests can name "
+    "(added to, or replacing, the model's own). CLIP models with --labels: a zero-shot template "
+    'with {} for the label (templates are averaged; default "a photo of a {}.").',
+)
+@click.option(
+    "--default-prompt-name",
+    help="sentence-transformers: the prompt applied when a request names none.",
 )
 @click.option(
     "--checkpoint",
@@ -119,6 +124,7 @@ def build_command(
     max_seq_len: int | None,
     labels: Path | None,
     prompts: tuple[str, ...],
+    default_prompt_name: str | None,
     checkpoint: Path | None,
     num_classes: int | None,
     tensorrt: bool,
@@ -159,7 +165,14 @@ def build_command(
             version_compatible=version_compatible,
         )
     options = BuildOptions(
-        max_batch, max_seq_len, labels, prompts, checkpoint, num_classes, compile_options
+        max_batch,
+        max_seq_len,
+        labels,
+        prompts,
+        checkpoint,
+        num_classes,
+        compile_options,
+        default_prompt_name,
     )
     try:
         build_model(

@@ -10,6 +10,7 @@ from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModel
 from api.metrics import Metrics
 from api.middleware import Observability
 from api.on_demand import OnDemandBuilds
+from api.openai_api import add_openai_routes
 from api.openapi import OpenAPI
 from api.readiness import ModelReady, Readiness, Ready
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
@@ -57,6 +58,8 @@ def create_app(settings: ServerSettings) -> falcon.App:
     info = ModelInfo(repository, settings.limits)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")
+    app.add_route("/model_info", info, suffix="info")
+    add_openai_routes(app, registry, repository, settings.limits)
     if loaded is not None:
         add_management_routes(app, registry, loaded, settings)
     app.add_route("/metrics", Metrics(repository))

@@ -19,9 +19,30 @@ from runtime.errors import (
 log = logging.getLogger(__name__)
 
 
+OPENAI_PREFIX = "/v1/"
+# OpenAI's default `code` by status, where the raising code names none.
+OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """`{"error": "..."}`, or on the OpenAI routes OpenAI's `{"error": {"message", "type",
+    "param", "code"}}`, so its SDKs raise their own typed errors."""
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = orjson.dumps({"error": error.description or error.title})
+    message = error.description or error.title
+    if not (req.path + "/").startswith(OPENAI_PREFIX):
+        resp.data = orjson.dumps({"error": message})
+        return
+    status = error.status_code
+    resp.data = orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "server_error" if status >= 500 else "invalid_request_error",
+                "param": getattr(error, "param", None),
+                "code": error.code or OPENAI_CODES.get(status),
+            }
+        }
+    )
 
 
 def install_error_handlers(app: falcon.App) -> None:
@@ -52,7 +73,8 @@ def _method_not_allowed(req, resp, error, params):
 def _model_not_found(req, resp, error: ModelNotFound, params):
     raise falcon.HTTPNotFound(
         description=f"model {error.name!r} is not in the engine repository; build it with: "
-        f"ingrain-build {error.name}"
+        f"ingrain-build {error.name}",
+        code="model_not_found",
     )
 
 

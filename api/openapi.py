@@ -35,23 +35,40 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {JSON: {"schema": schema}}}
 
 
-ERRORS = {
-    "400": {
-        "description": "Invalid input; the message says how to fix it.",
-        **_json(_ref("Error")),
-    },
-    "401": {"description": "A key is required (when keys are configured).", **_json(_ref("Error"))},
-    "404": {"description": "Unknown model or route.", **_json(_ref("Error"))},
-    "413": {"description": "Body, item count or item too large.", **_json(_ref("Error"))},
-    "415": {"description": "The body is not JSON.", **_json(_ref("Error"))},
-    "503": {"description": "Overloaded: retry after Retry-After seconds.", **_json(_ref("Error"))},
-}
+def _errors(schema: str) -> dict[str, Any]:
+    return {
+        "400": {
+            "description": "Invalid input; the message says how to fix it.",
+            **_json(_ref(schema)),
+        },
+        "401": {
+            "description": "A key is required (when keys are configured).",
+            **_json(_ref(schema)),
+        },
+        "404": {"description": "Unknown model or route.", **_json(_ref(schema))},
+        "413": {"description": "Body, item count or item too large.", **_json(_ref(schema))},
+        "415": {"description": "The body is not JSON.", **_json(_ref(schema))},
+        "503": {
+            "description": "Overloaded: retry after Retry-After seconds.",
+            **_json(_ref(schema)),
+        },
+    }
 
 
-def _operation(summary: str, answer: str, body: str | None = None, query: bool = False) -> dict:
+ERRORS = _errors("Error")
+# The /v1 routes answer errors in OpenAI's shape.
+OPENAI_ERRORS = _errors("OpenAIError")
+
+
+def _operation(
+    summary: str, answer: str, body: str | None = None, query: bool = False, openai: bool = False
+) -> dict:
     operation: dict[str, Any] = {
         "summary": summary,
-        "responses": {"200": {"description": "Success.", **_json(_ref(answer))}, **ERRORS},
+        "responses": {
+            "200": {"description": "Success.", **_json(_ref(answer))},
+            **(OPENAI_ERRORS if openai else ERRORS),
+        },
     }
     if body is not None:
         operation["requestBody"] = {"required": True, **_json(_ref(body))}
@@ -62,20 +79,60 @@ def _operation(summary: str, answer: str, body: str | None = None, query: bool =
     return operation
 
 
+PRECISION = {
+    "enum": ["float32", "int8", "uint8", "binary", "ubinary", None],
+    "default": "float32",
+    "description": "Output precision, as sentence-transformers' quantize_embeddings: int8/uint8 "
+    "with the ranges calibrated at build time, binary/ubinary as packed sign bits.",
+}
 EMBED_OPTIONS = {
     "normalize": {"type": ["boolean", "null"], "default": True},
     "nDims": NULLABLE_DIMS,
     "n_dims": NULLABLE_DIMS,
+    "precision": PRECISION,
+}
+NULLABLE_STRING = {"type": ["string", "null"]}
+DIRECTION = {"enum": ["right", "left", None], "default": "right"}
+TEXT_OPTIONS = {
+    "truncate": {
+        "type": ["boolean", "null"],
+        "default": True,
+        "description": "false: a text past the model's maximum length is a 400.",
+    },
+    "truncationDirection": DIRECTION,
+    "truncation_direction": DIRECTION,
+    "prompt": {**NULLABLE_STRING, "description": "A literal prefix for every text."},
+    "promptName": {**NULLABLE_STRING, "description": "One of the model's prompts (/model_info)."},
+    "prompt_name": NULLABLE_STRING,
+}
+TOKEN_IDS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
+OPENAI_INPUT = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        TOKEN_IDS,
+        {"type": "array", "items": TOKEN_IDS, "minItems": 1},
+    ]
 }
 IMAGE_OPTIONS = {"imageDownloadHeaders": HEADERS, "image_download_headers": HEADERS}
 EMBEDDINGS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
 TIMING = {"processingTimeMs": {"type": "number"}}
 
+OPENAI_MODEL = _object(
+    {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+    ["id", "object", "created", "owned_by"],
+)
+
 SCHEMAS = {
     "Error": _object({"error": {"type": "string"}}, ["error"]),
     "Message": _object({"message": {"type": "string"}}, ["message"]),
     "EmbedTextRequest": _object(
-        {"name": NAME, "text": STRING_OR_LIST, **EMBED_OPTIONS}, ["name", "text"]
+        {"name": NAME, "text": STRING_OR_LIST, **EMBED_OPTIONS, **TEXT_OPTIONS}, ["name", "text"]
     ),
     "EmbedImageRequest": _object(
         {"name": NAME, "image": STRING_OR_LIST, **EMBED_OPTIONS, **IMAGE_OPTIONS},
@@ -87,6 +144,7 @@ SCHEMAS = {
             "text": STRING_OR_LIST,
             "image": STRING_OR_LIST,
             **EMBED_OPTIONS,
+            **TEXT_OPTIONS,
             **IMAGE_OPTIONS,
         },
         ["name"],
@@ -109,6 +167,85 @@ SCHEMAS = {
     ),
     "Metrics": _object(
         {"modelStats": {"type": "array", "items": {"type": "object"}}}, ["modelStats"]
+    ),
+    "ModelInfo": _object(
+        {
+            "name": {"type": "string"},
+            "library": {"type": "string"},
+            "task": {"type": "string"},
+            "towers": {
+                "type": "object",
+                "additionalProperties": _object(
+                    {"embeddingSize": {"type": "integer"}, "calibrated": {"type": "boolean"}},
+                    ["embeddingSize", "calibrated"],
+                ),
+            },
+            "maxLength": {"type": ["integer", "null"]},
+            "prompts": {"type": "object", "additionalProperties": {"type": "string"}},
+            "defaultPromptName": NULLABLE_STRING,
+            "poolingIncludesPrompt": {"type": "boolean"},
+        },
+        ["name", "library", "task", "towers", "maxLength", "prompts", "defaultPromptName"],
+    ),
+    "OpenAIError": _object(
+        {
+            "error": _object(
+                {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": NULLABLE_STRING,
+                    "code": NULLABLE_STRING,
+                },
+                ["message", "type", "param", "code"],
+            )
+        },
+        ["error"],
+    ),
+    "OpenAIEmbeddingRequest": _object(
+        {
+            "model": NAME,
+            "input": OPENAI_INPUT,
+            "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+            "dimensions": {"type": "integer", "minimum": 1},
+            "user": {"type": "string"},
+            "truncate": TEXT_OPTIONS["truncate"],
+            "truncation_direction": DIRECTION,
+            "prompt": TEXT_OPTIONS["prompt"],
+            "prompt_name": TEXT_OPTIONS["promptName"],
+        },
+        ["model", "input"],
+    ),
+    "OpenAIEmbeddings": _object(
+        {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "object": {"const": "embedding"},
+                        "index": {"type": "integer"},
+                        "embedding": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "base64 little-endian f32"},
+                            ]
+                        },
+                    },
+                    ["object", "index", "embedding"],
+                ),
+            },
+            "model": {"type": "string"},
+            "usage": _object(
+                {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
+                ["prompt_tokens", "total_tokens"],
+            ),
+        },
+        ["object", "data", "model", "usage"],
+    ),
+    "OpenAIModel": OPENAI_MODEL,
+    "OpenAIModels": _object(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": OPENAI_MODEL}},
+        ["object", "data"],
     ),
     "EmbeddingSize": _object({"embeddingSize": {"type": "integer"}}, ["embeddingSize"]),
     "Labels": _object({"labels": {"type": "array", "items": {"type": "string"}}}, ["labels"]),
@@ -196,6 +333,27 @@ PATHS = {
     "/model_embedding_size": {
         "get": _operation("A model's embedding size.", "EmbeddingSize", query=True)
     },
+    "/model_info": {
+        "get": _operation(
+            "A model's towers, sizes, maximum length, prompts and calibration.",
+            "ModelInfo",
+            query=True,
+        )
+    },
+    "/v1/embeddings": {
+        "post": _operation(
+            "OpenAI's embeddings API.", "OpenAIEmbeddings", "OpenAIEmbeddingRequest", openai=True
+        )
+    },
+    "/v1/models": {
+        "get": _operation("OpenAI's model list: the repository.", "OpenAIModels", openai=True)
+    },
+    "/v1/models/{model}": {
+        "get": {
+            **_operation("One model, in OpenAI's shape.", "OpenAIModel", openai=True),
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": NAME}],
+        }
+    },
     "/model_classification_labels": {
         "get": _operation("A classifier's labels, in class order.", "Labels", query=True)
     },
@@ -230,7 +388,8 @@ DOCUMENT = {
         "title": "ingrain-server",
         "version": "1",
         "description": "Embedding and image-classification inference with the ingrain API. "
-        'Keys are accepted in camelCase and snake_case. Errors are {"error": "..."}.',
+        'Keys are accepted in camelCase and snake_case. Errors are {"error": "..."}, except on '
+        "the OpenAI-compatible /v1 routes, which answer in OpenAI's error shape.",
     },
     "components": {
         "schemas": SCHEMAS,

@@ -12,6 +12,8 @@ import falcon
 import orjson
 
 from api.settings import Limits
+from runtime.quantize import PRECISIONS
+from runtime.text import TRUNCATION_SIDES, TextOptions
 
 # curl -d sends form-urlencoded and many clients send text/plain: both are read as JSON.
 READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
@@ -157,5 +159,47 @@ def download_headers(body: dict[str, Any]) -> dict[str, str]:
     if any("\r" in k + v or "\n" in k + v for k, v in value.items()):
         raise falcon.HTTPBadRequest(
             description='"imageDownloadHeaders" may not contain line breaks'
+        )
+    return value
+
+
+def _optional(body: dict[str, Any], camel: str, snake: str, kind: type, what: str) -> Any:
+    value = get(body, camel, snake)
+    if value is not None and type(value) is not kind:
+        raise falcon.HTTPBadRequest(
+            description=f'"{camel}" must be {what}, not {_json_type(value)}'
+        )
+    return value
+
+
+def text_options(body: dict[str, Any], limits: Limits) -> TextOptions:
+    """`truncate`, `truncationDirection`, `prompt` and `promptName` for the text part."""
+    truncate = _optional(body, "truncate", "truncate", bool, "true or false")
+    direction = _optional(body, "truncationDirection", "truncation_direction", str, "a string")
+    if direction is not None and direction not in TRUNCATION_SIDES:
+        raise falcon.HTTPBadRequest(
+            description=f'"truncationDirection" must be "right" or "left", not {direction!r:.40}'
+        )
+    prompt = _optional(body, "prompt", "prompt", str, "a string")
+    if prompt is not None and len(prompt) > limits.max_text_chars:
+        raise falcon.HTTPContentTooLarge(
+            description=f'"prompt" has {len(prompt)} characters; the limit is '
+            f"{limits.max_text_chars}"
+        )
+    return TextOptions(
+        truncate=True if truncate is None else truncate,
+        direction=direction,
+        prompt=prompt,
+        prompt_name=_optional(body, "promptName", "prompt_name", str, "a string"),
+    )
+
+
+def precision(body: dict[str, Any]) -> str:
+    value = body.get("precision")
+    if value is None:
+        return "float32"
+    if value not in PRECISIONS:
+        raise falcon.HTTPBadRequest(
+            description=f'"precision" must be one of {", ".join(PRECISIONS)}, not {value!r:.40}'
         )
     return value

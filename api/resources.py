@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import falcon
+import numpy as np
 import orjson
 
 from api import params
 from api.auth import Access, request_port
 from api.settings import Limits
 from runtime.classifier import read_labels
+from runtime.models import Model
+from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
 from runtime.repository import Entry, Repository
+from runtime.text import POOLING_MASK
 
 
 def respond(resp: falcon.Response, payload: dict[str, Any]) -> None:
@@ -53,15 +59,32 @@ class _ModelRoute:
         return body, name
 
 
+class _Output:
+    """One tower's post-processing and output precision, checked before any work is done."""
+
+    def __init__(self, model: Model, tower: str, body: dict[str, Any]) -> None:
+        self.normalize, self.n_dims = params.normalize(body), params.n_dims(body)
+        self.precision = params.precision(body)
+        model.validate(texts=tower == "text", images=tower == "image", n_dims=self.n_dims)
+        encoder = model.text if tower == "text" else model.image
+        assert encoder is not None
+        self.ranges = output_ranges(self.precision, encoder.tower.spec, self.normalize, self.n_dims)
+
+    def run(self, embed: Callable[..., np.ndarray], items: Any) -> np.ndarray:
+        embeddings = embed(items, self.normalize, self.n_dims)
+        return quantize(embeddings, self.precision, self.ranges)
+
+
 class EmbedText(_ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         body, name = self._request(req)
         texts = params.texts(body, self.limits)
-        normalize, n_dims = params.normalize(body), params.n_dims(body)
+        options = params.text_options(body, self.limits)
         req.context.items = len(texts)
         with self.registry.use(name) as model:
-            embeddings = model.embed_text(texts, normalize, n_dims)
+            output = _Output(model, "text", body)
+            embeddings = output.run(model.embed_tokens, model.tokenize(texts, options))
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -71,12 +94,10 @@ class EmbedImage(_ModelRoute):
         body, name = self._request(req)
         sources = params.images(body, self.limits)
         headers = params.download_headers(body)
-        normalize, n_dims = params.normalize(body), params.n_dims(body)
         req.context.items = len(sources)
         with self.registry.use(name) as model:
-            model.validate(texts=False, images=True, n_dims=n_dims)
-            pixels = model.load_images(sources, headers)
-            embeddings = model.embed_images(pixels, normalize, n_dims)
+            output = _Output(model, "image", body)
+            embeddings = output.run(model.embed_images, model.load_images(sources, headers))
         respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -95,22 +116,20 @@ class Embed(_ModelRoute):
         if texts is None and sources is None:
             raise falcon.HTTPBadRequest(description='send "text", "image" or both')
         headers = params.download_headers(body)
-        normalize, n_dims = params.normalize(body), params.n_dims(body)
+        options = params.text_options(body, self.limits)
         req.context.items = len(texts or []) + len(sources or [])
         with self.registry.use(name) as model:
-            model.validate(texts=texts is not None, images=sources is not None, n_dims=n_dims)
-            # Every image is fetched and decoded before any tower runs: a bad one stops it all.
-            pixels = model.load_images(sources, headers) if sources is not None else None
             jobs = {}
             if texts is not None:
-                jobs["textEmbeddings"] = self._towers.submit(
-                    model.embed_text, texts, normalize, n_dims
-                )
-            if pixels is not None:
-                jobs["imageEmbeddings"] = self._towers.submit(
-                    model.embed_images, pixels, normalize, n_dims
-                )
-            answer = {key: job.result() for key, job in jobs.items()}
+                output, rows = _Output(model, "text", body), model.tokenize(texts, options)
+                jobs["textEmbeddings"] = partial(output.run, model.embed_tokens, rows)
+            if sources is not None:
+                output = _Output(model, "image", body)
+                # Every image is fetched and decoded before any tower runs: a bad one stops all.
+                pixels = model.load_images(sources, headers)
+                jobs["imageEmbeddings"] = partial(output.run, model.embed_images, pixels)
+            running = {key: self._towers.submit(job) for key, job in jobs.items()}
+            answer = {key: job.result() for key, job in running.items()}
         respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
 
 
@@ -157,3 +176,26 @@ class ModelInfo:
                 "ingrain-build SOURCE --labels FILE, or use a timm classifier"
             )
         respond(resp, {"labels": read_labels(entry.directory, entry.manifest.classifier)})
+
+    def on_get_info(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """What a client needs to call the model: towers, sizes, prompts, precisions."""
+        manifest = self._entry(req).manifest
+        text = manifest.towers.get("text")
+        prompts = manifest.prompts
+        respond(
+            resp,
+            {
+                "name": manifest.name,
+                "library": manifest.library,
+                "task": manifest.task,
+                "towers": {
+                    key: {"embeddingSize": tower.dim, "calibrated": tower.quantization is not None}
+                    for key, tower in manifest.towers.items()
+                },
+                "maxLength": manifest.tokenizer.max_length if manifest.tokenizer else None,
+                "prompts": prompts.prompts if prompts else {},
+                "defaultPromptName": prompts.default if prompts else None,
+                "poolingIncludesPrompt": text is None
+                or POOLING_MASK not in [tensor.name for tensor in text.inputs],
+            },
+        )

@@ -69,6 +69,8 @@ def build_model(
         raise BuildError(
             f"library {library!r} is not supported yet; supported: {', '.join(SUPPORTED_LIBRARIES)}"
         )
+    if options.default_prompt_name is not None and library != "sentence_transformers":
+        raise BuildError("--default-prompt-name is for sentence-transformers models")
     if options.max_batch < 1 or (options.max_seq_len is not None and options.max_seq_len < 2):
         raise BuildError("--max-batch must be at least 1 and --max-seq-len at least 2")
     if options.tensorrt is not None:
@@ -98,6 +100,8 @@ def build_model(
         with staging_directory(target) as staging:
             builder = importlib.import_module(LIBRARY_BUILDERS[library])
             manifest = builder.build(source, name, staging, options, progress)
+            if manifest.task == "embedding" and "text" in manifest.towers:
+                manifest = _calibrated(staging, manifest, progress)
             if options.tensorrt is not None:
                 from builder.tensorrt_build import add_plans
 
@@ -105,6 +109,18 @@ def build_model(
             _with_provenance(manifest, started).write(staging)
     progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
     return target
+
+
+def _calibrated(staging: Path, manifest: Manifest, progress: Progress) -> Manifest:
+    from builder.calibration import CALIBRATION_TEXTS, with_calibration
+    from builder.verify import load_staged
+
+    with progress.stage(f"Calibrating int8/uint8 output ranges on {CALIBRATION_TEXTS} texts"):
+        model = load_staged(staging, manifest)
+        try:
+            return with_calibration(model, manifest)
+        finally:
+            model.close()
 
 
 def _with_provenance(manifest: Manifest, started: float) -> Manifest:

@@ -167,7 +167,10 @@ def zero_shot_classifier(
     labels = options.read_labels()
     if labels is None:
         if options.prompts:
-            raise BuildError("--prompt needs --labels: the classes to build prompts for")
+            raise BuildError(
+                "--prompt on a CLIP model is a zero-shot template and needs --labels: the "
+                "classes to build prompts for (NAME=TEXT prompts are for sentence-transformers)"
+            )
         return None
     prompts = options.prompts or (DEFAULT_PROMPT,)
     for prompt in prompts:

@@ -32,13 +32,16 @@ class BuildOptions:
     max_seq_len: int | None = None
     # Class names, one per line: a timm classifier's labels, or a CLIP model's zero-shot classes.
     labels: Path | None = None
-    # CLIP zero-shot prompt templates with `{}` for the label; several are averaged.
+    # `--prompt`: CLIP zero-shot templates with `{}` for the label (several are averaged), or
+    # for sentence-transformers models NAME=TEXT prompts that add to or override the model's.
     prompts: tuple[str, ...] = ()
     # timm: an architecture's weights from a local file, and its number of classes.
     checkpoint: Path | None = None
     num_classes: int | None = None
     # Compile TensorRT plans too; None builds ONNX only.
     tensorrt: TensorRTOptions | None = None
+    # sentence-transformers: the prompt used when a request names none.
+    default_prompt_name: str | None = None
 
     def read_labels(self) -> list[str] | None:
         if self.labels is None:
@@ -51,6 +54,19 @@ class BuildOptions:
         if not labels:
             raise BuildError(f"--labels {self.labels} holds no labels (one per line)")
         return labels
+
+    def named_prompts(self) -> dict[str, str]:
+        """`--prompt NAME=TEXT` values as a dict (sentence-transformers models)."""
+        named = {}
+        for value in self.prompts:
+            name, equals, text = value.partition("=")
+            if not equals or not name.strip():
+                raise BuildError(
+                    f"--prompt {value!r}: a sentence-transformers prompt is NAME=TEXT, e.g. "
+                    '--prompt query="query: " (templates with {} are for CLIP zero-shot)'
+                )
+            named[name.strip()] = text
+        return named
 
 
 def write_labels(staging: Path, labels: list[str]) -> str:

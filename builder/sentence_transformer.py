@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.models import Transformer
+from sentence_transformers.models import Pooling, Transformer
 
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.verify import load_staged, verify_text_tower
-from runtime.manifest import Manifest, TensorSpec, TokenizerSpec, TowerSpec
+from builder.verify import load_staged, verify_prompt, verify_text_tower
+from runtime.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
+from runtime.text import POOLING_MASK
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -23,7 +24,13 @@ OUTPUT = "embedding"
 
 class _SentenceEmbedding(torch.nn.Module):
     """The whole sentence-transformers pipeline (transformer, pooling, Dense, Normalize) as one
-    module with positional tensor inputs, which is what the ONNX exporter traces."""
+    module with positional tensor inputs, which is what the ONNX exporter traces.
+
+    With a `pooling_mask` input (models whose pooling leaves the prompt out), the transformer
+    attends with the attention mask and pooling averages over the pooling mask: what
+    sentence-transformers does by zeroing the prompt's positions of the mask before pooling,
+    but per row, so rows with different prompts can share a batch.
+    """
 
     def __init__(self, model: SentenceTransformer, input_names: list[str]) -> None:
         super().__init__()
@@ -32,7 +39,34 @@ class _SentenceEmbedding(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         features = dict(zip(self.input_names, tensors, strict=True))
-        return self.model(features)["sentence_embedding"]
+        pooling_mask = features.pop(POOLING_MASK, None)
+        for module in self.model:
+            if pooling_mask is not None and isinstance(module, Pooling):
+                features["attention_mask"] = pooling_mask
+            features = module(features)
+        return features["sentence_embedding"]
+
+
+def _prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | None:
+    """The model's prompts with --prompt NAME=TEXT over them, and the default prompt name; set
+    on `model` too, so verification compares with the prompts that will be served."""
+    model.prompts = {**model.prompts, **options.named_prompts()}
+    if options.default_prompt_name is not None:
+        if options.default_prompt_name not in model.prompts:
+            raise BuildError(
+                f"--default-prompt-name {options.default_prompt_name!r} is not one of the "
+                f"model's prompts ({', '.join(model.prompts) or 'none'}); add it with --prompt"
+            )
+        model.default_prompt_name = options.default_prompt_name
+    prompts = {name: text for name, text in model.prompts.items() if text}
+    if not prompts:
+        return None
+    default = model.default_prompt_name if model.default_prompt_name in prompts else None
+    return PromptSpec(prompts, default)
+
+
+def _excludes_prompt(model: SentenceTransformer) -> bool:
+    return any(isinstance(m, Pooling) and not m.include_prompt for m in model)
 
 
 def load(source: str, progress: Progress) -> SentenceTransformer:
@@ -63,6 +97,8 @@ def build(
     input_names = [n for n in hf_tokenizer.model_input_names if n in TEXT_INPUTS]
     if "input_ids" not in input_names:
         raise BuildError(f"{source!r} takes inputs {hf_tokenizer.model_input_names}, not input_ids")
+    prompts = _prompts(model, options)
+    graph_inputs = [*input_names, POOLING_MASK] if _excludes_prompt(model) else input_names
 
     model_max = model.max_seq_length
     if model_max is None and max_seq_len is None:
@@ -82,12 +118,14 @@ def build(
 
     with progress.stage(f"Exporting the text tower to ONNX (opset {OPSET})"):
         example = model.preprocess(["a short example", "and a somewhat longer example sentence"])
-        dynamic = {name: {0: "batch", 1: "sequence"} for name in input_names}
+        example[POOLING_MASK] = example["attention_mask"].clone()
+        example[POOLING_MASK][:, :2] = 0
+        dynamic = {name: {0: "batch", 1: "sequence"} for name in graph_inputs}
         export_onnx(
-            _SentenceEmbedding(model, input_names),
-            tuple(example[name] for name in input_names),
+            _SentenceEmbedding(model, graph_inputs),
+            tuple(example[name] for name in graph_inputs),
             staging / "text.onnx",
-            input_names,
+            graph_inputs,
             OUTPUT,
             dynamic | {OUTPUT: {0: "batch"}},
         )
@@ -101,7 +139,7 @@ def build(
         towers={
             "text": TowerSpec(
                 onnx="text.onnx",
-                inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in input_names],
+                inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in graph_inputs],
                 output=TensorSpec(OUTPUT, "float32", ["batch", dim]),
                 dim=dim,
                 max_batch=max_batch,
@@ -109,13 +147,21 @@ def build(
             )
         },
         tokenizer=tokenizer,
+        prompts=prompts,
         build={"source": source, "modules": [type(module).__name__ for module in model]},
     )
     with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
+        staged = load_staged(staging, manifest)
         report = verify_text_tower(
-            load_staged(staging, manifest),
+            staged,
             reference_ids=lambda texts: model.preprocess(texts)["input_ids"].numpy(),
             reference_embed=lambda texts: model.encode(texts, convert_to_numpy=True),
         )
+        for name in prompts.prompts if prompts else ():
+            report[f"prompt {name}"] = verify_prompt(
+                staged,
+                name,
+                lambda texts, name=name: model.encode(texts, prompt_name=name),
+            )
     progress.report(report)
     return replace(manifest, build={**manifest.build, "verification": {"text": report}})

@@ -170,8 +170,9 @@ def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[s
     try:
         if planned.text is not None:
             texts = VERIFICATION_TEXTS
-            served = planned.text.embed(texts)
-            expected = reference.text.embed(texts)
+            rows = reference.tokenize(texts)
+            served = planned.text.embed(rows)
+            expected = reference.text.embed(rows)
             reports["text"] = _checked(served, expected, "text plan", texts, min_cosine)
         if planned.image is not None:
             pixels = np.stack(

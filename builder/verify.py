@@ -18,6 +18,7 @@ from runtime.images import decode, preprocess
 from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Entry
+from runtime.text import TextOptions
 
 MIN_COSINE = 0.9999
 MAX_PROBABILITY_ERROR = 1e-4
@@ -122,6 +123,19 @@ def verify_text_tower(
     served = model.embed_text(texts, normalize=False, n_dims=None)
     expected = np.asarray(reference_embed(texts), dtype=np.float32)
     return compare(served, expected, "text tower", [repr(text[:60]) for text in texts])
+
+
+def verify_prompt(
+    model: Model, name: str, reference_embed: Callable[[list[str]], np.ndarray]
+) -> dict:
+    """Embeddings with the prompt `name` (a few texts, one past the maximum length) against
+    the source library's with the same prompt."""
+    texts = VERIFICATION_TEXTS[:4]
+    served = model.embed_text(texts, False, None, TextOptions(prompt_name=name))
+    expected = np.asarray(reference_embed(texts), dtype=np.float32)
+    return compare(
+        served, expected, f"text tower with prompt {name!r}", [repr(t[:60]) for t in texts]
+    )
 
 
 def _decoded(model: Model, images: list[bytes] | None) -> tuple[list[Image.Image], np.ndarray]:

@@ -45,6 +45,9 @@ class TowerSpec:
     # TensorRT provenance and profiles: tensorrt_version, gpu_name, compute_capability,
     # cuda_version, precision, flags, profiles, onnx_sha256.
     plan_info: dict | None = None
+    # int8/uint8 output ranges from a calibration set: {"items", "raw": [mins, maxs],
+    # "normalized": [mins, maxs]} (runtime.quantize).
+    quantization: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,16 @@ class TokenizerSpec:
     clean: str | None = None
     # open_clip's strip_sep_token: this id becomes 0 in the token ids.
     strip_token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """sentence-transformers prompts: text put before the input, by name, and the name used
+    when a request names none. Whether pooling leaves a prompt out (`include_prompt: false`)
+    shows in the text tower's inputs: such a tower takes a `pooling_mask`."""
+
+    prompts: dict[str, str] = field(default_factory=dict)
+    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,7 @@ class Manifest:
     tokenizer: TokenizerSpec | None = None
     image: ImageSpec | None = None
     classifier: ClassifierSpec | None = None
+    prompts: PromptSpec | None = None
     build: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -135,6 +149,7 @@ class Manifest:
             tokenizer = data.get("tokenizer")
             image = data.get("image")
             classifier = data.get("classifier")
+            prompts = data.get("prompts")
             manifest = cls(
                 name=data["name"],
                 library=data["library"],
@@ -143,6 +158,7 @@ class Manifest:
                 tokenizer=_from_dict(TokenizerSpec, tokenizer) if tokenizer else None,
                 image=_from_dict(ImageSpec, image) if image else None,
                 classifier=_from_dict(ClassifierSpec, classifier) if classifier else None,
+                prompts=_from_dict(PromptSpec, prompts) if prompts else None,
                 build=data.get("build", {}),
             )
         except (KeyError, TypeError, AttributeError) as error:

@@ -21,25 +21,9 @@ from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
 from runtime.stats import TowerStats
+from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
 from runtime.tokenizer import TextTokenizer
 from runtime.tower import Collate, Tower
-
-
-class TextEncoder:
-    def __init__(self, tower: Tower, tokenizer: TextTokenizer) -> None:
-        self.tower = tower
-        self.tokenizer = tokenizer
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        started = time.perf_counter_ns()
-        ids = self.tokenizer.token_ids(texts)
-        self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
-        return self.tower.infer(ids, lengths=[len(row) for row in ids])
-
-    def warm_up(self) -> None:
-        """The smallest input: one empty text (special tokens only)."""
-        ids = self.tokenizer.token_ids([""])
-        self.tower.warm_up(ids, lengths=[len(ids[0])])
 
 
 class ImageEncoder:
@@ -138,9 +122,11 @@ class Model:
                     f"cannot load {directory / manifest.tokenizer.file}: {error}"
                 ) from error
             names = [tensor.name for tensor in manifest.towers["text"].inputs]
-            collate = partial(tokenizer.batch, names=names)
+            collate = partial(collate_rows, tokenizer, names)
             text = TextEncoder(
-                _tower(entry, "text", backend, threads, batching, collate), tokenizer
+                _tower(entry, "text", backend, threads, batching, collate),
+                tokenizer,
+                manifest.prompts,
             )
         if "image" in manifest.towers:
             if manifest.image is None:
@@ -163,10 +149,23 @@ class Model:
         model.warm_up()
         return model
 
-    def embed_text(self, texts: list[str], normalize: bool, n_dims: int | None) -> np.ndarray:
+    def embed_text(
+        self,
+        texts: list[str],
+        normalize: bool,
+        n_dims: int | None,
+        options: TextOptions | None = None,
+    ) -> np.ndarray:
+        return self.embed_tokens(self.tokenize(texts, options), normalize, n_dims)
+
+    def tokenize(self, texts: list[str], options: TextOptions | None = None) -> list[TokenRow]:
+        """Texts as token rows, with the request's prompt and truncation."""
+        return self._require(self.text, "embed text").rows(texts, options or TextOptions())
+
+    def embed_tokens(self, rows: list[TokenRow], normalize: bool, n_dims: int | None) -> np.ndarray:
         self.validate(texts=True, images=False, n_dims=n_dims)
         assert self.text is not None
-        return finish_embeddings(self.text.embed(texts), normalize, n_dims)
+        return finish_embeddings(self.text.embed(rows), normalize, n_dims)
 
     def load_images(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
         return self._require(self.image, "embed images").load(sources, headers)

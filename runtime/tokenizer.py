@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +17,75 @@ class TextTokenizer:
         self.spec = spec
         self._clean = CLEANERS[spec.clean] if spec.clean else None
         self._tokenizer = Tokenizer.from_file(str(directory / spec.file))
-        self._tokenizer.enable_truncation(spec.max_length, direction=spec.truncation_side)
+        # Truncation happens per request (either side, or not at all), so the shared tokenizer
+        # keeps none and no state changes between requests.
+        self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        self._added = self._tokenizer.num_special_tokens_to_add(is_pair=False)
+        decoder = self._tokenizer.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, token in decoder.items() if token.special)
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def vocabulary(self) -> list[str]:
+        return list(self._tokenizer.get_vocab(with_added_tokens=False))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text, truncated to the model's maximum length (special tokens included)."""
+        return [ids for ids, _ in self.encode(texts, self.spec.truncation_side)]
+
+    def encode(self, texts: list[str], direction: str) -> list[tuple[list[int], int]]:
+        """Per text: its ids truncated on `direction` to the maximum length (special tokens
+        kept, as the tokenizer's own truncation does), and its untruncated token count."""
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
-        if self.spec.strip_token_id is not None:
-            ids = [[0 if i == self.spec.strip_token_id else i for i in row] for row in ids]
-        return ids
+        rows = []
+        for text, encoding in zip(texts, self._tokenizer.encode_batch(texts), strict=True):
+            ids, count = encoding.ids, len(encoding.ids)
+            if count > self.spec.max_length:
+                ids = self._truncated(text, direction)
+            if self.spec.strip_token_id is not None:
+                ids = [0 if i == self.spec.strip_token_id else i for i in ids]
+            rows.append((ids, count))
+        return rows
 
-    def batch(self, ids: list[list[int]], names: list[str]) -> dict[str, np.ndarray]:
+    def _truncated(self, text: str, direction: str) -> list[int]:
+        """What the tokenizer's own truncation does: cut the text's tokens to leave room for
+        the special tokens, then add them."""
+        encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        encoding.truncate(self.spec.max_length - self._added, direction=direction)
+        return self._tokenizer.post_process(encoding).ids
+
+    def prompt_length(self, prompt: str) -> int:
+        """The prompt's tokens as sentence-transformers counts them for pooling: with the
+        leading special tokens, without a trailing special token."""
+        ids = self._tokenizer.encode(prompt).ids
+        return len(ids) - (1 if ids and ids[-1] in self.special_ids else 0)
+
+    def batch(
+        self, ids: list[list[int]], names: list[str], skips: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
         """Pad a group of token-id lists to its longest member (or to the model's fixed length),
         as the model's named int64 inputs.
 
         Padding goes on the side the source tokenizer pads (left for causal models, whose
-        last-token pooling needs the last position to be a real token).
+        last-token pooling needs the last position to be a real token). `pooling_mask` is the
+        attention mask without each row's first `skips` tokens (a prompt that pooling leaves
+        out, as sentence-transformers' `include_prompt: false` does).
         """
         width = self.spec.max_length if self.spec.pad_to_max_length else max(map(len, ids))
         input_ids = np.full((len(ids), width), self.spec.pad_id, dtype=np.int64)
         attention_mask = np.zeros((len(ids), width), dtype=np.int64)
+        pooling_mask = np.zeros((len(ids), width), dtype=np.int64)
         for row, tokens in enumerate(ids):
-            left = self.spec.padding_side == "left"
-            span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
-            input_ids[row, span] = tokens
-            attention_mask[row, span] = 1
+            start = width - len(tokens) if self.spec.padding_side == "left" else 0
+            input_ids[row, start : start + len(tokens)] = tokens
+            attention_mask[row, start : start + len(tokens)] = 1
+            skip = skips[row] if skips else 0
+            pooling_mask[row, start + skip : start + len(tokens)] = 1
         arrays = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": np.zeros_like(input_ids),
+            "pooling_mask": pooling_mask,
         }
         return {name: arrays[name] for name in names}

