@@ -10,6 +10,8 @@ import click
 
 from builder.options import HARDWARE_COMPAT, PRECISIONS
 from runtime.backends import BACKENDS
+from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
+from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
 
 engines_option = click.option(
@@ -218,11 +220,42 @@ def build_command(
     help="Request threads per worker. They mostly wait on the batcher; the batcher can only "
     "merge requests that are in it, so this caps the batch a worker can form.",
 )
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT where the model has a plan for this GPU, else OpenVINO, else ONNX "
+    "Runtime.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(SERVE_PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="CPU precision. auto: bf16 where the CPU reports BF16 and ingrain-build verified it for "
+    "the model, else f32.",
+)
+@click.option(
+    "--model-precision",
+    "model_precisions",
+    multiple=True,
+    metavar="NAME=PRECISION",
+    help="Precision for one model, overriding --precision (repeatable).",
+)
 @click.option(
     "--intra-op-threads",
     type=click.IntRange(min=0),
-    help="ONNX Runtime threads per worker (default: cores / workers).",
+    help="Inference threads per worker (default: cores / workers, so workers never "
+    "oversubscribe the cores).",
+)
+@click.option(
+    "--compile-cache",
+    default=CACHE_IN_ENGINE,
+    show_default=True,
+    envvar="INGRAIN_COMPILE_CACHE",
+    help=f"Where OpenVINO keeps compiled models: {CACHE_IN_ENGINE!r} (a .ov-cache folder in each "
+    f"engine directory), {CACHE_OFF!r}, or a writable directory (for read-only engines).",
 )
 @click.option("--preload", multiple=True, help="Load this model in every worker at start.")
 @click.option(
@@ -357,7 +390,10 @@ def serve_command(
     workers: int,
     threads: int,
     backend: str,
+    precision: str,
+    model_precisions: tuple[str, ...],
     intra_op_threads: int | None,
+    compile_cache: str,
     preload: tuple[str, ...],
     timeout: int,
     max_body_bytes: int,
@@ -402,22 +438,30 @@ def serve_command(
             param_hint="--preload",
         )
     repository = Repository(engines)
-    for name in preload:
+    model_precision = parse_model_precisions(model_precisions)
+    named = [("--preload", name) for name in preload]
+    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
         try:
             repository.find(name)
         except ModelNotFound:
             raise click.ClickException(
-                f"--preload {name}: not in {engines}; build it with: ingrain-build {name}"
+                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
     )
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
+    runtime = RuntimeConfig(
+        backend=backend,
+        precision=precision,
+        model_precision=model_precision,
+        threads=intra_op_threads,
+        compile_cache=compile_cache,
+    )
     settings = ServerSettings(
         engines=engines,
-        backend=backend,
-        threads=intra_op_threads,
+        runtime=runtime,
         preload=preload,
         json_logs=log_format == "json",
         max_loaded_models=max_loaded_models,
@@ -444,6 +488,20 @@ def serve_command(
         ),
     )
     serve(settings, host, port, workers, threads, timeout)
+
+
+def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        name, _, precision = value.rpartition("=")
+        if not name or precision not in SERVE_PRECISIONS:
+            raise click.BadParameter(
+                f"{value!r}: expected NAME=PRECISION with PRECISION one of "
+                f"{', '.join(SERVE_PRECISIONS)}",
+                param_hint="--model-precision",
+            )
+        pairs.append((name, precision))
+    return tuple(pairs)
 
 
 @main.command("list")

@@ -13,8 +13,9 @@ from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.verify import load_staged, verify_text_tower
+from builder.verify import load_staged, verify_precisions, verify_text_tower
 from runtime.manifest import Manifest, TensorSpec, TokenizerSpec, TowerSpec
+from runtime.models import Model
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -111,11 +112,18 @@ def build(
         tokenizer=tokenizer,
         build={"source": source, "modules": [type(module).__name__ for module in model]},
     )
-    with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
-        report = verify_text_tower(
-            load_staged(staging, manifest),
+
+    def check(staged: Model, strict: bool) -> dict[str, dict]:
+        text = verify_text_tower(
+            staged,
             reference_ids=lambda texts: model.preprocess(texts)["input_ids"].numpy(),
             reference_embed=lambda texts: model.encode(texts, convert_to_numpy=True),
+            strict=strict,
         )
-    progress.report(report)
-    return replace(manifest, build={**manifest.build, "verification": {"text": report}})
+        return {"text": text}
+
+    with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
+        verification = check(load_staged(staging, manifest), True)
+    progress.report(verification["text"])
+    manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    return verify_precisions(staging, manifest, check, progress)

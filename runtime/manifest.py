@@ -45,6 +45,10 @@ class TowerSpec:
     # TensorRT provenance and profiles: tensorrt_version, gpu_name, compute_capability,
     # cuda_version, precision, flags, profiles, onnx_sha256.
     plan_info: dict | None = None
+    # OpenVINO precision (f32, bf16) -> ingrain-build's figures for it against the source
+    # library (min_cosine, max_abs_error; top1_agreement, max_probability_error for classifiers).
+    # Absent in manifests from before OpenVINO: `auto` then serves f32.
+    precisions: dict[str, dict] | None = None
 
 
 @dataclass(frozen=True)

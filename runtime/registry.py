@@ -7,6 +7,7 @@ import threading
 import time
 
 from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.loaded_set import LoadedSet
@@ -32,16 +33,14 @@ class ModelRegistry:
     def __init__(
         self,
         repository: Repository,
-        backend: str = "auto",
-        threads: int = 0,
+        runtime: RuntimeConfig | None = None,
         fetch_limits: FetchLimits | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         loaded_set: LoadedSet | None = None,
         batching: BatchingConfig | None = None,
     ) -> None:
         self.repository = repository
-        self.backend = backend
-        self.threads = threads
+        self.runtime = runtime or RuntimeConfig()
         self.fetcher = ImageFetcher(fetch_limits or FetchLimits())
         self.max_pixels = max_pixels
         self.loaded_set = loaded_set
@@ -74,7 +73,7 @@ class ModelRegistry:
                 entry = self.repository.find(name)
                 started = time.perf_counter()
                 model = Model.load(
-                    entry, self.backend, self.threads, self.fetcher, self.max_pixels, self.batching
+                    entry, self.runtime, self.fetcher, self.max_pixels, self.batching
                 )
                 log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
                 self._models[name] = model

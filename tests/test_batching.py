@@ -16,6 +16,7 @@ import requests
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.batching import BatchingConfig, Overloaded
+from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.stats import TowerStats
@@ -45,7 +46,9 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def minilm(engines):
-    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+    return Model.load(
+        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
+    )
 
 
 def tower(minilm, recording, **batching) -> Tower:

@@ -62,7 +62,17 @@ LOGGER = trt.Logger(trt.Logger.WARNING)
 
 
 class TensorRTBackend:
-    def __init__(self, plan: Path, profiles: list[dict], version_compatible: bool = False) -> None:
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        plan: Path,
+        profiles: list[dict],
+        version_compatible: bool = False,
+        precision: str = "fp32",
+    ) -> None:
+        # The plan's build precision, in the CPU backends' spelling (fp16 -> f16).
+        self.precision = precision.replace("fp", "f")
         self._runtime = trt.Runtime(LOGGER)
         # A version-compatible plan carries its own lean runtime, which must be allowed to run.
         self._runtime.engine_host_code_allowed = version_compatible
