@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from builder.options import HARDWARE_COMPAT, PRECISIONS
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, openvino_unavailable, select
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
@@ -507,15 +507,19 @@ def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ..
 @main.command("list")
 @engines_option
 def list_command(engines: Path) -> None:
-    """List the models in the engine repository."""
+    """List the models in the engine repository, and the backend/precision each tower runs on
+    here with ingrain-serve's defaults."""
     entries = Repository(engines).entries()
     if not entries:
         click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
         return
-    rows = [("NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE")]
+    rows = [("NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "RUNS", "SIZE")]
+    cpu = ["onnxruntime"] + (["openvino"] if openvino_unavailable() is None else [])
     for entry in entries:
         towers = entry.manifest.towers
-        backends = {"onnxruntime"} | {"tensorrt" for tower in towers.values() if tower.plan}
+        backends = set(cpu) | {"tensorrt" for tower in towers.values() if tower.plan}
+        # What `ingrain-serve` with its defaults would run each tower on, on this host.
+        runs = [select(tower, RuntimeConfig(), entry.name) for tower in towers.values()]
         rows.append(
             (
                 entry.name,
@@ -523,6 +527,7 @@ def list_command(engines: Path) -> None:
                 ",".join(towers),
                 ",".join(str(tower.dim) for tower in towers.values()),
                 ",".join(sorted(backends)),
+                ",".join(f"{run.backend}/{run.precision}" for run in runs),
                 f"{entry.size_bytes() / 1e6:.1f} MB",
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends.base import Backend, BackendUnavailable, Execution
@@ -20,8 +21,10 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Execution",
+    "Selection",
     "open_backend",
     "openvino_unavailable",
+    "select",
     "tensorrt_unavailable",
 ]
 
@@ -69,59 +72,77 @@ def openvino_unavailable() -> str | None:
     return None
 
 
-def open_backend(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Backend:
-    """Open one tower of `model`. `auto` picks TensorRT where a plan, TensorRT and a matching GPU
-    are present, else OpenVINO where it imports, else ONNX Runtime, logging each fallback and
-    why; a named backend insists."""
+@dataclass(frozen=True)
+class Selection:
+    """The engine and precision a tower will run on, and why any fallback happened."""
+
+    backend: str
+    precision: str
+    notes: tuple[str, ...] = ()
+
+
+def select(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Selection:
+    """`auto` picks TensorRT where a plan, TensorRT and a matching GPU are present, else OpenVINO
+    where it imports, else ONNX Runtime; a named backend insists (BackendUnavailable if it
+    cannot run). Opens nothing, so `ingrain list` can say the same."""
     choice, requested = runtime.backend, runtime.precision_for(model)
     if choice not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {choice!r}; choose one of {', '.join(BACKENDS)}")
-    where = f"{directory.name}/{tower.onnx}"
+    notes: list[str] = []
     if choice in ("auto", "tensorrt"):
         reason = _plan_unavailable(tower)
         if reason is None:
-            from runtime.backends.tensorrt import TensorRTBackend
-
-            backend = TensorRTBackend(
-                directory / tower.plan,
-                tower.plan_info["profiles"],
-                version_compatible=bool(tower.plan_info.get("version_compatible")),
-                precision=tower.plan_info.get("precision", "fp32"),
-            )
-            log.info("%s/%s: using %s", directory.name, tower.plan, backend.describe())
-            return backend
+            precision = tower.plan_info.get("precision", "fp32").replace("fp", "f")
+            return Selection("tensorrt", precision)
         if choice == "tensorrt":
-            raise BackendUnavailable(f"the TensorRT backend cannot run {directory.name}: {reason}")
+            raise BackendUnavailable(f"the TensorRT backend cannot run this model: {reason}")
         if tower.plan is not None:
-            log.warning("%s/%s: %s; falling back to the CPU", directory.name, tower.plan, reason)
+            notes.append(f"{tower.plan}: {reason}; falling back to the CPU")
     if choice in ("auto", "openvino"):
         reason = openvino_unavailable()
         if reason is None:
-            backend = _open_openvino(directory, tower, runtime, requested)
-            log.info("%s: using %s", where, backend.describe())
-            return backend
+            from runtime.backends.openvino import bf16_supported
+
+            precision, why = choose(requested, bf16_supported(), tower.precisions)
+            return Selection("openvino", precision, (*notes, *([why] if why else [])))
         if choice == "openvino":
             raise BackendUnavailable(f"the OpenVINO backend cannot run here: {reason}")
-        log.warning("%s: %s; falling back to ONNX Runtime", where, reason)
+        notes.append(f"{reason}; falling back to ONNX Runtime")
     if requested == "bf16":
         raise BackendUnavailable(
             "bf16 runs on the OpenVINO backend only; use --backend auto or openvino, or f32"
         )
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    return Selection("onnxruntime", "f32", tuple(notes))
 
-    backend = OnnxRuntimeBackend(directory / tower.onnx, threads=runtime.threads)
+
+def open_backend(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Backend:
+    """Open one tower of `model` on the backend `select` picks, logging the choice and why."""
+    selection = select(tower, runtime, model)
+    where = f"{directory.name}/{tower.onnx}"
+    for note in selection.notes:
+        log.warning("%s: %s", where, note)
+    backend: Backend
+    if selection.backend == "tensorrt":
+        from runtime.backends.tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(
+            directory / tower.plan,
+            tower.plan_info["profiles"],
+            version_compatible=bool(tower.plan_info.get("version_compatible")),
+            precision=selection.precision,
+        )
+    elif selection.backend == "openvino":
+        from runtime.backends.openvino import OpenVinoBackend
+
+        backend = OpenVinoBackend(
+            directory / tower.onnx,
+            selection.precision,
+            runtime.threads,
+            runtime.cache_root(directory),
+        )
+    else:
+        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(directory / tower.onnx, threads=runtime.threads)
     log.info("%s: using %s", where, backend.describe())
     return backend
-
-
-def _open_openvino(
-    directory: Path, tower: TowerSpec, runtime: RuntimeConfig, requested: str
-) -> Backend:
-    from runtime.backends import openvino
-
-    precision, why = choose(requested, openvino.bf16_supported(), tower.precisions)
-    if why is not None:
-        log.warning("%s/%s: %s", directory.name, tower.onnx, why)
-    return openvino.OpenVinoBackend(
-        directory / tower.onnx, precision, runtime.threads, runtime.cache_root(directory)
-    )

@@ -69,10 +69,9 @@ class TensorRTBackend:
         plan: Path,
         profiles: list[dict],
         version_compatible: bool = False,
-        precision: str = "fp32",
+        precision: str = "f32",
     ) -> None:
-        # The plan's build precision, in the CPU backends' spelling (fp16 -> f16).
-        self.precision = precision.replace("fp", "f")
+        self.precision = precision
         self._runtime = trt.Runtime(LOGGER)
         # A version-compatible plan carries its own lean runtime, which must be allowed to run.
         self._runtime.engine_host_code_allowed = version_compatible
