@@ -91,7 +91,9 @@ class OpenVinoBackend:
     def run(self, inputs: dict[str, np.ndarray]) -> Execution:
         started = time.perf_counter_ns()
         for name, array in inputs.items():
-            self._request.set_input_tensor(self._inputs[name], ov.Tensor(array, shared_memory=True))
+            # Shared, not copied, where the batch is C-contiguous (stacked images may not be).
+            tensor = ov.Tensor(np.ascontiguousarray(array), shared_memory=True)
+            self._request.set_input_tensor(self._inputs[name], tensor)
         prepared = time.perf_counter_ns()
         self._request.infer()
         inferred = time.perf_counter_ns()
@@ -146,8 +148,9 @@ def _compile(
 
 
 def _entry_name(path: Path, properties: dict[str, object]) -> str:
-    """One cache directory per ONNX file (by size and modification time) and compile settings,
-    so a published directory always holds the blob OpenVINO will look for."""
+    """One cache directory per ONNX file (by path, size and modification time, so a moved or
+    rebuilt file gets a new one) and compile settings: a published directory holds the blob
+    OpenVINO will look for, and nothing writes into it again."""
     stat = os.stat(path)
-    key = f"{path.name}\n{stat.st_size}\n{stat.st_mtime_ns}\n{sorted(properties.items())}"
+    key = f"{path.resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}\n{sorted(properties.items())}"
     return f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
