@@ -33,6 +33,7 @@ PROVENANCE_PACKAGES = (
     "transformers",
     "onnx",
     "onnxruntime",
+    "openvino",
 )
 
 

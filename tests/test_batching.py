@@ -29,6 +29,7 @@ class Recording:
 
     def __init__(self, backend: OnnxRuntimeBackend) -> None:
         self.backend = backend
+        self.name, self.precision = backend.name, backend.precision
         self.sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
