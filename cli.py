@@ -9,7 +9,9 @@ import click
 
 from api.on_demand import BuildSettings
 from builder.options import HARDWARE_COMPAT, PRECISIONS
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, openvino_unavailable, select
+from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
+from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
 
 engines_option = click.option(
@@ -231,11 +233,42 @@ def build_command(
     help="Request threads per worker. They mostly wait on the batcher; the batcher can only "
     "merge requests that are in it, so this caps the batch a worker can form.",
 )
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT where the model has a plan for this GPU, else OpenVINO, else ONNX "
+    "Runtime.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(SERVE_PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="CPU precision. auto: bf16 where the CPU reports BF16 and ingrain-build verified it for "
+    "the model, else f32.",
+)
+@click.option(
+    "--model-precision",
+    "model_precisions",
+    multiple=True,
+    metavar="NAME=PRECISION",
+    help="Precision for one model, overriding --precision (repeatable).",
+)
 @click.option(
     "--intra-op-threads",
     type=click.IntRange(min=0),
-    help="ONNX Runtime threads per worker (default: cores / workers).",
+    help="Inference threads per worker (default: cores / workers, so workers never "
+    "oversubscribe the cores).",
+)
+@click.option(
+    "--compile-cache",
+    default=CACHE_IN_ENGINE,
+    show_default=True,
+    envvar="INGRAIN_COMPILE_CACHE",
+    help=f"Where OpenVINO keeps compiled models: {CACHE_IN_ENGINE!r} (a .ov-cache folder in each "
+    f"engine directory), {CACHE_OFF!r}, or a writable directory (for read-only engines).",
 )
 @click.option(
     "--preload",
@@ -437,7 +470,10 @@ def serve_command(
     workers: int,
     threads: int,
     backend: str,
+    precision: str,
+    model_precisions: tuple[str, ...],
     intra_op_threads: int | None,
+    compile_cache: str,
     preload: tuple[str, ...],
     timeout: int,
     max_body_bytes: int,
@@ -491,21 +527,29 @@ def serve_command(
             param_hint="--preload",
         )
     repository = Repository(engines)
-    for name in preload:
+    model_precision = parse_model_precisions(model_precisions)
+    named = [("--preload", name) for name in preload]
+    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
         try:
             repository.find(name)
         except ModelNotFound:
             raise click.ClickException(
-                f"--preload {name}: not in {engines}; build it with: ingrain-build {name}"
+                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
     configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
     try:
+        runtime = RuntimeConfig(
+            backend=backend,
+            precision=precision,
+            model_precision=model_precision,
+            threads=intra_op_threads,
+            compile_cache=compile_cache,
+        )
         settings = ServerSettings(
             engines=engines,
-            backend=backend,
-            threads=intra_op_threads,
+            runtime=runtime,
             preload=preload,
             json_logs=log_format == "json",
             max_loaded_models=max_loaded_models,
@@ -549,18 +593,36 @@ def serve_command(
         raise click.ClickException(str(error)) from None
 
 
+def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        name, _, precision = value.rpartition("=")
+        if not name or precision not in SERVE_PRECISIONS:
+            raise click.BadParameter(
+                f"{value!r}: expected NAME=PRECISION with PRECISION one of "
+                f"{', '.join(SERVE_PRECISIONS)}",
+                param_hint="--model-precision",
+            )
+        pairs.append((name, precision))
+    return tuple(pairs)
+
+
 @main.command("list")
 @engines_option
 def list_command(engines: Path) -> None:
-    """List the models in the engine repository."""
+    """List the models in the engine repository, and the backend/precision each tower runs on
+    here with ingrain-serve's defaults."""
     entries = Repository(engines).entries()
     if not entries:
         click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
         return
-    rows = [("NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE")]
+    rows = [("NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "RUNS", "SIZE")]
+    cpu = ["onnxruntime"] + (["openvino"] if openvino_unavailable() is None else [])
     for entry in entries:
         towers = entry.manifest.towers
-        backends = {"onnxruntime"} | {"tensorrt" for tower in towers.values() if tower.plan}
+        backends = set(cpu) | {"tensorrt" for tower in towers.values() if tower.plan}
+        # What `ingrain-serve` with its defaults would run each tower on, on this host.
+        runs = [select(tower, RuntimeConfig(), entry.name) for tower in towers.values()]
         rows.append(
             (
                 entry.name,
@@ -568,6 +630,7 @@ def list_command(engines: Path) -> None:
                 ",".join(towers),
                 ",".join(str(tower.dim) for tower in towers.values()),
                 ",".join(sorted(backends)),
+                ",".join(f"{run.backend}/{run.precision}" for run in runs),
                 f"{entry.size_bytes() / 1e6:.1f} MB",
             )
         )

@@ -25,8 +25,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
     loaded = LoadedSet(settings.loaded_set) if settings.loaded_set else None
     registry = ModelRegistry(
         repository,
-        settings.backend,
-        settings.threads,
+        settings.runtime,
         settings.fetch,
         settings.limits.max_image_pixels,
         loaded,

@@ -43,7 +43,9 @@ def _samples(source: CollectorRegistry) -> dict[tuple, float]:
         for sample in metric.samples:
             labels = sample.labels
             if "tower" in labels:
-                extra = tuple(labels[k] for k in ("batch_size", "stat") if k in labels)
+                extra = tuple(
+                    labels[k] for k in ("batch_size", "stat", "backend", "precision") if k in labels
+                )
                 values[(sample.name, labels["model"], labels["tower"], *extra)] += sample.value
     return values
 
@@ -92,7 +94,16 @@ def tower_stats(values: dict[tuple, float], display: str, model: str, tower: str
         "executionCount": _figure(values, "ingrain_executions_total", model, tower),
         "inferenceStats": inference,
         "batchStats": batch_stats or None,
+        **engine(values, model, tower),
     }
+
+
+def engine(values: dict[tuple, float], model: str, tower: str) -> dict[str, str | None]:
+    """The backend and precision the tower runs on in live workers (nulls where none holds it)."""
+    for key, value in values.items():
+        if key[0] == "ingrain_tower_engine" and key[1:3] == (model, tower) and value > 0:
+            return {"backend": key[3], "precision": key[4]}
+    return {"backend": None, "precision": None}
 
 
 def model_stats(repository: Repository, source: CollectorRegistry) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from api.on_demand import BuildSettings
 from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from runtime.fetch import FetchLimits
 from runtime.images import DEFAULT_MAX_PIXELS
 
@@ -31,9 +32,7 @@ class ReadinessLimits:
 @dataclass(frozen=True)
 class ServerSettings:
     engines: Path
-    backend: str = "auto"
-    # ONNX Runtime intra-op threads per worker; 0 lets ONNX Runtime use every core.
-    threads: int = 0
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     preload: tuple[str, ...] = ()
     json_logs: bool = False
     # The server's loaded-model set (a file every worker follows); None serves every model.

@@ -63,18 +63,23 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
     type=click.Path(dir_okay=False, exists=True),
     help="The infinity_emb executable to compare with (default: the one on PATH).",
 )
+@click.option(
+    "--in-process-only", is_flag=True, help="Only the engines in-process; no server, no infinity."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def compare(
     count: int,
     engines: Path | None,
     serve_args: tuple[str, ...],
     infinity: str | None,
+    in_process_only: bool,
     as_json: bool,
 ):
-    """The server vs the engine in-process, sentence-transformers and infinity-emb."""
+    """The engines in-process (sentence-transformers fp32/bf16, ONNX Runtime, OpenVINO f32/bf16),
+    then the server vs its engine in-process and infinity-emb."""
     from bench.compare import compare as run
 
-    show(run(count, engines, list(serve_args), infinity), as_json)
+    show(run(count, engines, list(serve_args), infinity, not in_process_only), as_json)
 
 
 @main.command()

@@ -15,10 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import openvino as ov
 import requests
 
 from bench.load import run_load, text_bodies
 from bench.sentences import sentences
+from builder.verify import cosine_rows
+from runtime.backends import open_backend
+from runtime.backends.openvino import bf16_supported
+from runtime.config import CACHE_OFF, RuntimeConfig
+from runtime.manifest import Manifest
 from runtime.repository import Repository
 from runtime.tokenizer import TextTokenizer
 
@@ -38,41 +44,76 @@ def ensure_model(engines: Path) -> Path:
     return Repository(engines).find(MODEL).directory
 
 
-def in_process(directory: Path, texts: list[str], batch: int, threads: int) -> dict:
-    """ONNX Runtime on text.onnx with the server's tokenizer, length-sorted batches."""
-    from runtime.manifest import Manifest
-
+def in_process(
+    directory: Path, texts: list[str], batch: int, runtime: RuntimeConfig
+) -> tuple[dict, np.ndarray]:
+    """The server's own backend and tokenizer on the text tower, length-sorted batches, no
+    HTTP: the ceiling for the server on the same backend. Also the embeddings, in order."""
     manifest = Manifest.read(directory)
     tokenizer = TextTokenizer(directory, manifest.tokenizer)
-    names = [spec.name for spec in manifest.towers["text"].inputs]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(directory / "text.onnx"), options)
+    tower = manifest.towers["text"]
+    names = [spec.name for spec in tower.inputs]
+    backend = open_backend(directory, tower, runtime, manifest.name)
     ids = sorted(tokenizer.token_ids(texts[:64]), key=len)
-    session.run(None, tokenizer.batch(ids[:batch], names))  # warm-up
+    backend.run(tokenizer.batch(ids[:batch], names))  # warm-up
     started = time.perf_counter()
     latencies = []
     ids = tokenizer.token_ids(texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    embeddings = np.empty((len(texts), tower.dim), np.float32)
     for start in range(0, len(order), batch):
         began = time.perf_counter()
-        session.run(None, tokenizer.batch([ids[i] for i in order[start : start + batch]], names))
+        rows = order[start : start + batch]
+        embeddings[rows] = backend.run(tokenizer.batch([ids[i] for i in rows], names)).output
         latencies.append((time.perf_counter() - began) * 1000)
     seconds = time.perf_counter() - started
-    return {
+    figure = {
+        "backend": backend.describe(),
         "items_per_s": round(len(texts) / seconds, 2),
         "p50_ms": round(float(np.median(latencies)), 2),
     }
+    backend.close()
+    return figure, embeddings
 
 
-def sentence_transformers_figure(texts: list[str]) -> dict:
+def sentence_transformers_figure(texts: list[str], bf16: bool = False) -> tuple[dict, np.ndarray]:
+    """sentence-transformers' own encode in PyTorch, length-sorted batches of 32."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(demo_source(), device="cpu")
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.encode(texts[:64], batch_size=32)
     started = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    return {"items_per_s": round(len(texts) / (time.perf_counter() - started), 2)}
+    embeddings = model.encode(texts, batch_size=32, convert_to_numpy=False)
+    seconds = time.perf_counter() - started
+    stacked = torch.stack(embeddings).float().numpy()
+    return {"items_per_s": round(len(texts) / seconds, 2)}, stacked
+
+
+def engines_in_process(directory: Path, texts: list[str], threads: int) -> dict:
+    """sentence-transformers fp32 (the reference) and bf16, ONNX Runtime and OpenVINO f32/bf16,
+    each with its speed, its ratio to sentence-transformers and its minimum cosine vs fp32."""
+    reference_figure, reference = sentence_transformers_figure(texts)
+    results = {"sentence_transformers_fp32": (reference_figure, reference)}
+    results["sentence_transformers_bf16"] = sentence_transformers_figure(texts, bf16=True)
+    runs = [("onnxruntime_f32", "onnxruntime", "f32"), ("openvino_f32", "openvino", "f32")]
+    if bf16_supported():
+        runs.append(("openvino_bf16", "openvino", "bf16"))
+    for key, backend, precision in runs:
+        config = RuntimeConfig(backend, precision, threads=threads, compile_cache=CACHE_OFF)
+        results[key] = in_process(directory, texts, 32, config)
+    bf16_speed = results["sentence_transformers_bf16"][0]["items_per_s"]
+    return {
+        key: {
+            **figure,
+            "vs_st_fp32": round(figure["items_per_s"] / reference_figure["items_per_s"], 3),
+            "vs_st_bf16": round(figure["items_per_s"] / bf16_speed, 3),
+            "min_cosine_vs_fp32": round(float(cosine_rows(embeddings, reference).min()), 6),
+        }
+        for key, (figure, embeddings) in results.items()
+    }
 
 
 def free_port() -> int:
@@ -89,7 +130,7 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
         try:
             if requests.get(url, timeout=1).status_code < 500:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {seconds} s")
@@ -163,7 +204,11 @@ def infinity_figures(texts: list[str], executable: str | None) -> dict | None:
 
 
 def compare(
-    count: int, engines: Path | None, serve_args: list[str], infinity: str | None = None
+    count: int,
+    engines: Path | None,
+    serve_args: list[str],
+    infinity: str | None = None,
+    server: bool = True,
 ) -> dict:
     texts = sentences(count)
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
@@ -172,21 +217,24 @@ def compare(
     report = {
         "machine": {
             "cpus": threads,
+            "cpu_bf16": bf16_supported(),
             "python": sys.version.split()[0],
             "onnxruntime": ort.__version__,
+            "openvino": ov.get_version(),
         },
         "sentences": count,
-        "in_process_batch32": in_process(directory, texts, 32, threads),
-        "in_process_batch1": in_process(directory, texts[: count // 4], 1, threads),
-        "sentence_transformers_batch32": sentence_transformers_figure(texts),
-        "server": server_figures(engines, texts, serve_args),
-        "infinity": infinity_figures(texts, infinity),
+        "engines": engines_in_process(directory, texts, threads),
     }
+    if not server:
+        return report
+    # The ceiling: what the server's default backend does in-process.
+    auto = RuntimeConfig(threads=threads)
+    report["in_process_batch32"] = in_process(directory, texts, 32, auto)[0]
+    report["in_process_batch1"] = in_process(directory, texts[: count // 4], 1, auto)[0]
+    report["server"] = server_figures(engines, texts, serve_args)
+    report["infinity"] = infinity_figures(texts, infinity)
     ceiling = report["in_process_batch32"]["items_per_s"]
     report["ratios"] = {
-        "in_process_vs_sentence_transformers": round(
-            ceiling / report["sentence_transformers_batch32"]["items_per_s"], 3
-        ),
         **{
             f"server_{key}_vs_ceiling": round(figure["items_per_s"] / ceiling, 3)
             for key, figure in report["server"].items()

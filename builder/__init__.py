@@ -34,6 +34,7 @@ PROVENANCE_PACKAGES = (
     "transformers",
     "onnx",
     "onnxruntime",
+    "openvino",
 )
 
 

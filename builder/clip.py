@@ -17,7 +17,13 @@ from builder.image_input import ImageInput
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import DEFAULT_PROMPT, BuildOptions, write_labels
 from builder.progress import Progress
-from builder.verify import load_staged, verify_classifier, verify_image_tower, verify_text_tower
+from builder.verify import (
+    load_staged,
+    verify_classifier,
+    verify_image_tower,
+    verify_precisions,
+    verify_text_tower,
+)
 from runtime.manifest import (
     ClassifierSpec,
     ImageSpec,
@@ -26,6 +32,7 @@ from runtime.manifest import (
     TokenizerSpec,
     TowerSpec,
 )
+from runtime.models import Model
 
 OUTPUT = "embedding"
 PIXELS = "pixels"
@@ -275,18 +282,22 @@ def build(
         with torch.no_grad():
             return model.encode_text(tokenizer(texts)).numpy()
 
-    with progress.stage("Verifying ONNX Runtime against open_clip"):
-        staged = load_staged(staging, manifest)
-        text_report = verify_text_tower(
-            staged, lambda texts: tokenizer(texts).numpy(), reference_texts
-        )
-        progress.report(text_report)
-        image_report = verify_image_tower(staged, reference_images)
-        progress.report(image_report)
-        verification = {"text": text_report, "image": image_report}
+    def check(staged: Model, strict: bool) -> dict[str, dict]:
+        figures = {
+            "text": verify_text_tower(
+                staged, lambda texts: tokenizer(texts).numpy(), reference_texts, strict=strict
+            ),
+            "image": verify_image_tower(staged, reference_images, strict=strict),
+        }
         if classifier is not None:
-            verification["classifier"] = verify_classifier(
-                staged, lambda images: reference_probabilities(images, classifier)
+            figures["classifier"] = verify_classifier(
+                staged, lambda images: reference_probabilities(images, classifier), strict=strict
             )
-            progress.report(verification["classifier"])
-    return replace(manifest, build={**manifest.build, "verification": verification})
+        return figures
+
+    with progress.stage("Verifying ONNX Runtime against open_clip"):
+        verification = check(load_staged(staging, manifest), True)
+    for figures in verification.values():
+        progress.report(figures)
+    manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    return verify_precisions(staging, manifest, check, progress)

@@ -13,8 +13,9 @@ from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.verify import load_staged, verify_prompt, verify_text_tower
+from builder.verify import load_staged, verify_precisions, verify_prompt, verify_text_tower
 from runtime.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
+from runtime.models import Model
 from runtime.text import POOLING_MASK
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
@@ -150,18 +151,25 @@ def build(
         prompts=prompts,
         build={"source": source, "modules": [type(module).__name__ for module in model]},
     )
-    with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
-        staged = load_staged(staging, manifest)
-        report = verify_text_tower(
+
+    def check(staged: Model, strict: bool) -> dict[str, dict]:
+        text = verify_text_tower(
             staged,
             reference_ids=lambda texts: model.preprocess(texts)["input_ids"].numpy(),
             reference_embed=lambda texts: model.encode(texts, convert_to_numpy=True),
+            strict=strict,
         )
-        for name in prompts.prompts if prompts else ():
-            report[f"prompt {name}"] = verify_prompt(
+        # Prompts are checked in the precision that must pass (bf16 is measured, not judged).
+        for name in prompts.prompts if prompts and strict else ():
+            text[f"prompt {name}"] = verify_prompt(
                 staged,
                 name,
                 lambda texts, name=name: model.encode(texts, prompt_name=name),
             )
-    progress.report(report)
-    return replace(manifest, build={**manifest.build, "verification": {"text": report}})
+        return {"text": text}
+
+    with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
+        verification = check(load_staged(staging, manifest), True)
+    progress.report(verification["text"])
+    manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    return verify_precisions(staging, manifest, check, progress)

@@ -20,6 +20,7 @@ from builder.mixed_precision import convert_to_fp16
 from builder.options import TENSORRT_MIN_COSINE, TensorRTOptions
 from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, compare, verification_images
+from runtime.config import RuntimeConfig
 from runtime.images import decode, preprocess
 from runtime.manifest import Manifest, TowerSpec
 from runtime.models import Model
@@ -164,8 +165,8 @@ def _keep_sensitive_layers_fp32(trt, network) -> None:
 def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[str, dict]:
     """Each tower through TensorRT and through ONNX Runtime on the verification inputs."""
     entry = Entry(staging, manifest)
-    planned = Model.load(entry, backend="tensorrt")
-    reference = Model.load(entry, backend="onnxruntime")
+    planned = Model.load(entry, RuntimeConfig(backend="tensorrt"))
+    reference = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
     reports = {}
     try:
         if planned.text is not None:

@@ -17,9 +17,10 @@ from builder.image_input import ImageInput
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions, write_labels
 from builder.progress import Progress
-from builder.verify import load_staged, verify_classifier
+from builder.verify import load_staged, verify_classifier, verify_precisions
 from runtime.images import RESAMPLING
 from runtime.manifest import ClassifierSpec, ImageSpec, Manifest, TensorSpec, TowerSpec
+from runtime.models import Model
 
 OUTPUT = "logits"
 PIXELS = "pixels"
@@ -154,7 +155,11 @@ def build(
             logits = model(torch.stack([transform(image) for image in images]))
         return torch.softmax(logits, dim=-1).numpy()
 
+    def check(staged: Model, strict: bool) -> dict[str, dict]:
+        return {"image": verify_classifier(staged, reference, strict=strict)}
+
     with progress.stage("Verifying ONNX Runtime against timm"):
-        report = verify_classifier(load_staged(staging, manifest), reference)
-    progress.report(report)
-    return replace(manifest, build={**manifest.build, "verification": {"image": report}})
+        verification = check(load_staged(staging, manifest), True)
+    progress.report(verification["image"])
+    manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    return verify_precisions(staging, manifest, check, progress)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from builder.errors import BuildError
+from builder.progress import Progress
+from runtime.backends import openvino_unavailable
+from runtime.config import CACHE_OFF, RuntimeConfig
 from runtime.images import decode, preprocess
 from runtime.manifest import Manifest
 from runtime.models import Model
+from runtime.precision import shortfall
 from runtime.repository import Entry
 from runtime.text import TextOptions
 
@@ -93,7 +98,55 @@ def compare(
 
 
 def load_staged(staging: Path, manifest: Manifest) -> Model:
-    return Model.load(Entry(staging, manifest), backend="onnxruntime")
+    return Model.load(Entry(staging, manifest), RuntimeConfig(backend="onnxruntime"))
+
+
+# One library's checks of a loaded model: figures per check (text, image, classifier). With
+# strict False they only measure, for a reduced precision the server may refuse on its figures.
+Check = Callable[[Model, bool], dict[str, dict]]
+
+
+def verify_precisions(staging: Path, manifest: Manifest, check: Check, progress: Progress):
+    """Run the checks through OpenVINO in every precision the server may choose on this CPU
+    (f32 must pass; bf16 is measured) and record the figures in each tower of the manifest."""
+    reason = openvino_unavailable()
+    if reason is not None:
+        progress.say(f"warning: not verifying OpenVINO: {reason}")
+        return manifest
+    from runtime.backends.openvino import bf16_supported
+
+    precisions = ["f32", "bf16"] if bf16_supported() else ["f32"]
+    if len(precisions) == 1:
+        progress.say("    this CPU does not report BF16: only f32 is verified for OpenVINO")
+    records: dict[str, dict[str, dict]] = {key: {} for key in manifest.towers}
+    for precision in precisions:
+        config = RuntimeConfig(backend="openvino", precision=precision, compile_cache=CACHE_OFF)
+        with progress.stage(f"Verifying OpenVINO {precision} against {manifest.library}"):
+            model = Model.load(Entry(staging, manifest), config)
+            try:
+                report = check(model, precision == "f32")
+            finally:
+                model.close()
+        for key, figures in report.items():
+            progress.report(figures)
+            tower = "image" if key == "classifier" else key
+            records[tower][precision] = {**records[tower].get(precision, {}), **_served(figures)}
+        for tower, figures in records.items():
+            why = shortfall(figures.get(precision, {}))
+            if why is not None:
+                progress.say(f"    {tower} tower: {precision} will not be served: {why}")
+    towers = {key: replace(spec, precisions=records[key]) for key, spec in manifest.towers.items()}
+    return replace(manifest, towers=towers)
+
+
+def _served(figures: dict) -> dict:
+    """A check's figures in the terms the server judges a precision by."""
+    if "top1_agreement" in figures:
+        return {
+            "top1_agreement": figures["top1_agreement"],
+            "max_probability_error": figures["max_abs_error"],
+        }
+    return {"min_cosine": figures["min_cosine"], "max_abs_error": figures["max_abs_error"]}
 
 
 def verify_text_tower(
@@ -101,6 +154,7 @@ def verify_text_tower(
     reference_ids: Callable[[list[str]], np.ndarray],
     reference_embed: Callable[[list[str]], np.ndarray],
     texts: list[str] = VERIFICATION_TEXTS,
+    strict: bool = True,
 ) -> dict:
     """Token ids must equal the source tokenizer's (padded alike); embeddings reach MIN_COSINE."""
     assert model.text is not None
@@ -122,7 +176,8 @@ def verify_text_tower(
         )
     served = model.embed_text(texts, normalize=False, n_dims=None)
     expected = np.asarray(reference_embed(texts), dtype=np.float32)
-    return compare(served, expected, "text tower", [repr(text[:60]) for text in texts])
+    labels = [repr(text[:60]) for text in texts]
+    return compare(served, expected, "text tower", labels, MIN_COSINE if strict else -1.0)
 
 
 def verify_prompt(
@@ -153,28 +208,31 @@ def verify_image_tower(
     model: Model,
     reference_embed: Callable[[list[Image.Image]], np.ndarray],
     images: list[bytes] | None = None,
+    strict: bool = True,
 ) -> dict:
     """Embeddings of the runtime's own decoding and Pillow preprocessing against the source
     library's preprocessing and model on the same decoded RGB images."""
     decoded, pixels = _decoded(model, images)
     served = model.embed_images(pixels, normalize=False, n_dims=None)
     expected = np.asarray(reference_embed(decoded), dtype=np.float32)
-    return compare(served, expected, "image tower", _image_labels(decoded))
+    labels = _image_labels(decoded)
+    return compare(served, expected, "image tower", labels, MIN_COSINE if strict else -1.0)
 
 
 def verify_classifier(
     model: Model,
     reference_probabilities: Callable[[list[Image.Image]], np.ndarray],
     images: list[bytes] | None = None,
+    strict: bool = True,
 ) -> dict:
     """Class probabilities through the runtime must be within MAX_PROBABILITY_ERROR of the
-    source library's on the same decoded images."""
+    source library's on the same decoded images (strict), and pick the same top class."""
     decoded, pixels = _decoded(model, images)
     served = model.classify(pixels)
     expected = np.asarray(reference_probabilities(decoded), dtype=np.float32)
     errors = np.abs(served - expected).max(axis=1)
     worst = int(errors.argmax())
-    if errors[worst] > MAX_PROBABILITY_ERROR:
+    if strict and errors[worst] > MAX_PROBABILITY_ERROR:
         raise BuildError(
             f"the exported classifier does not match the source model: probabilities differ by "
             f"{errors[worst]:.2e} > {MAX_PROBABILITY_ERROR} on {_image_labels(decoded)[worst]}"
@@ -182,5 +240,6 @@ def verify_classifier(
     return {
         "items": len(served),
         "max_abs_error": float(errors.max()),
+        "top1_agreement": float(np.mean(served.argmax(axis=1) == expected.argmax(axis=1))),
         "threshold": MAX_PROBABILITY_ERROR,
     }

@@ -48,6 +48,10 @@ class TowerSpec:
     # int8/uint8 output ranges from a calibration set: {"items", "raw": [mins, maxs],
     # "normalized": [mins, maxs]} (runtime.quantize).
     quantization: dict | None = None
+    # OpenVINO precision (f32, bf16) -> ingrain-build's figures for it against the source
+    # library (min_cosine, max_abs_error; top1_agreement, max_probability_error for classifiers).
+    # Absent in manifests from before OpenVINO: `auto` then serves f32.
+    precisions: dict[str, dict] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from PIL import Image
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
+from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
@@ -104,13 +105,13 @@ class Model:
     def load(
         cls,
         entry: Entry,
-        backend: str = "auto",
-        threads: int = 0,
+        runtime: RuntimeConfig | None = None,
         fetcher: ImageFetcher | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batching: BatchingConfig | None = None,
     ) -> Model:
         manifest, directory = entry.manifest, entry.directory
+        runtime = runtime or RuntimeConfig()
         text = image = None
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
@@ -124,16 +125,14 @@ class Model:
             names = [tensor.name for tensor in manifest.towers["text"].inputs]
             collate = partial(collate_rows, tokenizer, names)
             text = TextEncoder(
-                _tower(entry, "text", backend, threads, batching, collate),
-                tokenizer,
-                manifest.prompts,
+                _tower(entry, "text", runtime, batching, collate), tokenizer, manifest.prompts
             )
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
             pixels = manifest.towers["image"].inputs[0].name
             image = ImageEncoder(
-                _tower(entry, "image", backend, threads, batching, partial(_stack, pixels)),
+                _tower(entry, "image", runtime, batching, partial(_stack, pixels)),
                 manifest.image,
                 fetcher or ImageFetcher(FetchLimits()),
                 max_pixels,
@@ -275,21 +274,20 @@ def _stack(name: str, images: list[np.ndarray]) -> dict[str, np.ndarray]:
 def _tower(
     entry: Entry,
     key: str,
-    backend: str,
-    threads: int,
+    runtime: RuntimeConfig,
     batching: BatchingConfig | None,
     collate: Collate,
 ) -> Tower:
     spec = entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
-    return Tower(spec, _open(entry.directory, spec, backend, threads), stats, collate, batching)
+    return Tower(spec, _open(entry, spec, runtime), stats, collate, batching)
 
 
-def _open(directory: Path, spec: TowerSpec, backend: str, threads: int) -> Backend:
+def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:
     try:
-        return open_backend(directory, spec, backend, threads)
+        return open_backend(entry.directory, spec, runtime, entry.name)
     except Exception as error:
-        raise ModelLoadError(f"cannot load {directory / spec.onnx}: {error}") from error
+        raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
 
 
 def _check_n_dims(n_dims: int | None, dim: int) -> None:

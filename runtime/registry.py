@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from runtime.errors import ModelLoadError, ModelNotLoaded, ModelUnavailable
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS
@@ -35,16 +36,14 @@ class ModelRegistry:
     def __init__(
         self,
         repository: Repository,
-        backend: str = "auto",
-        threads: int = 0,
+        runtime: RuntimeConfig | None = None,
         fetch_limits: FetchLimits | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         loaded_set: LoadedSet | None = None,
         batching: BatchingConfig | None = None,
     ) -> None:
         self.repository = repository
-        self.backend = backend
-        self.threads = threads
+        self.runtime = runtime or RuntimeConfig()
         self.fetcher = ImageFetcher(fetch_limits or FetchLimits())
         self.max_pixels = max_pixels
         self.loaded_set = loaded_set
@@ -96,9 +95,7 @@ class ModelRegistry:
         started = time.perf_counter()
         identity = _identity(entry.directory)
         try:
-            model = Model.load(
-                entry, self.backend, self.threads, self.fetcher, self.max_pixels, self.batching
-            )
+            model = Model.load(entry, self.runtime, self.fetcher, self.max_pixels, self.batching)
         except ModelLoadError:
             if identity is None or _identity(entry.directory) != identity:
                 raise ModelUnavailable(

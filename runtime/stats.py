@@ -58,6 +58,14 @@ LAST_INFERENCE = Gauge(
 )
 
 
+TOWER_ENGINE = Gauge(
+    "ingrain_tower_engine",
+    "1 for the backend and precision each tower runs on in live workers.",
+    (*TOWER, "backend", "precision"),
+    multiprocess_mode="livemax",
+)
+
+
 @dataclass
 class RequestTimer:
     """Durations one request accumulates over the executions it takes part in."""
@@ -72,6 +80,15 @@ class RequestTimer:
 class TowerStats:
     def __init__(self, model: str, tower: str) -> None:
         self.labels = (model, tower)
+        self._engine: tuple[str, str] | None = None
+
+    def engine(self, backend: str | None, precision: str | None = None) -> None:
+        """Say which backend and precision the tower runs on now (None: released)."""
+        if self._engine is not None:
+            TOWER_ENGINE.labels(*self.labels, *self._engine).set(0)
+        self._engine = None if backend is None else (backend, precision or "")
+        if self._engine is not None:
+            TOWER_ENGINE.labels(*self.labels, *self._engine).set(1)
 
     def preprocess(self, step: str, ns: int) -> None:
         PREPROCESS_COUNT.labels(*self.labels, step).inc()

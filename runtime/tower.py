@@ -57,6 +57,7 @@ class Tower:
         self.collate = collate
         self.batching = batching or BatchingConfig()
         self.input_names = [tensor.name for tensor in spec.inputs]
+        stats.engine(backend.name, backend.precision)
         self._pending: deque[_Request] = deque()
         self._queued = 0
         self._busy = False
@@ -139,6 +140,7 @@ class Tower:
 
     def _release(self) -> None:
         self.backend.close()
+        self.stats.engine(None)
 
     # --- executor thread ----------------------------------------------------------------------
 

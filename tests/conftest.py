@@ -44,11 +44,13 @@ def reference(minilm_source):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Only GPU tests may skip (where there is no GPU): a skip anywhere else means a missing
-    dependency or a broken fixture, and fails the run instead of hiding it."""
+    """Only GPU tests (where there is no GPU) and tests of a CPU feature (where the CPU lacks it)
+    may skip: a skip anywhere else means a missing dependency or a broken fixture, and fails the
+    run instead of hiding it."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and item.get_closest_marker("gpu") is None:
+    allowed = item.get_closest_marker("gpu") or item.get_closest_marker("cpu_feature")
+    if report.skipped and not allowed:
         report.outcome = "failed"
         report.longrepr = f"skipped without the gpu mark: {report.longrepr}"
 

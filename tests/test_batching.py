@@ -16,6 +16,7 @@ import requests
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from runtime.errors import Overloaded
 from runtime.models import Model
 from runtime.repository import Repository
@@ -29,6 +30,7 @@ class Recording:
 
     def __init__(self, backend: OnnxRuntimeBackend) -> None:
         self.backend = backend
+        self.name, self.precision = backend.name, backend.precision
         self.sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -46,7 +48,9 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def minilm(engines):
-    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+    return Model.load(
+        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
+    )
 
 
 def tower(minilm, recording, **batching) -> Tower:

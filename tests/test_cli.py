@@ -8,6 +8,7 @@ import subprocess
 
 import requests
 
+from runtime.backends.openvino import bf16_supported
 from tests.conftest import BIN, CLIP, MINILM, TIMM, free_port, start_server, stop_server
 
 
@@ -19,11 +20,17 @@ def test_list_shows_the_built_model(engines):
     result = run("ingrain", "list", "--engines", str(engines))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE"]
+    assert header.split() == ["NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "RUNS", "SIZE"]
     table = {row.split()[0]: row.split()[1:] for row in rows}
-    assert table[MINILM][:4] == ["sentence_transformers", "text", "384", "onnxruntime"]
-    assert table[CLIP][:4] == ["open_clip", "text,image", "32,32", "onnxruntime"]
-    assert table[TIMM][:4] == ["timm", "image", "5", "onnxruntime"]
+    cpu = "onnxruntime,openvino"
+    assert table[MINILM][:4] == ["sentence_transformers", "text", "384", cpu]
+    assert table[CLIP][:4] == ["open_clip", "text,image", "32,32", cpu]
+    assert table[TIMM][:4] == ["timm", "image", "5", cpu]
+    # Each tower runs on OpenVINO; bf16 only where this CPU has it (and the build verified it).
+    allowed = {"openvino/f32", "openvino/bf16"} if bf16_supported() else {"openvino/f32"}
+    for name, towers in ((MINILM, 1), (CLIP, 2), (TIMM, 1)):
+        runs = table[name][4].split(",")
+        assert len(runs) == towers and set(runs) <= allowed
     assert all(row.endswith("MB") for row in rows)
 
 

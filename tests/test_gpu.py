@@ -60,6 +60,7 @@ def test_round_trip_through_pinned_and_device_memory_on_a_stream():
 def test_tensorrt_build_and_serve_match_onnx_runtime(tmp_path, minilm_source, clip_sources):
     from builder import BuildOptions, Progress, build_model
     from builder.options import TensorRTOptions
+    from runtime.config import RuntimeConfig
     from runtime.models import Model
     from runtime.repository import Repository
     from tests.conftest import cosines
@@ -72,8 +73,8 @@ def test_tensorrt_build_and_serve_match_onnx_runtime(tmp_path, minilm_source, cl
     for name in ("minilm-trt", "clip-trt"):
         entry = Repository(engines).find(name)
         assert all(tower.plan for tower in entry.manifest.towers.values())
-        trt_model = Model.load(entry, backend="tensorrt")
-        ort_model = Model.load(entry, backend="onnxruntime")
+        trt_model = Model.load(entry, RuntimeConfig(backend="tensorrt"))
+        ort_model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
         texts = [f"text number {i} " * (1 + i) for i in range(12)]
         served = trt_model.embed_text(texts, True, None)
         assert cosines(served, ort_model.embed_text(texts, True, None)).min() >= 0.999

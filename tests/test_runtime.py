@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from runtime.config import RuntimeConfig
 from runtime.manifest import Manifest
 from runtime.models import InputError, Model, ModelLoadError
 from runtime.postprocess import finish_embeddings
@@ -26,7 +27,9 @@ from tests.conftest import (
 
 @pytest.fixture(scope="module")
 def model(engines) -> Model:
-    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+    return Model.load(
+        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
+    )
 
 
 def test_slugify_is_filesystem_safe():
@@ -121,7 +124,7 @@ def test_a_corrupt_engine_file_fails_with_an_error_naming_it(engines, tmp_path):
 
 def test_tensorrt_backend_is_refused_clearly_without_a_plan(engines):
     with pytest.raises(ModelLoadError, match="no TensorRT plan"):
-        Model.load(Repository(engines).find(MINILM), backend="tensorrt")
+        Model.load(Repository(engines).find(MINILM), RuntimeConfig(backend="tensorrt"))
 
 
 def test_serving_never_imports_torch(engines):

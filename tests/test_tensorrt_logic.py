@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from builder.mixed_precision import convert_to_fp16
+from runtime.config import RuntimeConfig
 from runtime.manifest import Manifest
 from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository, slugify
@@ -146,11 +147,11 @@ def planned_copy(engines, tmp_path):
 
 
 @tensorrt_missing
-def test_auto_falls_back_to_onnx_runtime_with_a_warning(engines, tmp_path, caplog):
+def test_auto_falls_back_to_the_cpu_with_a_warning(engines, tmp_path, caplog):
     entry = planned_copy(engines, tmp_path)
     with caplog.at_level(logging.WARNING):
-        model = Model.load(entry, backend="auto")
+        model = Model.load(entry, RuntimeConfig(backend="auto"))
     assert model.embed_text(["still served"], True, None).shape == (1, 384)
-    assert "falling back to ONNX Runtime" in caplog.text and "tensorrt" in caplog.text
+    assert "falling back to the CPU" in caplog.text and "tensorrt" in caplog.text
     with pytest.raises(ModelLoadError, match="tensorrt package is not installed"):
-        Model.load(entry, backend="tensorrt")
+        Model.load(entry, RuntimeConfig(backend="tensorrt"))

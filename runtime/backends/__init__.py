@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends.base import Backend, BackendUnavailable, Execution
+from runtime.config import RuntimeConfig
 from runtime.manifest import TowerSpec
+from runtime.precision import choose
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "openvino", "onnxruntime", "tensorrt")
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "BackendUnavailable",
     "Execution",
+    "Selection",
     "open_backend",
+    "openvino_unavailable",
+    "select",
     "tensorrt_unavailable",
 ]
 
@@ -55,31 +61,88 @@ def _plan_unavailable(tower: TowerSpec) -> str | None:
     return incompatibility(tower.plan_info, trt.__version__, *cuda.device())
 
 
-def open_backend(directory: Path, tower: TowerSpec, choice: str, threads: int) -> Backend:
-    """Open one tower. `auto` picks TensorRT where a plan, TensorRT and a matching GPU are
-    present and falls back to ONNX Runtime with a warning saying why; `tensorrt` insists."""
+def openvino_unavailable() -> str | None:
+    """Why OpenVINO cannot run here (None when it can)."""
+    if importlib.util.find_spec("openvino") is None:
+        return "the openvino package is not installed (pip install openvino)"
+    try:
+        import openvino  # noqa: F401
+    except ImportError as error:
+        return f"openvino does not import: {error}"
+    return None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The engine and precision a tower will run on, and why any fallback happened."""
+
+    backend: str
+    precision: str
+    notes: tuple[str, ...] = ()
+
+
+def select(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Selection:
+    """`auto` picks TensorRT where a plan, TensorRT and a matching GPU are present, else OpenVINO
+    where it imports, else ONNX Runtime; a named backend insists (BackendUnavailable if it
+    cannot run). Opens nothing, so `ingrain list` can say the same."""
+    choice, requested = runtime.backend, runtime.precision_for(model)
     if choice not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {choice!r}; choose one of {', '.join(BACKENDS)}")
-    if choice != "onnxruntime":
+    notes: list[str] = []
+    if choice in ("auto", "tensorrt"):
         reason = _plan_unavailable(tower)
         if reason is None:
-            from runtime.backends.tensorrt import TensorRTBackend
-
-            backend = TensorRTBackend(
-                directory / tower.plan,
-                tower.plan_info["profiles"],
-                version_compatible=bool(tower.plan_info.get("version_compatible")),
-            )
-            log.info("%s/%s: using %s", directory.name, tower.plan, backend.describe())
-            return backend
+            precision = tower.plan_info.get("precision", "fp32").replace("fp", "f")
+            return Selection("tensorrt", precision)
         if choice == "tensorrt":
-            raise BackendUnavailable(f"the TensorRT backend cannot run {directory.name}: {reason}")
+            raise BackendUnavailable(f"the TensorRT backend cannot run this model: {reason}")
         if tower.plan is not None:
-            log.warning(
-                "%s/%s: %s; falling back to ONNX Runtime", directory.name, tower.plan, reason
-            )
-    from runtime.backends.onnxruntime import OnnxRuntimeBackend
+            notes.append(f"{tower.plan}: {reason}; falling back to the CPU")
+    if choice in ("auto", "openvino"):
+        reason = openvino_unavailable()
+        if reason is None:
+            from runtime.backends.openvino import bf16_supported
 
-    backend = OnnxRuntimeBackend(directory / tower.onnx, threads=threads)
-    log.info("%s/%s: using %s", directory.name, tower.onnx, backend.describe())
+            precision, why = choose(requested, bf16_supported(), tower.precisions)
+            return Selection("openvino", precision, (*notes, *([why] if why else [])))
+        if choice == "openvino":
+            raise BackendUnavailable(f"the OpenVINO backend cannot run here: {reason}")
+        notes.append(f"{reason}; falling back to ONNX Runtime")
+    if requested == "bf16":
+        raise BackendUnavailable(
+            "bf16 runs on the OpenVINO backend only; use --backend auto or openvino, or f32"
+        )
+    return Selection("onnxruntime", "f32", tuple(notes))
+
+
+def open_backend(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Backend:
+    """Open one tower of `model` on the backend `select` picks, logging the choice and why."""
+    selection = select(tower, runtime, model)
+    where = f"{directory.name}/{tower.onnx}"
+    for note in selection.notes:
+        log.warning("%s: %s", where, note)
+    backend: Backend
+    if selection.backend == "tensorrt":
+        from runtime.backends.tensorrt import TensorRTBackend
+
+        backend = TensorRTBackend(
+            directory / tower.plan,
+            tower.plan_info["profiles"],
+            version_compatible=bool(tower.plan_info.get("version_compatible")),
+            precision=selection.precision,
+        )
+    elif selection.backend == "openvino":
+        from runtime.backends.openvino import OpenVinoBackend
+
+        backend = OpenVinoBackend(
+            directory / tower.onnx,
+            selection.precision,
+            runtime.threads,
+            runtime.cache_root(directory),
+        )
+    else:
+        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(directory / tower.onnx, threads=runtime.threads)
+    log.info("%s: using %s", where, backend.describe())
     return backend

@@ -24,6 +24,10 @@ class Execution:
 
 
 class Backend(Protocol):
+    # The engine kind (openvino, onnxruntime, tensorrt) and the precision it really runs at.
+    name: str
+    precision: str
+
     def run(self, inputs: dict[str, np.ndarray]) -> Execution:
         """Run one batch of named inputs; return the tower's single output for that batch."""
         ...

@@ -12,6 +12,9 @@ from runtime.backends.base import Execution
 
 
 class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precision = "f32"
+
     def __init__(self, path: Path, threads: int = 0) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

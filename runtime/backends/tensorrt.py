@@ -62,7 +62,16 @@ LOGGER = trt.Logger(trt.Logger.WARNING)
 
 
 class TensorRTBackend:
-    def __init__(self, plan: Path, profiles: list[dict], version_compatible: bool = False) -> None:
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        plan: Path,
+        profiles: list[dict],
+        version_compatible: bool = False,
+        precision: str = "f32",
+    ) -> None:
+        self.precision = precision
         self._runtime = trt.Runtime(LOGGER)
         # A version-compatible plan carries its own lean runtime, which must be allowed to run.
         self._runtime.engine_host_code_allowed = version_compatible

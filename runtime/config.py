@@ -1,0 +1,44 @@
+"""How a serving process runs its towers: one frozen object from the command line to each
+backend, so a new runtime setting is one field here rather than one more positional argument
+through every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PRECISIONS = ("auto", "f32", "bf16")
+# Where OpenVINO keeps compiled models: inside each engine directory, nowhere, or one directory.
+CACHE_IN_ENGINE = "engine"
+CACHE_OFF = "off"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    backend: str = "auto"
+    precision: str = "auto"
+    # Per-model precision overrides, (model name, precision) pairs; they win over `precision`.
+    model_precision: tuple[tuple[str, str], ...] = ()
+    # Inference threads per tower engine; 0 lets the engine use every core.
+    threads: int = 0
+    # CACHE_IN_ENGINE, CACHE_OFF or a directory path.
+    compile_cache: str = CACHE_IN_ENGINE
+
+    def __post_init__(self) -> None:
+        for precision in (self.precision, *(p for _, p in self.model_precision)):
+            if precision not in PRECISIONS:
+                raise ValueError(
+                    f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+                )
+
+    def precision_for(self, model: str) -> str:
+        """The precision asked for `model`: its override, else the server-wide one."""
+        return dict(self.model_precision).get(model, self.precision)
+
+    def cache_root(self, directory: Path) -> Path | None:
+        """The compiled-model cache root for the engine directory, or None for no cache."""
+        if self.compile_cache == CACHE_OFF:
+            return None
+        if self.compile_cache == CACHE_IN_ENGINE:
+            return directory / ".ov-cache"
+        return Path(self.compile_cache) / directory.name
