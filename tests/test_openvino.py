@@ -56,7 +56,7 @@ def engine_of(encoder) -> tuple[str, str]:
 def tower_outputs(model: Model) -> dict[str, np.ndarray]:
     outputs = {}
     if model.text is not None:
-        outputs["text"] = model.text.embed(TEXTS)
+        outputs["text"] = model.text.embed(model.tokenize(TEXTS))
     if model.image is not None:
         outputs["image"] = model.image.embed(pixels_for(model))
     return outputs

@@ -15,6 +15,7 @@ import requests
 from prometheus_client import REGISTRY
 
 from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from runtime.errors import QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository, slugify
@@ -36,7 +37,9 @@ class Faulty(Recording):
 
 @pytest.fixture(scope="module")
 def minilm(engines):
-    return Model.load(Repository(engines).find(MINILM), backend="onnxruntime", threads=2)
+    return Model.load(
+        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
+    )
 
 
 def ids(minilm, text="hello"):

@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer, quantize_embeddings
 
 from builder import BuildError, BuildOptions
 from builder.verify import verification_images
+from runtime.config import RuntimeConfig
 from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Repository, slugify
@@ -82,7 +83,7 @@ def prompt_excluded(tmp_path_factory, minilm_source):
     ]
     subprocess.run(command, check=True, capture_output=True)
     entry = Repository(root / "engines").find("test/tiny-prompt-excluded")
-    model = Model.load(entry, backend="onnxruntime")
+    model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
     reference = SentenceTransformer(str(source), device="cpu")
     reference.prompts = {"query": "query: ", "doc": "passage: "}
     reference.default_prompt_name = "doc"
