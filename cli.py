@@ -31,9 +31,16 @@ def main() -> None:
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers", "open_clip", "timm"]),
+    type=click.Choice(["sentence_transformers", "open_clip", "timm", "cross_encoder"]),
     help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
-    "and local-dir: names, else sentence_transformers).",
+    "and local-dir: names, cross_encoder for *ForSequenceClassification models, else "
+    "sentence_transformers).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["rerank", "text-classification"]),
+    help="cross_encoder: serve with /rerank (one score per pair) or /classify_text (default: "
+    "rerank for one label, text-classification for more).",
 )
 @engines_option
 @click.option(
@@ -114,6 +121,7 @@ def build_command(
     source: str,
     name: str | None,
     library: str | None,
+    task: str | None,
     engines: Path,
     max_batch: int,
     max_seq_len: int | None,
@@ -159,7 +167,7 @@ def build_command(
             version_compatible=version_compatible,
         )
     options = BuildOptions(
-        max_batch, max_seq_len, labels, prompts, checkpoint, num_classes, compile_options
+        max_batch, max_seq_len, labels, prompts, checkpoint, num_classes, compile_options, task
     )
     try:
         build_model(

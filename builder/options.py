@@ -39,6 +39,8 @@ class BuildOptions:
     num_classes: int | None = None
     # Compile TensorRT plans too; None builds ONNX only.
     tensorrt: TensorRTOptions | None = None
+    # Cross-encoders: "rerank" or "text-classification" (default: rerank for one label).
+    task: str | None = None
 
     def read_labels(self) -> list[str] | None:
         if self.labels is None:
