@@ -256,6 +256,22 @@ def build_command(
     help="Most texts or images in one request.",
 )
 @click.option(
+    "--max-documents",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    envvar="INGRAIN_MAX_DOCUMENTS",
+    help="Most texts one /rerank or /v1/rerank request ranks.",
+)
+@click.option(
+    "--max-rerank-chars",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    show_default=True,
+    envvar="INGRAIN_MAX_RERANK_CHARS",
+    help="Most characters of the query and texts of one rerank request together.",
+)
+@click.option(
     "--max-text-chars",
     type=click.IntRange(min=1),
     default=100_000,
@@ -405,6 +421,8 @@ def serve_command(
     timeout: int,
     max_body_bytes: int,
     max_items: int,
+    max_documents: int,
+    max_rerank_chars: int,
     max_text_chars: int,
     max_image_bytes: int,
     max_image_pixels: int,
@@ -445,6 +463,12 @@ def serve_command(
             "never be queued",
             param_hint="--max-queue",
         )
+    if max_documents + 1 > max_queue:
+        raise click.BadParameter(
+            f"--max-documents {max_documents} (plus the query) is more than --max-queue "
+            f"{max_queue}: such requests could never be queued",
+            param_hint="--max-queue",
+        )
     if len(preload) > max_loaded_models:
         raise click.BadParameter(
             f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
@@ -477,6 +501,8 @@ def serve_command(
         limits=Limits(
             max_body_bytes=max_body_bytes,
             max_items=max_items,
+            max_documents=max_documents,
+            max_rerank_chars=max_rerank_chars,
             max_text_chars=max_text_chars,
             max_image_pixels=max_image_pixels,
         ),

@@ -11,6 +11,7 @@ from api.metrics import Metrics
 from api.middleware import Observability
 from api.on_demand import OnDemandBuilds
 from api.openapi import OpenAPI
+from api.rerank import ClassifyText, CohereRerank, Rerank
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
 from runtime.loaded_set import LoadedSet
@@ -51,6 +52,9 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/embed", embed)
     app.add_route("/infer", embed)
     app.add_route("/classify_image", ClassifyImage(registry, settings.limits))
+    app.add_route("/rerank", Rerank(registry, settings.limits))
+    app.add_route("/v1/rerank", CohereRerank(registry, settings.limits))
+    app.add_route("/classify_text", ClassifyText(registry, settings.limits))
     info = ModelInfo(repository, settings.limits)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")

@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 
 from api.resources import respond
+from runtime.manifest import LIBRARIES
 
 JSON = "application/json"
 STRING_OR_LIST = {
@@ -71,6 +72,96 @@ IMAGE_OPTIONS = {"imageDownloadHeaders": HEADERS, "image_download_headers": HEAD
 EMBEDDINGS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
 TIMING = {"processingTimeMs": {"type": "number"}}
 
+COUNT = {"type": ["integer", "null"], "minimum": 1}
+FLAG = {"type": ["boolean", "null"]}
+TEXT_LIST = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+SCORE = {"type": "number"}
+RERANK_SCHEMAS = {
+    "RerankRequest": _object(
+        {
+            "name": NAME,
+            "query": {"type": "string"},
+            "texts": {**TEXT_LIST, "description": "Texts to rank (cross-encoder or embedding)."},
+            "images": {**TEXT_LIST, "description": "Images to rank instead (CLIP models)."},
+            "top_n": COUNT,
+            "return_text": FLAG,
+            "raw_scores": FLAG,
+            "truncate": FLAG,
+            **IMAGE_OPTIONS,
+        },
+        ["name", "query"],
+    ),
+    "Ranking": _object(
+        {
+            "results": {
+                "type": "array",
+                "items": _object(
+                    {"index": {"type": "integer"}, "score": SCORE, "text": {"type": "string"}},
+                    ["index", "score"],
+                ),
+            },
+            **TIMING,
+        },
+        ["results", "processingTimeMs"],
+    ),
+    "CohereRerankRequest": _object(
+        {
+            "model": NAME,
+            "query": {"type": "string"},
+            "documents": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "oneOf": [
+                        {"type": "string"},
+                        _object({"text": {"type": "string"}}, ["text"]),
+                    ]
+                },
+            },
+            "top_n": COUNT,
+            "return_documents": FLAG,
+        },
+        ["model", "query", "documents"],
+    ),
+    "CohereRanking": _object(
+        {
+            "id": {"type": "string"},
+            "model": {"type": "string"},
+            "results": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": {"type": "integer"},
+                        "relevance_score": SCORE,
+                        "document": _object({"text": {"type": "string"}}, ["text"]),
+                    },
+                    ["index", "relevance_score"],
+                ),
+            },
+            "usage": {"type": "object"},
+            "meta": {"type": "object"},
+        },
+        ["results", "model"],
+    ),
+    "ClassifyTextRequest": _object(
+        {"name": NAME, "text": STRING_OR_LIST, "top_k": COUNT}, ["name", "text"]
+    ),
+    "TextClasses": _object(
+        {
+            "probabilities": EMBEDDINGS,
+            "labels": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "items": _object({"label": {"type": "string"}, "score": SCORE}, ["label"]),
+                },
+            },
+            **TIMING,
+        },
+        ["probabilities", "labels", "processingTimeMs"],
+    ),
+}
+
 SCHEMAS = {
     "Error": _object({"error": {"type": "string"}}, ["error"]),
     "Message": _object({"message": {"type": "string"}}, ["message"]),
@@ -96,7 +187,7 @@ SCHEMAS = {
     ),
     "ModelRequest": _object({"name": NAME}, ["name"]),
     "LoadModelRequest": _object(
-        {"name": NAME, "library": {"enum": ["sentence_transformers", "open_clip", "timm"]}},
+        {"name": NAME, "library": {"enum": list(LIBRARIES)}},
         ["name"],
     ),
     "Embeddings": _object({"embeddings": EMBEDDINGS, **TIMING}, ["embeddings", "processingTimeMs"]),
@@ -140,6 +231,7 @@ SCHEMAS = {
         ["models"],
     ),
     "OpenAPI": {"type": "object"},
+    **RERANK_SCHEMAS,
 }
 
 EMBED = _operation(
@@ -154,6 +246,23 @@ PATHS = {
     "/infer": {"post": EMBED},
     "/classify_image": {
         "post": _operation("Class probabilities per image.", "Probabilities", "ClassifyRequest")
+    },
+    "/rerank": {
+        "post": _operation(
+            "Texts (or images, with CLIP) by relevance to a query, highest first.",
+            "Ranking",
+            "RerankRequest",
+        )
+    },
+    "/v1/rerank": {
+        "post": _operation(
+            "Rerank in the Cohere / Jina API shape.", "CohereRanking", "CohereRerankRequest"
+        )
+    },
+    "/classify_text": {
+        "post": _operation(
+            "Class probabilities and top labels per text.", "TextClasses", "ClassifyTextRequest"
+        )
     },
     "/metrics": {
         "get": _operation("Execution statistics (JSON; Prometheus text on Accept).", "Metrics")
