@@ -5,7 +5,6 @@ against sentence-transformers and transformers themselves."""
 from __future__ import annotations
 
 import base64
-import shutil
 
 import numpy as np
 import pytest
@@ -14,12 +13,20 @@ import torch
 
 from runtime.manifest import Manifest
 from runtime.repository import Repository
-from tests.conftest import CLIP, MINILM, TIMM, cosines, start_server, stop_server
-from tests.models import TEXT_LABELS, tiny_cross_encoder, tiny_text_classifier
+from tests.conftest import (
+    CLIP,
+    MINILM,
+    RERANKER,
+    TEXT_CLASSIFIER,
+    TIMM,
+    cosines,
+    start_server,
+    stop_server,
+)
+from tests.models import TEXT_LABELS
 from tests.test_clip import png
 
-RERANKER = "test/tiny-cross-encoder"
-CLASSIFIER = "test/tiny-text-classifier"
+CLASSIFIER = TEXT_CLASSIFIER
 QUERY = "how do cats sleep"
 TEXTS = [
     "Cats sleep up to sixteen hours a day.",
@@ -33,36 +40,21 @@ MAX_DOCUMENTS = 12
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, minilm_source):
-    root = tmp_path_factory.mktemp("pair-sources")
-    return {
-        RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
-        CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
-    }
-
-
-@pytest.fixture(scope="module")
-def pair_server(engines, sources, tmp_path_factory):
-    """The session's models plus the two pair models (detected from their config.json)."""
-    from builder import Progress, build_model
-
-    root = tmp_path_factory.mktemp("pair-server")
-    shutil.copytree(engines, root / "engines")
-    for name, source in sources.items():
-        build_model(str(source), root / "engines", name=name, progress=Progress(quiet=True))
+def pair_server(engines, tmp_path_factory):
+    """Small rerank limits, so they are cheap to reach."""
+    log = tmp_path_factory.mktemp("pair-server") / "server.log"
     flags = ("--max-documents", str(MAX_DOCUMENTS), "--max-rerank-chars", "5000")
-    flags += ("--max-loaded-models", "12")
-    server = start_server(root / "engines", root / "server.log", "--workers", "2", *flags)
-    server.engines = root / "engines"
+    server = start_server(engines, log, "--workers", "2", "--max-loaded-models", "12", *flags)
+    server.engines = engines
     yield server
     stop_server(server)
 
 
 @pytest.fixture(scope="module")
-def cross_encoder(sources):
+def cross_encoder(pair_sources):
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(str(sources[RERANKER]), device="cpu")
+    return CrossEncoder(str(pair_sources[RERANKER]), device="cpu")
 
 
 def test_builds_are_detected_and_labelled(pair_server):
@@ -104,11 +96,11 @@ def test_rerank_equals_cross_encoder_predict(pair_server, cross_encoder):
     assert "text" not in raw[0]
 
 
-def test_classify_text_equals_transformers(pair_server, sources):
+def test_classify_text_equals_transformers(pair_server, pair_sources):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    model = BertForSequenceClassification.from_pretrained(sources[CLASSIFIER]).eval()
-    tokenizer = AutoTokenizer.from_pretrained(sources[CLASSIFIER])
+    model = BertForSequenceClassification.from_pretrained(pair_sources[CLASSIFIER]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(pair_sources[CLASSIFIER])
     texts = [*TEXTS, "word " * 700]  # past the 512-token maximum
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
     with torch.no_grad():
