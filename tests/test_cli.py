@@ -8,7 +8,17 @@ import subprocess
 
 import requests
 
-from tests.conftest import BIN, CLIP, MINILM, TIMM, free_port, start_server, stop_server
+from tests.conftest import (
+    BIN,
+    CLIP,
+    MINILM,
+    RERANKER,
+    TEXT_CLASSIFIER,
+    TIMM,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -24,6 +34,8 @@ def test_list_shows_the_built_model(engines):
     assert table[MINILM][:4] == ["sentence_transformers", "text", "384", "onnxruntime"]
     assert table[CLIP][:4] == ["open_clip", "text,image", "32,32", "onnxruntime"]
     assert table[TIMM][:4] == ["timm", "image", "5", "onnxruntime"]
+    assert table[RERANKER][:4] == ["cross_encoder", "pair", "1", "onnxruntime"]
+    assert table[TEXT_CLASSIFIER][:4] == ["cross_encoder", "pair", "3", "onnxruntime"]
     assert all(row.endswith("MB") for row in rows)
 
 

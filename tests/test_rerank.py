@@ -221,3 +221,16 @@ def test_pairs_run_through_the_tower_and_its_metrics(pair_server):
     prometheus = requests.get(pair_server.url + "/metrics/prometheus", timeout=10).text
     assert f'model="{RERANKER}",tower="pair_encoder"' in prometheus
     assert "Traceback" not in pair_server.log.read_text()
+
+
+def test_task_option_chooses_how_a_cross_encoder_is_served(pair_sources, tmp_path):
+    from builder import BuildError, BuildOptions, Progress, build_model
+
+    quiet = Progress(quiet=True)
+    as_classifier = BuildOptions(task="text-classification")
+    build_model(str(pair_sources[RERANKER]), tmp_path, "c", options=as_classifier, progress=quiet)
+    manifest = Repository(tmp_path).find("c").manifest
+    assert (manifest.task, manifest.classifier.activation) == ("text-classification", "sigmoid")
+    with pytest.raises(BuildError, match="has 3 labels; a reranker has one score"):
+        options = BuildOptions(task="rerank")
+        build_model(str(pair_sources[CLASSIFIER]), tmp_path, "r", options=options, progress=quiet)
