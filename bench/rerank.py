@@ -69,7 +69,7 @@ def served(engines: Path, work: list[tuple[str, list[str]]], concurrency: int) -
     finally:
         process.terminate()
         process.wait(30)
-    return {"pairs_per_s": result["items_per_s"], "p50_ms": result["p50_ms"], **result}
+    return {"pairs_per_s": result["items_per_s"], **result}
 
 
 def rerank(count: int, engines: Path | None, concurrency: int) -> dict:
