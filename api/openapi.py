@@ -238,6 +238,10 @@ EMBED = _operation(
     "Embed texts and/or images with one model.", "TextAndImageEmbeddings", "EmbedRequest"
 )
 
+COHERE_RERANK = _operation(
+    "Rerank in the Cohere (v1 and v2) / Jina API shape.", "CohereRanking", "CohereRerankRequest"
+)
+
 PATHS = {
     "/health": {"get": _operation("Liveness of the inference (or model) server.", "Message")},
     "/embed_text": {"post": _operation("Embed texts.", "Embeddings", "EmbedTextRequest")},
@@ -254,11 +258,8 @@ PATHS = {
             "RerankRequest",
         )
     },
-    "/v1/rerank": {
-        "post": _operation(
-            "Rerank in the Cohere / Jina API shape.", "CohereRanking", "CohereRerankRequest"
-        )
-    },
+    "/v1/rerank": {"post": COHERE_RERANK},
+    "/v2/rerank": {"post": COHERE_RERANK},
     "/classify_text": {
         "post": _operation(
             "Class probabilities and top labels per text.", "TextClasses", "ClassifyTextRequest"

@@ -1,4 +1,4 @@
-"""POST /rerank, /v1/rerank (the Cohere / Jina shape) and /classify_text."""
+"""POST /rerank, /v1/rerank and /v2/rerank (the Cohere / Jina shape) and /classify_text."""
 
 from __future__ import annotations
 
@@ -129,7 +129,9 @@ class CohereRerank(_ModelRoute):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = params.read_json_object(req, self.limits)
-        name = params.model_name({"name": body.get("model")}, self.limits)
+        if body.get("model") is None:
+            raise falcon.HTTPBadRequest(description='"model" is required: the model to rank with')
+        name = params.model_name({"name": body["model"]}, self.limits)
         req.context.model = name
         query = _query(body, self.limits)
         documents = _documents(body, "documents", self.limits.max_documents, self.limits, True)

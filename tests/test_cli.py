@@ -25,8 +25,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
 
 
-def test_list_shows_the_built_model(engines):
-    result = run("ingrain", "list", "--engines", str(engines))
+def test_list_shows_the_built_model(pair_engines):
+    result = run("ingrain", "list", "--engines", str(pair_engines))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == ["NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "SIZE"]

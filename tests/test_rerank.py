@@ -40,12 +40,12 @@ MAX_DOCUMENTS = 12
 
 
 @pytest.fixture(scope="module")
-def pair_server(engines, tmp_path_factory):
+def pair_server(pair_engines, tmp_path_factory):
     """Small rerank limits, so they are cheap to reach."""
     log = tmp_path_factory.mktemp("pair-server") / "server.log"
     flags = ("--max-documents", str(MAX_DOCUMENTS), "--max-rerank-chars", "5000")
-    server = start_server(engines, log, "--workers", "2", "--max-loaded-models", "12", *flags)
-    server.engines = engines
+    server = start_server(pair_engines, log, "--workers", "2", "--max-loaded-models", "12", *flags)
+    server.engines = pair_engines
     yield server
     stop_server(server)
 
@@ -132,6 +132,17 @@ def test_cohere_sdk_reranks_through_v1_rerank(pair_server, cross_encoder):
         assert result.document.text == TEXTS[result.index]
 
 
+def test_cohere_v2_client_reranks_through_v2_rerank(pair_server, cross_encoder):
+    """cohere.ClientV2, which langchain-cohere's CohereRerank uses."""
+    import cohere
+
+    client = cohere.ClientV2(api_key="unused", base_url=pair_server.url)
+    answer = client.rerank(model=RERANKER, query=QUERY, documents=TEXTS)
+    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+    assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable"))
+    assert all(abs(r.relevance_score - expected[r.index]) <= 1e-4 for r in answer.results)
+
+
 def test_v1_rerank_takes_jina_style_document_objects(pair_server):
     documents = [{"text": text} for text in TEXTS[:3]]
     body = {"model": RERANKER, "query": QUERY, "documents": documents, "top_n": 10}
@@ -193,7 +204,7 @@ def test_clip_ranks_images_against_a_text_query(pair_server):
             "not both",
         ),
         ("/v1/rerank", {"model": RERANKER, "query": QUERY, "documents": []}, 400, "non-empty"),
-        ("/v1/rerank", {"query": QUERY, "documents": TEXTS}, 400, '"name" is required'),
+        ("/v1/rerank", {"query": QUERY, "documents": TEXTS}, 400, '"model" is required'),
         (
             "/v1/rerank",
             {"model": RERANKER, "query": QUERY, "documents": [{"txt": "a"}]},
