@@ -23,7 +23,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
-from tests.models import TEXT_LABELS
+from tests.models import TEXT_LABELS, put_in_hub_cache
 from tests.test_clip import png
 
 CLASSIFIER = TEXT_CLASSIFIER
@@ -203,6 +203,12 @@ def test_clip_ranks_images_against_a_text_query(pair_server):
             400,
             "not both",
         ),
+        (
+            "/rerank",
+            {"name": MINILM, "query": QUERY, "texts": TEXTS, "truncate": False},
+            400,
+            "for cross-encoders",
+        ),
         ("/v1/rerank", {"model": RERANKER, "query": QUERY, "documents": []}, 400, "non-empty"),
         ("/v1/rerank", {"query": QUERY, "documents": TEXTS}, 400, '"model" is required'),
         (
@@ -245,3 +251,25 @@ def test_task_option_chooses_how_a_cross_encoder_is_served(pair_sources, tmp_pat
     with pytest.raises(BuildError, match="has 3 labels; a reranker has one score"):
         options = BuildOptions(task="rerank")
         build_model(str(pair_sources[CLASSIFIER]), tmp_path, "r", options=options, progress=quiet)
+
+
+def test_load_model_builds_a_hub_cross_encoder_on_demand(pair_sources, tmp_path, cross_encoder):
+    """/load_model with a Hub id (from the local Hub cache) detects the cross-encoder from its
+    config.json, builds it in a subprocess and serves it."""
+    hub_id = "ingrain-test/tiny-cross-encoder"
+    put_in_hub_cache(pair_sources[RERANKER], tmp_path / "hf-home", hub_id)
+    (tmp_path / "engines").mkdir()
+    server = start_server(
+        tmp_path / "engines", tmp_path / "log", env={"HF_HOME": str(tmp_path / "hf-home")}
+    )
+    try:
+        answer = requests.post(server.model_url + "/load_model", json={"name": hub_id}, timeout=300)
+        assert answer.status_code == 200, answer.text
+        models = requests.get(server.model_url + "/loaded_models", timeout=30).json()["models"]
+        assert {"name": hub_id, "library": "cross_encoder"} in models
+        ranked = server.post("/rerank", {"name": hub_id, "query": QUERY, "texts": TEXTS})
+        expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+        scores = {r["index"]: r["score"] for r in ranked.json()["results"]}
+        assert max(abs(scores[i] - expected[i]) for i in range(len(TEXTS))) <= 1e-4
+    finally:
+        stop_server(server)
