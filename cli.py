@@ -33,9 +33,16 @@ def main() -> None:
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers", "open_clip", "timm"]),
+    type=click.Choice(["sentence_transformers", "open_clip", "timm", "cross_encoder"]),
     help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
-    "and local-dir: names, else sentence_transformers).",
+    "and local-dir: names, cross_encoder for *ForSequenceClassification models, else "
+    "sentence_transformers).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["rerank", "text-classification"]),
+    help="cross_encoder: serve with /rerank (one score per pair) or /classify_text (default: "
+    "rerank for one label, text-classification for more).",
 )
 @engines_option
 @click.option(
@@ -121,6 +128,7 @@ def build_command(
     source: str,
     name: str | None,
     library: str | None,
+    task: str | None,
     engines: Path,
     max_batch: int,
     max_seq_len: int | None,
@@ -175,6 +183,7 @@ def build_command(
         num_classes,
         compile_options,
         default_prompt_name,
+        task,
     )
     try:
         build_model(
@@ -298,6 +307,22 @@ def build_command(
     show_default=True,
     envvar="INGRAIN_MAX_ITEMS",
     help="Most texts or images in one request.",
+)
+@click.option(
+    "--max-documents",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    envvar="INGRAIN_MAX_DOCUMENTS",
+    help="Most texts one /rerank or /v1/rerank request ranks.",
+)
+@click.option(
+    "--max-rerank-chars",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    show_default=True,
+    envvar="INGRAIN_MAX_RERANK_CHARS",
+    help="Most characters of the query and texts of one rerank request together.",
 )
 @click.option(
     "--max-text-chars",
@@ -478,6 +503,8 @@ def serve_command(
     timeout: int,
     max_body_bytes: int,
     max_items: int,
+    max_documents: int,
+    max_rerank_chars: int,
     max_text_chars: int,
     max_image_bytes: int,
     max_image_pixels: int,
@@ -521,6 +548,12 @@ def serve_command(
             "never be queued",
             param_hint="--max-queue",
         )
+    if max_documents + 1 > max_queue:
+        raise click.BadParameter(
+            f"--max-documents {max_documents} (plus the query) is more than --max-queue "
+            f"{max_queue}: such requests could never be queued",
+            param_hint="--max-queue",
+        )
     if len(preload) > max_loaded_models:
         raise click.BadParameter(
             f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
@@ -562,6 +595,8 @@ def serve_command(
             limits=Limits(
                 max_body_bytes=max_body_bytes,
                 max_items=max_items,
+                max_documents=max_documents,
+                max_rerank_chars=max_rerank_chars,
                 max_text_chars=max_text_chars,
                 max_image_pixels=max_image_pixels,
             ),

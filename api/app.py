@@ -13,6 +13,7 @@ from api.on_demand import OnDemandBuilds
 from api.openai_api import add_openai_routes
 from api.openapi import OpenAPI
 from api.readiness import ModelReady, Readiness, Ready
+from api.rerank import ClassifyText, CohereRerank, Rerank
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
 from runtime.loaded_set import LoadedSet
@@ -54,6 +55,11 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/embed", embed)
     app.add_route("/infer", embed)
     app.add_route("/classify_image", ClassifyImage(registry, settings.limits))
+    app.add_route("/rerank", Rerank(registry, settings.limits))
+    cohere_rerank = CohereRerank(registry, settings.limits)
+    app.add_route("/v1/rerank", cohere_rerank)
+    app.add_route("/v2/rerank", cohere_rerank)
+    app.add_route("/classify_text", ClassifyText(registry, settings.limits))
     info = ModelInfo(repository, settings.limits)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")

@@ -67,7 +67,8 @@ class OnDemandBuilds:
                 description=f"model {name!r} is not in the engine repository, and only "
                 "Hugging Face Hub model ids (org/name) are built on demand"
             )
-        needed = ("torch", "onnx", *([library] if library else []))
+        module = "sentence_transformers" if library == "cross_encoder" else library
+        needed = ("torch", "onnx", *([module] if module else []))
         missing = [module for module in needed if importlib.util.find_spec(module) is None]
         if missing:
             raise falcon.HTTPNotFound(

@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 
 from api.resources import respond
+from runtime.manifest import LIBRARIES
 
 JSON = "application/json"
 STRING_OR_LIST = {
@@ -127,6 +128,95 @@ OPENAI_MODEL = _object(
     },
     ["id", "object", "created", "owned_by"],
 )
+COUNT = {"type": ["integer", "null"], "minimum": 1}
+FLAG = {"type": ["boolean", "null"]}
+TEXT_LIST = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+SCORE = {"type": "number"}
+RERANK_SCHEMAS = {
+    "RerankRequest": _object(
+        {
+            "name": NAME,
+            "query": {"type": "string"},
+            "texts": {**TEXT_LIST, "description": "Texts to rank (cross-encoder or embedding)."},
+            "images": {**TEXT_LIST, "description": "Images to rank instead (CLIP models)."},
+            "top_n": COUNT,
+            "return_text": FLAG,
+            "raw_scores": FLAG,
+            "truncate": FLAG,
+            **IMAGE_OPTIONS,
+        },
+        ["name", "query"],
+    ),
+    "Ranking": _object(
+        {
+            "results": {
+                "type": "array",
+                "items": _object(
+                    {"index": {"type": "integer"}, "score": SCORE, "text": {"type": "string"}},
+                    ["index", "score"],
+                ),
+            },
+            **TIMING,
+        },
+        ["results", "processingTimeMs"],
+    ),
+    "CohereRerankRequest": _object(
+        {
+            "model": NAME,
+            "query": {"type": "string"},
+            "documents": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "oneOf": [
+                        {"type": "string"},
+                        _object({"text": {"type": "string"}}, ["text"]),
+                    ]
+                },
+            },
+            "top_n": COUNT,
+            "return_documents": FLAG,
+        },
+        ["model", "query", "documents"],
+    ),
+    "CohereRanking": _object(
+        {
+            "id": {"type": "string"},
+            "model": {"type": "string"},
+            "results": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": {"type": "integer"},
+                        "relevance_score": SCORE,
+                        "document": _object({"text": {"type": "string"}}, ["text"]),
+                    },
+                    ["index", "relevance_score"],
+                ),
+            },
+            "usage": {"type": "object"},
+            "meta": {"type": "object"},
+        },
+        ["results", "model"],
+    ),
+    "ClassifyTextRequest": _object(
+        {"name": NAME, "text": STRING_OR_LIST, "top_k": COUNT}, ["name", "text"]
+    ),
+    "TextClasses": _object(
+        {
+            "probabilities": EMBEDDINGS,
+            "labels": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "items": _object({"label": {"type": "string"}, "score": SCORE}, ["label"]),
+                },
+            },
+            **TIMING,
+        },
+        ["probabilities", "labels", "processingTimeMs"],
+    ),
+}
 
 SCHEMAS = {
     "Error": _object({"error": {"type": "string"}}, ["error"]),
@@ -154,7 +244,7 @@ SCHEMAS = {
     ),
     "ModelRequest": _object({"name": NAME}, ["name"]),
     "LoadModelRequest": _object(
-        {"name": NAME, "library": {"enum": ["sentence_transformers", "open_clip", "timm"]}},
+        {"name": NAME, "library": {"enum": list(LIBRARIES)}},
         ["name"],
     ),
     "Embeddings": _object({"embeddings": EMBEDDINGS, **TIMING}, ["embeddings", "processingTimeMs"]),
@@ -293,10 +383,15 @@ SCHEMAS = {
         {"name": {"type": "string"}, "ready": {"type": "boolean"}}, ["name", "ready"]
     ),
     "OpenAPI": {"type": "object"},
+    **RERANK_SCHEMAS,
 }
 
 EMBED = _operation(
     "Embed texts and/or images with one model.", "TextAndImageEmbeddings", "EmbedRequest"
+)
+
+COHERE_RERANK = _operation(
+    "Rerank in the Cohere (v1 and v2) / Jina API shape.", "CohereRanking", "CohereRerankRequest"
 )
 
 PATHS = {
@@ -314,6 +409,20 @@ PATHS = {
     "/infer": {"post": EMBED},
     "/classify_image": {
         "post": _operation("Class probabilities per image.", "Probabilities", "ClassifyRequest")
+    },
+    "/rerank": {
+        "post": _operation(
+            "Texts (or images, with CLIP) by relevance to a query, highest first.",
+            "Ranking",
+            "RerankRequest",
+        )
+    },
+    "/v1/rerank": {"post": COHERE_RERANK},
+    "/v2/rerank": {"post": COHERE_RERANK},
+    "/classify_text": {
+        "post": _operation(
+            "Class probabilities and top labels per text.", "TextClasses", "ClassifyTextRequest"
+        )
     },
     "/metrics": {
         "get": _operation("Execution statistics (JSON; Prometheus text on Accept).", "Metrics")

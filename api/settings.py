@@ -19,6 +19,9 @@ class Limits:
     max_text_chars: int = 100_000
     max_name_chars: int = 512
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    # /rerank and /v1/rerank: texts per request, and characters of the query and texts together.
+    max_documents: int = 1000
+    max_rerank_chars: int = 2_000_000
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,24 @@ def compare(
 
 
 @main.command()
+@click.option(
+    "--sentences", "count", type=click.IntRange(66, 100_000), default=1320, show_default=True
+)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the cross-encoder in (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
+    """/rerank pairs/s against CrossEncoder.predict in-process, one run."""
+    from bench.rerank import rerank as run
+
+    show(run(count, engines, concurrency), as_json)
+
+
+@main.command()
 @click.option("--minutes", type=click.FloatRange(0.1, 600), default=10.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option(

@@ -12,7 +12,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.sources import check_source
+from builder.sources import check_source, classifies_sequences
 from builder.staging import entry_lock, staging_directory, target_directory
 from runtime.manifest import Manifest
 from runtime.repository import Repository, slugify
@@ -24,6 +24,7 @@ LIBRARY_BUILDERS = {
     "sentence_transformers": "builder.sentence_transformer",
     "open_clip": "builder.clip",
     "timm": "builder.timm_classifier",
+    "cross_encoder": "builder.cross_encoder",
 }
 SUPPORTED_LIBRARIES = tuple(LIBRARY_BUILDERS)
 PROVENANCE_PACKAGES = (
@@ -65,7 +66,8 @@ def build_model(
     progress = progress or Progress()
     options = options or BuildOptions()
     name = name or source
-    library = library or detect_library(source)
+    explicit = library or ("cross_encoder" if options.task is not None else None)
+    library = explicit or detect_library(source)
     if library not in SUPPORTED_LIBRARIES:
         raise BuildError(
             f"library {library!r} is not supported yet; supported: {', '.join(SUPPORTED_LIBRARIES)}"
@@ -84,6 +86,8 @@ def build_model(
                 "ONNX build works here and serves with ONNX Runtime"
             )
     check_source(source, library)
+    if explicit is None and library == "sentence_transformers" and classifies_sequences(source):
+        library = "cross_encoder"
     try:
         slug = slugify(name)
     except ValueError as error:

@@ -42,6 +42,8 @@ class BuildOptions:
     tensorrt: TensorRTOptions | None = None
     # sentence-transformers: the prompt used when a request names none.
     default_prompt_name: str | None = None
+    # Cross-encoders: "rerank" or "text-classification" (default: rerank for one label).
+    task: str | None = None
 
     def read_labels(self) -> list[str] | None:
         if self.labels is None:

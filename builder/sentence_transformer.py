@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -82,13 +83,9 @@ def load(source: str, progress: Progress) -> SentenceTransformer:
             ) from error
 
 
-def build(
-    source: str, name: str, staging: Path, options: BuildOptions, progress: Progress
-) -> Manifest:
-    if options.labels is not None:
-        raise BuildError("--labels is for timm classifiers and CLIP zero-shot models")
-    max_batch, max_seq_len = options.max_batch, options.max_seq_len
-    model = load(source, progress)
+def text_inputs(source: str, model: torch.nn.Module) -> tuple[Any, list[str]]:
+    """The fast Hugging Face tokenizer of a sentence-transformers (or CrossEncoder) model whose
+    first module is a transformer, and the model inputs the runtime's tokenizers can produce."""
     transformer = model[0]
     if not isinstance(transformer, Transformer) or transformer.tokenizer is None:
         raise BuildError(f"{source!r} does not start with a Hugging Face transformer and tokenizer")
@@ -98,24 +95,41 @@ def build(
     input_names = [n for n in hf_tokenizer.model_input_names if n in TEXT_INPUTS]
     if "input_ids" not in input_names:
         raise BuildError(f"{source!r} takes inputs {hf_tokenizer.model_input_names}, not input_ids")
+    return hf_tokenizer, input_names
+
+
+def max_length_of(source: str, model_max: int | None, requested: int | None) -> int:
+    """--max-seq-len, capped at the model's own maximum."""
+    if model_max is None and requested is None:
+        raise BuildError(f"{source!r} does not say its maximum sequence length; pass --max-seq-len")
+    return min(requested or model_max, model_max or requested)
+
+
+def write_tokenizer(staging: Path, hf_tokenizer: Any, max_length: int) -> TokenizerSpec:
+    hf_tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
+    return TokenizerSpec(
+        file="tokenizer.json",
+        max_length=max_length,
+        truncation_side=hf_tokenizer.truncation_side,
+        padding_side=hf_tokenizer.padding_side,
+        pad_id=hf_tokenizer.pad_token_id or 0,
+        pad_token=hf_tokenizer.pad_token or "[PAD]",
+    )
+
+
+def build(
+    source: str, name: str, staging: Path, options: BuildOptions, progress: Progress
+) -> Manifest:
+    if options.labels is not None:
+        raise BuildError("--labels is for timm classifiers and CLIP zero-shot models")
+    max_batch, max_seq_len = options.max_batch, options.max_seq_len
+    model = load(source, progress)
+    hf_tokenizer, input_names = text_inputs(source, model)
     prompts = _prompts(model, options)
     graph_inputs = [*input_names, POOLING_MASK] if _excludes_prompt(model) else input_names
-
-    model_max = model.max_seq_length
-    if model_max is None and max_seq_len is None:
-        raise BuildError(f"{source!r} does not say its maximum sequence length; pass --max-seq-len")
-    max_length = min(max_seq_len or model_max, model_max or max_seq_len)
-
+    max_length = max_length_of(source, model.max_seq_length, max_seq_len)
     with progress.stage("Writing tokenizer.json"):
-        hf_tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
-        tokenizer = TokenizerSpec(
-            file="tokenizer.json",
-            max_length=max_length,
-            truncation_side=hf_tokenizer.truncation_side,
-            padding_side=hf_tokenizer.padding_side,
-            pad_id=hf_tokenizer.pad_token_id or 0,
-            pad_token=hf_tokenizer.pad_token or "[PAD]",
-        )
+        tokenizer = write_tokenizer(staging, hf_tokenizer, max_length)
 
     with progress.stage(f"Exporting the text tower to ONNX (opset {OPSET})"):
         example = model.preprocess(["a short example", "and a somewhat longer example sentence"])

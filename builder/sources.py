@@ -4,6 +4,7 @@ report a repo-id format error for a missing local directory)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,23 @@ def check_source(source: str, library: str) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return
     _probe_hub(hub_id)
+
+
+def classifies_sequences(source: str) -> bool:
+    """Whether the model's config.json (local, or from the Hub or its cache) names a
+    `*ForSequenceClassification` architecture: a cross-encoder or a text classifier."""
+    config = Path(source).expanduser() / "config.json"
+    try:
+        if not config.parent.is_dir():
+            from huggingface_hub import hf_hub_download
+
+            config = Path(hf_hub_download(source, "config.json", etag_timeout=PROBE_TIMEOUT_S))
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures")
+    except Exception:  # no config.json, or none reachable: not a sequence classifier
+        return False
+    return isinstance(architectures, list) and any(
+        str(name).endswith("ForSequenceClassification") for name in architectures
+    )
 
 
 def _probe_hub(hub_id: str) -> None:

@@ -160,24 +160,28 @@ def verify_text_tower(
     assert model.text is not None
     tokenizer = model.text.tokenizer
     ours = tokenizer.batch(tokenizer.token_ids(texts), ["input_ids"])["input_ids"]
-    theirs = np.asarray(reference_ids(texts))
+    check_token_ids(ours, np.asarray(reference_ids(texts)), [repr(text[:60]) for text in texts])
+    served = model.embed_text(texts, normalize=False, n_dims=None)
+    expected = np.asarray(reference_embed(texts), dtype=np.float32)
+    labels = [repr(text[:60]) for text in texts]
+    return compare(served, expected, "text tower", labels, MIN_COSINE if strict else -1.0)
+
+
+def check_token_ids(ours: np.ndarray, theirs: np.ndarray, labels: list[str]) -> None:
+    """Padded token-id batches must be equal; a BuildError names the first row that is not."""
     if ours.shape != theirs.shape or not np.array_equal(ours, theirs):
         row = next(
             (
                 i
-                for i in range(len(texts))
+                for i in range(len(labels))
                 if ours.shape != theirs.shape or not np.array_equal(ours[i], theirs[i])
             ),
             0,
         )
         raise BuildError(
-            f"tokenizer.json does not reproduce the source tokenizer on {texts[row][:60]!r}: "
+            f"tokenizer.json does not reproduce the source tokenizer on {labels[row]}: "
             f"{ours[row][:12].tolist()}... != {theirs[row][:12].tolist()}..."
         )
-    served = model.embed_text(texts, normalize=False, n_dims=None)
-    expected = np.asarray(reference_embed(texts), dtype=np.float32)
-    labels = [repr(text[:60]) for text in texts]
-    return compare(served, expected, "text tower", labels, MIN_COSINE if strict else -1.0)
 
 
 def verify_prompt(
@@ -191,6 +195,22 @@ def verify_prompt(
     return compare(
         served, expected, f"text tower with prompt {name!r}", [repr(t[:60]) for t in texts]
     )
+
+
+def check_max_abs(served: np.ndarray, expected: np.ndarray, what: str, labels: list[str]) -> dict:
+    """Scores or probabilities within MAX_PROBABILITY_ERROR of the source library's, per row."""
+    errors = np.abs(served - expected).reshape(len(served), -1).max(axis=1)
+    worst = int(errors.argmax())
+    if errors[worst] > MAX_PROBABILITY_ERROR:
+        raise BuildError(
+            f"the exported {what} does not match the source model: it differs by "
+            f"{errors[worst]:.2e} > {MAX_PROBABILITY_ERROR} on {labels[worst]}"
+        )
+    return {
+        "items": len(served),
+        "max_abs_error": float(errors.max()),
+        "threshold": MAX_PROBABILITY_ERROR,
+    }
 
 
 def _decoded(model: Model, images: list[bytes] | None) -> tuple[list[Image.Image], np.ndarray]:

@@ -37,4 +37,11 @@ class Classifier:
             logits = self.spec.logit_scale * image @ self.class_embeddings.T
             if self.spec.logit_bias is not None:
                 logits = logits + self.spec.logit_bias
-        return sigmoid(logits) if self.spec.activation == "sigmoid" else softmax(logits)
+        return activate(logits, self.spec.activation)
+
+
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    """The source library's activation on a batch of logits (rows are items)."""
+    if activation == "none":
+        return logits
+    return sigmoid(logits) if activation == "sigmoid" else softmax(logits)

@@ -16,8 +16,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "model.json"
 
-LIBRARIES = ("sentence_transformers", "open_clip", "timm")
-TASKS = ("embedding", "classification")
+LIBRARIES = ("sentence_transformers", "open_clip", "timm", "cross_encoder")
+# rerank and text-classification models have one "pair" tower: token ids in, logits out.
+TASKS = ("embedding", "classification", "rerank", "text-classification")
 
 
 class ManifestError(ValueError):
@@ -113,7 +114,8 @@ class ClassifierSpec:
     kind `zero_shot`: the tower outputs an image embedding; logits are
     logit_scale * cos(image, class embedding) + logit_bias, with the class embeddings (the
     averaged prompt embeddings of each label) in `class_embeddings` (CLIP zero-shot).
-    activation `softmax` (one label per image) or `sigmoid` (SigLIP: independent per class).
+    activation `softmax` (one label per image), `sigmoid` (SigLIP: independent per class) or
+    `none` (a cross-encoder whose scores are its raw logits).
     """
 
     kind: str

@@ -19,6 +19,7 @@ from runtime.errors import InputError, ModelLoadError
 from runtime.fetch import FetchLimits, ImageFetcher
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
+from runtime.pairs import PairEncoder, load_pair_encoder
 from runtime.postprocess import finish_embeddings
 from runtime.repository import Entry
 from runtime.stats import TowerStats
@@ -76,11 +77,14 @@ class Model:
         text: TextEncoder | None,
         image: ImageEncoder | None,
         classifier: Classifier | None = None,
+        pair: PairEncoder | None = None,
     ) -> None:
         self.manifest = manifest
         self.text = text
         self.image = image
         self.classifier = classifier
+        # Cross-encoders and text classifiers: token ids (of pairs, or of texts) -> logits.
+        self.pair = pair
         # Set by the registry: the engine directory and which build of it this is.
         self.directory: Path | None = None
         self.identity: tuple[int, int] | None = None
@@ -94,7 +98,8 @@ class Model:
 
     @property
     def modalities(self) -> str:
-        kinds = [kind for kind, encoder in (("text", self.text), ("images", self.image)) if encoder]
+        encoders = (("text", self.text or self.pair), ("images", self.image))
+        kinds = [kind for kind, encoder in encoders if encoder]
         return " and ".join(kinds)
 
     @property
@@ -143,7 +148,12 @@ class Model:
                 classifier = Classifier(directory, manifest.classifier)
             except (OSError, ValueError) as error:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
-        model = cls(manifest, text, image, classifier)
+        pair = None
+        if "pair" in manifest.towers:
+            pair = load_pair_encoder(
+                entry, partial(_tower, entry, "pair", runtime, batching)
+            )
+        model = cls(manifest, text, image, classifier, pair)
         model.directory = directory
         model.warm_up()
         return model
@@ -176,6 +186,11 @@ class Model:
 
     def validate(self, texts: bool, images: bool, n_dims: int | None) -> None:
         """Refuse, before any work, what this model cannot do for a request."""
+        if self.pair is not None:
+            raise InputError(
+                f"model {self.name!r} is a {self.manifest.task} model, not an embedding model; "
+                "use /rerank or /classify_text"
+            )
         if texts:
             _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
         if images:
@@ -253,7 +268,7 @@ class Model:
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""
-        for encoder in (self.text, self.image):
+        for encoder in (self.text, self.image, self.pair):
             if encoder is not None:
                 encoder.tower.close()
         if self.image is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,8 @@ CUSTOM_CLIP = "test/tiny-custom-text-clip"
 TIMM = "hf_hub:timm/tiny-test-vit"
 ZERO_SHOT = "test/tiny-clip-zero-shot"
 SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
+RERANKER = "test/tiny-cross-encoder"
+TEXT_CLASSIFIER = "test/tiny-text-classifier"
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
@@ -68,6 +71,18 @@ def clip_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def pair_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
+    """A tiny CrossEncoder and a 3-label text classifier, by the name they are served as."""
+    from tests.models import tiny_cross_encoder, tiny_text_classifier
+
+    root = tmp_path_factory.mktemp("pair-sources")
+    return {
+        RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
+        TEXT_CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
+    }
+
+
+@pytest.fixture(scope="session")
 def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
     """A repository holding the demo model and the tiny CLIPs, built with the real builder."""
     from builder import BuildOptions, Progress, build_model
@@ -92,6 +107,19 @@ def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
     checkpoint = tiny_timm_classifier(tmp_path_factory.mktemp("timm"), len(LABELS))
     timm_options = BuildOptions(labels=labels, checkpoint=checkpoint, num_classes=len(LABELS))
     build_model(TIMM_ARCH, root, TIMM, library="timm", options=timm_options, progress=quiet)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pair_engines(tmp_path_factory, engines, pair_sources) -> Path:
+    """A copy of `engines` plus the cross-encoder and the text classifier (a repository of its
+    own, so servers on `engines` keep their loaded sets)."""
+    from builder import Progress, build_model
+
+    root = tmp_path_factory.mktemp("pair-engines") / "engines"
+    shutil.copytree(engines, root)
+    for name, source in pair_sources.items():  # detected as cross_encoder from config.json
+        build_model(str(source), root, name=name, progress=Progress(quiet=True))
     return root
 
 

@@ -155,3 +155,40 @@ def put_in_hub_cache(source: Path, hf_home: Path, repo_id: str) -> None:
     shutil.copytree(source, repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
+
+
+def tiny_cross_encoder(directory: Path, minilm_source: str) -> Path:
+    """A one-label BertForSequenceClassification with the real MiniLM tokenizer, saved as a
+    sentence-transformers CrossEncoder (64-token maximum, so long pairs are truncated)."""
+    from sentence_transformers import CrossEncoder
+
+    hf_dir = _tiny_sequence_classifier(directory / "hf", minilm_source, {0: "LABEL_0"}, 1)
+    model = CrossEncoder(str(hf_dir), max_length=64, device="cpu")
+    model.save(str(directory / "ce"))
+    return directory / "ce"
+
+
+def tiny_text_classifier(directory: Path, minilm_source: str) -> Path:
+    """A 3-label BertForSequenceClassification with id2label, in the transformers format."""
+    return _tiny_sequence_classifier(directory, minilm_source, dict(enumerate(TEXT_LABELS)), 1)
+
+
+def _tiny_sequence_classifier(
+    directory: Path, minilm_source: str, id2label: dict[int, str], seed: int
+) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    _tiny_bert(directory, minilm_source, max_positions=512)
+    config = BertConfig.from_pretrained(
+        directory, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
+    model = BertForSequenceClassification(config)
+    # Random heads give near-equal scores; larger weights spread them so order is meaningful.
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 2.0)
+    model.save_pretrained(directory)
+    return directory
+
+
+TEXT_LABELS = ["negative", "neutral", "positive"]

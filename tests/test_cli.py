@@ -9,15 +9,25 @@ import subprocess
 import requests
 
 from runtime.backends.openvino import bf16_supported
-from tests.conftest import BIN, CLIP, MINILM, TIMM, free_port, start_server, stop_server
+from tests.conftest import (
+    BIN,
+    CLIP,
+    MINILM,
+    RERANKER,
+    TEXT_CLASSIFIER,
+    TIMM,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True)
 
 
-def test_list_shows_the_built_model(engines):
-    result = run("ingrain", "list", "--engines", str(engines))
+def test_list_shows_the_built_model(pair_engines):
+    result = run("ingrain", "list", "--engines", str(pair_engines))
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == ["NAME", "LIBRARY", "TOWERS", "DIMS", "BACKENDS", "RUNS", "SIZE"]
@@ -31,6 +41,8 @@ def test_list_shows_the_built_model(engines):
     for name, towers in ((MINILM, 1), (CLIP, 2), (TIMM, 1)):
         runs = table[name][4].split(",")
         assert len(runs) == towers and set(runs) <= allowed
+    assert table[RERANKER][:4] == ["cross_encoder", "pair", "1", cpu]
+    assert table[TEXT_CLASSIFIER][:4] == ["cross_encoder", "pair", "3", cpu]
     assert all(row.endswith("MB") for row in rows)
 
 

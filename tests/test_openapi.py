@@ -48,10 +48,11 @@ def test_the_document_is_served(server):
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(engines, tmp_path_factory):
-    """A server of its own (fuzzing may unload models), on a copy of the repository."""
+def fuzz_target(pair_engines, tmp_path_factory):
+    """A server of its own (fuzzing may unload models), on a copy of the repository that
+    includes the cross-encoder and text classifier."""
     root = tmp_path_factory.mktemp("fuzz")
-    shutil.copytree(engines, root / "engines")
+    shutil.copytree(pair_engines, root / "engines")
     server = start_server(
         root / "engines",
         root / "server.log",

@@ -1,0 +1,108 @@
+"""Cross-encoders and text classifiers: (query, text) pairs or single texts -> logits.
+
+Their one tower (`pair` in the manifest) takes the tokenizer's pair encoding, token type ids
+included, so the `tokenizers` library's own pair truncation (`longest_first`, as
+transformers and sentence-transformers truncate) decides what the model reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from runtime.classifier import activate
+from runtime.errors import InputError, ModelLoadError
+from runtime.manifest import TokenizerSpec
+from runtime.repository import Entry
+from runtime.tower import Collate, Tower
+
+# One tower item: (token ids, token type ids).
+PairItem = tuple[list[int], list[int]]
+
+
+class PairTokenizer:
+    def __init__(self, directory: Path, spec: TokenizerSpec) -> None:
+        self.spec = spec
+        self._tokenizer = Tokenizer.from_file(str(directory / spec.file))
+        self._tokenizer.enable_truncation(
+            spec.max_length, strategy="longest_first", direction=spec.truncation_side
+        )
+        self._tokenizer.no_padding()
+
+    def encode(self, first: list[str], second: list[str] | None = None) -> list[Encoding]:
+        """One encoding per text, or per (first[i], second[i]) pair, truncated to the model's
+        maximum length (special tokens included)."""
+        inputs = first if second is None else list(zip(first, second, strict=True))
+        return self._tokenizer.encode_batch(inputs)
+
+    def batch(self, items: list[PairItem], names: list[str]) -> dict[str, np.ndarray]:
+        """Pad a group of items to its longest member, on the side the source tokenizer pads,
+        as the model's named int64 inputs."""
+        width = max(len(ids) for ids, _ in items)
+        arrays = {
+            key: np.zeros((len(items), width), dtype=np.int64)
+            for key in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        arrays["input_ids"][:] = self.spec.pad_id
+        for row, (ids, type_ids) in enumerate(items):
+            start = width - len(ids) if self.spec.padding_side == "left" else 0
+            span = slice(start, start + len(ids))
+            arrays["input_ids"][row, span] = ids
+            arrays["attention_mask"][row, span] = 1
+            arrays["token_type_ids"][row, span] = type_ids
+        return {name: arrays[name] for name in names}
+
+
+class PairEncoder:
+    """The pair tower with its tokenizer, and the activation the source library applies."""
+
+    def __init__(self, tower: Tower, tokenizer: PairTokenizer, activation: str) -> None:
+        self.tower = tower
+        self.tokenizer = tokenizer
+        self.activation = activation
+
+    def logits(self, first: list[str], second: list[str] | None, truncate: bool) -> np.ndarray:
+        """Logits per text or pair. With `truncate` false, an input past the model's maximum
+        length is refused instead of cut."""
+        started = time.perf_counter_ns()
+        encodings = self.tokenizer.encode(first, second)
+        self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
+        if not truncate:
+            for index, encoding in enumerate(encodings):
+                if encoding.overflowing:
+                    raise InputError(
+                        f"text {index} with the query is longer than this model's "
+                        f"{self.tokenizer.spec.max_length} tokens; shorten it, or send "
+                        '"truncate": true to let the model read only its first tokens'
+                    )
+        items = [(encoding.ids, encoding.type_ids) for encoding in encodings]
+        return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
+
+    def scores(self, query: str, texts: list[str], raw: bool, truncate: bool) -> np.ndarray:
+        """One relevance score per text: the first logit of each (query, text) pair, through
+        the model's activation unless `raw`."""
+        logits = self.logits([query] * len(texts), texts, truncate)
+        return (logits if raw else activate(logits, self.activation))[:, 0]
+
+
+def load_pair_encoder(entry: Entry, tower: Callable[[Collate], Tower]) -> PairEncoder:
+    """The pair tower of `entry`; `tower` opens it with the given collate function."""
+    manifest, directory = entry.manifest, entry.directory
+    if manifest.tokenizer is None or manifest.classifier is None:
+        raise ModelLoadError(
+            f"{directory}: the pair tower has no tokenizer or labels in model.json"
+        )
+    try:
+        tokenizer = PairTokenizer(directory, manifest.tokenizer)
+    except Exception as error:
+        raise ModelLoadError(
+            f"cannot load {directory / manifest.tokenizer.file}: {error}"
+        ) from error
+    names = [tensor.name for tensor in manifest.towers["pair"].inputs]
+    encoder = tower(partial(tokenizer.batch, names=names))
+    return PairEncoder(encoder, tokenizer, manifest.classifier.activation)

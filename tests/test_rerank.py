@@ -1,0 +1,277 @@
+"""Cross-encoders, text classifiers and ranking with embedding models, over real HTTP: a tiny
+CrossEncoder and a 3-label BertForSequenceClassification built with the real builder, checked
+against sentence-transformers and transformers themselves."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from runtime.manifest import Manifest
+from runtime.repository import Repository
+from tests.conftest import (
+    CLIP,
+    MINILM,
+    RERANKER,
+    TEXT_CLASSIFIER,
+    TIMM,
+    cosines,
+    start_server,
+    stop_server,
+)
+from tests.models import TEXT_LABELS, put_in_hub_cache
+from tests.test_clip import png
+
+CLASSIFIER = TEXT_CLASSIFIER
+QUERY = "how do cats sleep"
+TEXTS = [
+    "Cats sleep up to sixteen hours a day.",
+    "The stock market fell sharply on Monday.",
+    "A kitten curled up on the sofa. " * 40,  # past the 64-token maximum with the query
+    "",
+    "Dogs and cats are common pets.",
+    "日本語のテキスト",
+]
+MAX_DOCUMENTS = 12
+
+
+@pytest.fixture(scope="module")
+def pair_server(pair_engines, tmp_path_factory):
+    """Small rerank limits, so they are cheap to reach."""
+    log = tmp_path_factory.mktemp("pair-server") / "server.log"
+    flags = ("--max-documents", str(MAX_DOCUMENTS), "--max-rerank-chars", "5000")
+    server = start_server(pair_engines, log, "--workers", "2", "--max-loaded-models", "12", *flags)
+    server.engines = pair_engines
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(pair_sources):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(pair_sources[RERANKER]), device="cpu")
+
+
+def test_builds_are_detected_and_labelled(pair_server):
+    reranker = Manifest.read(Repository(pair_server.engines).find(RERANKER).directory)
+    classifier = Manifest.read(Repository(pair_server.engines).find(CLASSIFIER).directory)
+    assert (reranker.library, reranker.task, reranker.classifier.activation) == (
+        "cross_encoder",
+        "rerank",
+        "sigmoid",
+    )
+    assert (classifier.task, classifier.classifier.activation) == ("text-classification", "softmax")
+    assert reranker.build["verification"]["pair"]["max_abs_error"] <= 1e-4
+    answer = requests.get(
+        pair_server.url + "/model_classification_labels", params={"name": CLASSIFIER}, timeout=10
+    )
+    assert answer.json() == {"labels": TEXT_LABELS}
+
+
+def test_rerank_equals_cross_encoder_predict(pair_server, cross_encoder):
+    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+    body = {"name": RERANKER, "query": QUERY, "texts": TEXTS, "return_text": True}
+    answer = pair_server.post("/rerank", body)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
+    for result in results:
+        assert abs(result["score"] - expected[result["index"]]) <= 1e-4
+        assert result["text"] == TEXTS[result["index"]]
+    assert np.ptp(expected) > 1e-3, "scores this close would make the order meaningless"
+
+    raw = pair_server.post(
+        "/rerank", {**body, "raw_scores": True, "top_n": 2, "return_text": False}
+    ).json()["results"]
+    logits = cross_encoder.predict(
+        [(QUERY, text) for text in TEXTS], activation_fn=torch.nn.Identity()
+    )
+    assert [r["index"] for r in raw] == [r["index"] for r in results[:2]]
+    assert all(abs(r["score"] - logits[r["index"]]) <= 1e-4 for r in raw)
+    assert "text" not in raw[0]
+
+
+def test_classify_text_equals_transformers(pair_server, pair_sources):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(pair_sources[CLASSIFIER]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(pair_sources[CLASSIFIER])
+    texts = [*TEXTS, "word " * 700]  # past the 512-token maximum
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**encoded).logits, dim=-1).numpy()
+    answer = pair_server.post("/classify_text", {"name": CLASSIFIER, "text": texts, "top_k": 2})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert np.abs(np.array(body["probabilities"]) - expected).max() <= 1e-4
+    for row, top in zip(expected, body["labels"], strict=True):
+        order = np.argsort(-row, kind="stable")[:2]
+        assert [entry["label"] for entry in top] == [TEXT_LABELS[i] for i in order]
+        assert abs(top[0]["score"] - row[order[0]]) <= 1e-4
+    single = pair_server.post("/classify_text", {"name": CLASSIFIER, "text": TEXTS[0]}).json()
+    assert len(single["labels"]) == 1 and len(single["labels"][0]) == len(TEXT_LABELS)
+
+
+def test_cohere_sdk_reranks_through_v1_rerank(pair_server, cross_encoder):
+    """The cohere SDK from PyPI, pointed at this server, as LangChain's CohereRerank calls it."""
+    import cohere
+
+    client = cohere.Client(api_key="unused", base_url=pair_server.url)
+    answer = client.rerank(
+        model=RERANKER, query=QUERY, documents=TEXTS, top_n=3, return_documents=True
+    )
+    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+    assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable")[:3])
+    for result in answer.results:
+        assert abs(result.relevance_score - expected[result.index]) <= 1e-4
+        assert result.document.text == TEXTS[result.index]
+
+
+def test_cohere_v2_client_reranks_through_v2_rerank(pair_server, cross_encoder):
+    """cohere.ClientV2, which langchain-cohere's CohereRerank uses."""
+    import cohere
+
+    client = cohere.ClientV2(api_key="unused", base_url=pair_server.url)
+    answer = client.rerank(model=RERANKER, query=QUERY, documents=TEXTS)
+    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+    assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable"))
+    assert all(abs(r.relevance_score - expected[r.index]) <= 1e-4 for r in answer.results)
+
+
+def test_v1_rerank_takes_jina_style_document_objects(pair_server):
+    documents = [{"text": text} for text in TEXTS[:3]]
+    body = {"model": RERANKER, "query": QUERY, "documents": documents, "top_n": 10}
+    answer = pair_server.post("/v1/rerank", body).json()
+    assert answer["model"] == RERANKER and answer["usage"] == {"documents": 3}
+    assert sorted(r["index"] for r in answer["results"]) == [0, 1, 2]
+    assert all("document" not in r for r in answer["results"])
+    scores = [r["relevance_score"] for r in answer["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_embedding_model_ranks_by_embed_text_cosines(pair_server):
+    embeddings = pair_server.post("/embed_text", {"name": MINILM, "text": [QUERY, *TEXTS]})
+    vectors = np.array(embeddings.json()["embeddings"])
+    expected = cosines(vectors[1:], np.repeat(vectors[:1], len(TEXTS), axis=0))
+    answer = pair_server.post("/rerank", {"name": MINILM, "query": QUERY, "texts": TEXTS})
+    results = answer.json()["results"]
+    assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
+    assert all(abs(r["score"] - expected[r["index"]]) <= 1e-5 for r in results)
+
+
+def test_clip_ranks_images_against_a_text_query(pair_server):
+    images = [base64.b64encode(png(40 + 8 * i, 48, seed=i)).decode() for i in range(5)]
+    query = "a photo of a cat"
+    text = pair_server.post("/embed_text", {"name": CLIP, "text": query}).json()["embeddings"]
+    embedded = pair_server.post("/embed_image", {"name": CLIP, "image": images}).json()
+    vectors = np.array(embedded["embeddings"])
+    expected = cosines(vectors, np.repeat(np.array(text), len(images), axis=0))
+    answer = pair_server.post("/rerank", {"name": CLIP, "query": query, "images": images})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
+    assert all(abs(r["score"] - expected[r["index"]]) <= 1e-5 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "says"),
+    [
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": []}, 400, "non-empty list"),
+        ("/rerank", {"name": RERANKER, "query": QUERY}, 400, '"texts" is required'),
+        ("/rerank", {"name": RERANKER, "texts": TEXTS}, 400, '"query" is required'),
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": ["x"] * 13}, 413, "limit is 12"),
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": ["x" * 3000] * 2}, 413, "5000"),
+        ("/rerank", {"name": TIMM, "query": QUERY, "texts": TEXTS}, 400, "image classifier"),
+        ("/rerank", {"name": CLASSIFIER, "query": QUERY, "texts": TEXTS}, 400, "/classify_text"),
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": TEXTS, "top_n": 0}, 400, "top_n"),
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": TEXTS, "top_n": 1.5}, 400, "top_n"),
+        ("/rerank", {"name": RERANKER, "query": QUERY, "texts": [1]}, 400, '"texts"[0]'),
+        (
+            "/rerank",
+            {"name": RERANKER, "query": QUERY, "texts": TEXTS, "truncate": False},
+            400,
+            '"truncate": true',
+        ),
+        (
+            "/rerank",
+            {"name": RERANKER, "query": QUERY, "texts": ["x"], "images": ["y"]},
+            400,
+            "not both",
+        ),
+        (
+            "/rerank",
+            {"name": MINILM, "query": QUERY, "texts": TEXTS, "truncate": False},
+            400,
+            "for cross-encoders",
+        ),
+        ("/v1/rerank", {"model": RERANKER, "query": QUERY, "documents": []}, 400, "non-empty"),
+        ("/v1/rerank", {"query": QUERY, "documents": TEXTS}, 400, '"model" is required'),
+        (
+            "/v1/rerank",
+            {"model": RERANKER, "query": QUERY, "documents": [{"txt": "a"}]},
+            400,
+            '"documents"[0]',
+        ),
+        ("/classify_text", {"name": RERANKER, "text": "a"}, 400, "/rerank"),
+        ("/classify_text", {"name": MINILM, "text": "a"}, 400, "not a text classifier"),
+        ("/classify_text", {"name": CLASSIFIER, "text": "a", "top_k": -1}, 400, "top_k"),
+        ("/embed_text", {"name": RERANKER, "text": "a"}, 400, "/rerank"),
+        ("/classify_image", {"name": CLASSIFIER, "image": "aGk="}, 400, "text only"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(pair_server, route, body, status, says):
+    answer = pair_server.post(route, body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    # /v1/ routes may answer errors in OpenAI's shape, {"error": {"message": ...}}.
+    assert says in (error["message"] if isinstance(error, dict) else error)
+
+
+def test_pairs_run_through_the_tower_and_its_metrics(pair_server):
+    pair_server.post("/rerank", {"name": RERANKER, "query": QUERY, "texts": TEXTS})
+    stats = requests.get(pair_server.url + "/metrics", timeout=10).json()["modelStats"]
+    [entry] = [entry for entry in stats if entry["name"] == RERANKER]
+    assert int(entry["inferenceCount"]) >= len(TEXTS)
+    prometheus = requests.get(pair_server.url + "/metrics/prometheus", timeout=10).text
+    assert f'model="{RERANKER}",tower="pair_encoder"' in prometheus
+    assert "Traceback" not in pair_server.log.read_text()
+
+
+def test_task_option_chooses_how_a_cross_encoder_is_served(pair_sources, tmp_path):
+    from builder import BuildError, BuildOptions, Progress, build_model
+
+    quiet = Progress(quiet=True)
+    as_classifier = BuildOptions(task="text-classification")
+    build_model(str(pair_sources[RERANKER]), tmp_path, "c", options=as_classifier, progress=quiet)
+    manifest = Repository(tmp_path).find("c").manifest
+    assert (manifest.task, manifest.classifier.activation) == ("text-classification", "sigmoid")
+    with pytest.raises(BuildError, match="has 3 labels; a reranker has one score"):
+        options = BuildOptions(task="rerank")
+        build_model(str(pair_sources[CLASSIFIER]), tmp_path, "r", options=options, progress=quiet)
+
+
+def test_load_model_builds_a_hub_cross_encoder_on_demand(pair_sources, tmp_path, cross_encoder):
+    """/load_model with a Hub id (from the local Hub cache) detects the cross-encoder from its
+    config.json, builds it in a subprocess and serves it."""
+    hub_id = "ingrain-test/tiny-cross-encoder"
+    put_in_hub_cache(pair_sources[RERANKER], tmp_path / "hf-home", hub_id)
+    (tmp_path / "engines").mkdir()
+    server = start_server(
+        tmp_path / "engines", tmp_path / "log", env={"HF_HOME": str(tmp_path / "hf-home")}
+    )
+    try:
+        answer = requests.post(server.model_url + "/load_model", json={"name": hub_id}, timeout=300)
+        assert answer.status_code == 200, answer.text
+        models = requests.get(server.model_url + "/loaded_models", timeout=30).json()["models"]
+        assert {"name": hub_id, "library": "cross_encoder"} in models
+        ranked = server.post("/rerank", {"name": hub_id, "query": QUERY, "texts": TEXTS})
+        expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
+        scores = {r["index"]: r["score"] for r in ranked.json()["results"]}
+        assert max(abs(scores[i] - expected[i]) for i in range(len(TEXTS))) <= 1e-4
+    finally:
+        stop_server(server)
