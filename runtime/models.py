@@ -259,12 +259,9 @@ class Model:
         ]
         return "; ".join(reasons) or None
 
-    def _encoders(self) -> dict[str, TextEncoder | ImageEncoder]:
-        return {
-            kind: encoder
-            for kind, encoder in (("text", self.text), ("image", self.image))
-            if encoder is not None
-        }
+    def _encoders(self) -> dict[str, TextEncoder | ImageEncoder | PairEncoder]:
+        encoders = (("text", self.text), ("image", self.image), ("pair", self.pair))
+        return {kind: encoder for kind, encoder in encoders if encoder is not None}
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""

@@ -83,6 +83,11 @@ class PairEncoder:
         items = [(encoding.ids, encoding.type_ids) for encoding in encodings]
         return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
 
+    def warm_up(self) -> None:
+        """The smallest input: one empty text (special tokens only)."""
+        [encoding] = self.tokenizer.encode([""])
+        self.tower.warm_up([(encoding.ids, encoding.type_ids)], lengths=[len(encoding.ids)])
+
     def scores(self, query: str, texts: list[str], raw: bool, truncate: bool) -> np.ndarray:
         """One relevance score per text: the first logit of each (query, text) pair, through
         the model's activation unless `raw`."""
