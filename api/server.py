@@ -1,4 +1,5 @@
-"""Run the app under gunicorn with gthread workers.
+"""Run the app under gunicorn with gthread workers (api.workers: requests are read whole, under
+a deadline, before a thread serves them).
 
 The app is created in each worker after fork (never preloaded in the master), so every worker
 owns its engines and execution contexts, and CUDA is never initialised before fork.
@@ -89,7 +90,8 @@ def serve(
                 "bind": [_address(host, p) for p in ports],
                 "workers": workers,
                 "threads": threads,
-                "worker_class": "gthread",
+                "worker_class": "api.workers.GatheringWorker",
+                "worker_connections": settings.limits.max_connections,
                 "timeout": timeout,
                 "graceful_timeout": 30,
                 "keepalive": 5,

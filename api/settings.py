@@ -17,6 +17,10 @@ class Limits:
     max_text_chars: int = 100_000
     max_name_chars: int = 512
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    # Seconds a client has to send a whole request (headers and body); then it is cut off.
+    read_timeout_s: float = 30.0
+    # Most open client connections per worker (gunicorn's worker_connections).
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)

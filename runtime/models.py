@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -12,7 +13,7 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
-from runtime.fetch import FetchLimits, ImageFetcher
+from runtime.fetch import DOWNLOAD_FAILED, FetchLimits, ImageFetcher, is_url
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.postprocess import finish_embeddings
@@ -20,6 +21,8 @@ from runtime.repository import Entry
 from runtime.stats import TowerStats
 from runtime.tokenizer import TextTokenizer
 from runtime.tower import Collate, Tower
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -66,6 +69,10 @@ class ImageEncoder:
         self.tower.stats.preprocess("decode", time.perf_counter_ns() - decoding)
         for index, result in enumerate(pixels):
             if isinstance(result, ImageDecodeError):
+                # A downloaded image fails like a failed download: no oracle for what a URL holds.
+                if is_url(sources[index]):
+                    log.warning("image[%d] downloaded but not decoded: %s", index, result)
+                    raise InputError(f"image[{index}]: {DOWNLOAD_FAILED}")
                 raise InputError(f"image[{index}]: {result}")
         return np.stack(pixels)
 
