@@ -142,7 +142,7 @@ def start_server(engines: Path, log: Path, *args: str) -> Server:
         try:
             if requests.get(url + "/health", timeout=1).ok:
                 return Server(process, url, f"http://127.0.0.1:{model_port}", log)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or still preloading
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"ingrain-serve did not answer within 60 s: {log.read_text()}")
