@@ -148,10 +148,8 @@ class ImageFetcher:
     def _download(self, url: str, headers: dict[str, str], deadline: float) -> bytes:
         """The body at `url`, or ImageFetchError(DOWNLOAD_FAILED) with the reason logged."""
         try:
-            if time.monotonic() >= deadline:
-                raise ImageFetchError(
-                    "the request's download deadline passed before this one began"
-                )
+            if time.monotonic() >= deadline:  # waited for a download thread all that time
+                raise self._late()
             return self._follow(url, headers, deadline)
         except ImageFetchError as error:
             log.warning("image download %.200r failed: %s", url, error)
@@ -191,7 +189,7 @@ class ImageFetcher:
         address = self._checked_address(host, port)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ImageFetchError(f"the downloads took longer than {self.limits.timeout_s} s")
+            raise self._late()
         if https:
             connection = HTTPSConnection(
                 address, port, timeout=remaining, server_hostname=host, assert_hostname=host
@@ -210,7 +208,12 @@ class ImageFetcher:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
             connection.close()
             cutoff.cancel()
+            if time.monotonic() >= deadline:
+                raise self._late() from None
             raise ImageFetchError(f"the image URL is unreachable: {_reason(error)}") from None
+
+    def _late(self) -> ImageFetchError:
+        return ImageFetchError(f"timed out: the downloads took over {self.limits.timeout_s} s")
 
     def _checked_address(self, host: str, port: int) -> str:
         try:
@@ -240,9 +243,7 @@ class ImageFetcher:
                 chunks.append(chunk)
         except (urllib3.exceptions.HTTPError, OSError) as error:
             if time.monotonic() >= deadline:
-                raise ImageFetchError(
-                    f"the downloads took longer than {self.limits.timeout_s} s"
-                ) from None
+                raise self._late() from None
             raise ImageFetchError(f"the image download failed: {_reason(error)}") from None
         return b"".join(chunks)
 

@@ -71,7 +71,7 @@ class ImageEncoder:
             if isinstance(result, ImageDecodeError):
                 # A downloaded image fails like a failed download: no oracle for what a URL holds.
                 if is_url(sources[index]):
-                    log.warning("image[%d] downloaded but not decoded: %s", index, result)
+                    log.warning("image %.200r is not decodable: %s", sources[index], result)
                     raise InputError(f"image[{index}]: {DOWNLOAD_FAILED}")
                 raise InputError(f"image[{index}]: {result}")
         return np.stack(pixels)
