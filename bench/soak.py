@@ -39,13 +39,17 @@ def worker_rss_mb(master_pid: int) -> dict[int, float]:
 
 
 def long_text_burst(
-    url: str, master_pid: int, clients: int = 4, per_client: int = 2, chars: int = 60_000
+    url: str,
+    master_pid: int,
+    clients: int = 4,
+    per_client: int = 2,
+    texts: int = 256,
+    chars: int = 60_000,
 ) -> dict:
     """Worker RSS (MB) before, at peak during and 5 s after `clients` x `per_client` requests
-    of 256 maximum-length texts each, with their statuses and the slowest answer."""
+    of `texts` texts of `chars` characters each, with their statuses and the slowest answer."""
     words = " ".join(sentences()[:400])
-    texts = [(words[i:] + words)[:chars] for i in range(256)]
-    body = {"name": MODEL, "text": texts}
+    body = {"name": MODEL, "text": [(words[i:] + words)[:chars] for i in range(texts)]}
     rss = {"before": worker_rss_mb(master_pid)}
     peak = dict(rss["before"])
     statuses: dict[int, int] = {}
@@ -86,7 +90,7 @@ def long_text_burst(
     rss["after"] = worker_rss_mb(master_pid)
     return {
         "requests": clients * per_client,
-        "texts_per_request": len(texts),
+        "texts_per_request": texts,
         "chars_per_text": chars,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "slowest_s": round(slowest, 2),
