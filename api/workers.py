@@ -22,6 +22,7 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
 HEADER_ALLOWANCE = 64 * 1024
+MAX_CHUNK_LINE = 1024
 # Most request bytes one worker holds for connections still arriving; beyond it, requests are
 # read by their thread (under the deadline) instead of by the loop.
 GATHER_BUDGET = 256 * 1024 * 1024
@@ -63,42 +64,65 @@ class DeadlineSocket(socket.socket):
             self.settimeout(previous)
 
 
-def request_complete(data: bytes | bytearray, limit: int) -> bool:
-    """Whether `data` holds a whole HTTP/1 request, or one a thread must read on (a body
-    announced larger than `limit`, or an `Expect: 100-continue`)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return False
-    head = bytes(data[:end])
-    if EXPECT_CONTINUE.search(head):
-        return True  # the client waits for "100 Continue" before its body
-    length = CONTENT_LENGTH.search(head)
-    if length is not None:
-        size = int(length.group(1))
-        return size > limit or len(data) - end - 4 >= size
-    if CHUNKED.search(head):
-        return _chunks_complete(data, end + 4, limit)
-    return True
+class Arriving:
+    """One request's bytes as they arrive, and whether they are all there. Each check resumes
+    where the last one stopped, so gathering a request costs time linear in its size."""
 
+    def __init__(self, data: bytes, limit: int) -> None:
+        self.data = bytearray(data)
+        self.limit = limit
+        self._body: int | None = None  # where the body starts, once the headers are in
+        self._length: int | None = None  # the Content-Length, when given
+        self._chunk: int | None = None  # where the next chunk's size line starts (chunked)
 
-def _chunks_complete(data: bytes | bytearray, position: int, limit: int) -> bool:
-    """Walk the chunk framing; malformed or oversized framing counts as complete (the thread's
-    parser refuses it)."""
-    while True:
-        line_end = data.find(b"\r\n", position)
-        if line_end < 0:
-            return False
-        try:
-            size = int(bytes(data[position:line_end]).split(b";")[0].strip(), 16)
-        except ValueError:
+    def complete(self) -> bool:
+        """Whether the whole request is here, or a thread must take over anyway: a body
+        announced beyond the limit, `Expect: 100-continue` (the client waits for an answer),
+        or framing the thread's parser will refuse."""
+        if self._body is None and not self._read_head():
+            return len(self.data) > HEADER_ALLOWANCE
+        if self._body is None:
             return True
-        if size == 0:
-            return data.find(b"\r\n\r\n", line_end) >= 0  # the end of the trailers
-        if size > limit:
-            return True
-        position = line_end + 2 + size + 2
-        if position > len(data):
+        if self._length is not None:
+            return self._length > self.limit or len(self.data) - self._body >= self._length
+        return self._chunks_complete()
+
+    def _read_head(self) -> bool:
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
             return False
+        head = bytes(self.data[:end])
+        length = CONTENT_LENGTH.search(head)
+        if EXPECT_CONTINUE.search(head):
+            return True
+        self._body = end + 4
+        if length is not None:
+            self._length = int(length.group(1))
+        elif CHUNKED.search(head):
+            self._chunk = self._body
+        else:
+            self._length = 0
+        return True
+
+    def _chunks_complete(self) -> bool:
+        data = self.data
+        while True:
+            line_end = data.find(b"\r\n", self._chunk)
+            if line_end < 0:
+                return len(data) - self._chunk > MAX_CHUNK_LINE
+            try:
+                size = int(bytes(data[self._chunk : line_end]).split(b";")[0].strip(), 16)
+            except ValueError:
+                return True
+            if size == 0:  # the end, once the trailers (usually none) are in
+                return data.find(b"\r\n\r\n", line_end) >= 0 or (
+                    len(data) - line_end > HEADER_ALLOWANCE
+                )
+            if size > self.limit:
+                return True
+            if line_end + 2 + size + 2 > len(data):
+                return False
+            self._chunk = line_end + 2 + size + 2
 
 
 class GatheringWorker(ThreadWorker):
@@ -120,10 +144,11 @@ class GatheringWorker(ThreadWorker):
             conn.sock = DeadlineSocket(fileno=conn.sock.detach())
         conn.sock.setblocking(False)
         # Bytes a previous request's body read took ahead belong to this request.
-        conn.buffer = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        ahead = conn.parser.unreader.take_buffered() if conn.parser else b""
+        conn.arriving = Arriving(ahead, self.gather_limit)
         conn.sock.deadline = time.monotonic() + self.read_timeout
-        self.gathered_bytes += len(conn.buffer)
-        if request_complete(conn.buffer, self.gather_limit):
+        self.gathered_bytes += len(ahead)
+        if conn.arriving.complete():
             self._hand_over(conn)
             return
         self.gathering[conn] = conn.sock.deadline
@@ -137,17 +162,17 @@ class GatheringWorker(ThreadWorker):
         except OSError:
             data = b""
         if not data:
-            if conn.buffer:  # a request cut short: its thread answers it (4xx) or drops it
+            if conn.arriving.data:  # a request cut short: its thread answers (4xx) or drops it
                 self._stop_gathering(conn)
                 self._hand_over(conn)
             else:
                 self._drop(conn)
             return
-        conn.buffer += data
+        conn.arriving.data += data
         self.gathered_bytes += len(data)
         if (
-            request_complete(conn.buffer, self.gather_limit)
-            or len(conn.buffer) > self.gather_limit
+            conn.arriving.complete()
+            or len(conn.arriving.data) > self.gather_limit
             or self.gathered_bytes > GATHER_BUDGET
         ):
             self._stop_gathering(conn)
@@ -166,7 +191,7 @@ class GatheringWorker(ThreadWorker):
     def handle(self, conn):
         if getattr(conn, "gathered", False):
             conn.gathered = False
-            data, conn.buffer = bytes(conn.buffer), bytearray()
+            data, conn.arriving = bytes(conn.arriving.data), None
             self.method_queue.defer(self._release, len(data))
             conn.sock.setblocking(True)
             conn.init()
@@ -188,6 +213,6 @@ class GatheringWorker(ThreadWorker):
     def _drop(self, conn) -> None:
         """Close a connection whose request never arrived whole."""
         self._stop_gathering(conn)
-        self.gathered_bytes -= len(conn.buffer)
+        self.gathered_bytes -= len(conn.arriving.data)
         self.nr_conns -= 1
         conn.close()

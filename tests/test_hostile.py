@@ -106,6 +106,38 @@ def test_stalled_clients_neither_freeze_the_server_nor_stay_connected(hostile):
             connection.close()
 
 
+HEAD = b"POST / HTTP/1.1\r\nHost: x\r\n"
+TE = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "complete"),
+    [
+        ([HEAD + b"Content-Length: 5\r\n\r\nab", b"cde"], True),
+        ([HEAD + b"Content-Length: 5\r\n\r\nab"], False),
+        ([HEAD + b"\r\n"], True),
+        ([HEAD], False),
+        ([TE + b"3\r\nabc\r\n", b"0\r\n", b"\r\n"], True),
+        ([TE + b"3\r\nabc\r\n", b"0\r\n"], False),
+        ([TE + b"3\r\nab"], False),
+        ([TE + b"1\r\na\r\n" * 100, b"0\r\nX: y\r\n", b"\r\n"], True),
+        ([TE + b"zz\r\nab"], True),  # malformed: the thread's parser refuses it
+        ([TE + b"fffffffff\r\nab"], True),  # beyond the limit: refused at once
+        ([HEAD + b"Content-Length: 5000\r\n\r\n"], True),
+        ([HEAD + b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"], True),
+        ([b"x" * 70_000], True),  # headers beyond any limit
+    ],
+)
+def test_the_event_loop_knows_when_a_request_is_whole(pieces, complete):
+    from api.workers import Arriving
+
+    arriving = Arriving(b"", limit=1000)
+    for piece in pieces:
+        arriving.data += piece
+        done = arriving.complete()
+    assert done is complete
+
+
 def test_a_body_beyond_the_gathered_part_still_answers(hostile):
     """Bodies announced larger than --max-body-bytes are handed to a thread at once: 413."""
     status, answer = raw_request(
