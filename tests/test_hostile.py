@@ -11,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -191,13 +192,22 @@ class DripHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def drip():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DripHandler)
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server answering with `handler`; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def drip() -> Iterator[str]:
+    with http_server(DripHandler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("where", ["body", "headers"])
@@ -292,15 +302,10 @@ class RedirectHandler(BaseHTTPRequestHandler):
 
 
 def test_a_redirect_to_a_malformed_location_is_a_400(hostile):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RedirectHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/a.png"
-        answer = hostile.post("/embed_image", {"name": CLIP, "image": url})
-        assert answer.status_code == 400
-        assert "could not be fetched" in answer.json()["error"]
-    finally:
-        server.shutdown()
+    with http_server(RedirectHandler) as url:
+        answer = hostile.post("/embed_image", {"name": CLIP, "image": f"{url}/a.png"})
+    assert answer.status_code == 400
+    assert "could not be fetched" in answer.json()["error"]
 
 
 # --- 5. smaller findings ------------------------------------------------------------------------
