@@ -147,7 +147,10 @@ EMBED = _operation(
 )
 
 PATHS = {
-    "/health": {"get": _operation("Liveness of the inference (or model) server.", "Message")},
+    "/health": {
+        "get": _operation("Liveness of the inference (or model) server.", "Message"),
+        "head": {"summary": "Liveness, headers only.", "responses": {"200": {"description": "Up"}}},
+    },
     "/embed_text": {"post": _operation("Embed texts.", "Embeddings", "EmbedTextRequest")},
     "/embed_image": {"post": _operation("Embed images.", "Embeddings", "EmbedImageRequest")},
     "/embed": {"post": EMBED},
