@@ -222,28 +222,27 @@ def test_a_drip_fed_download_ends_at_the_deadline(hostile, drip, where):
     assert "could not be fetched" in answer.json()["error"]
 
 
-def test_inline_images_never_wait_behind_downloads(hostile, drip):
+def test_inline_images_and_texts_never_wait_behind_downloads(hostile, drip):
     inline = base64.b64encode(png(16, 16)).decode()
     finished: dict[str, float] = {}
 
-    def call(key: str, images: list[str]) -> int:
-        answer = requests.post(
-            hostile.url + "/embed_image",
-            json={"name": CLIP, "image": images},
-            timeout=DOWNLOAD_TIMEOUT * 10,
-        )
+    def call(key: str, route: str, body: dict) -> int:
+        answer = requests.post(hostile.url + route, json=body, timeout=DOWNLOAD_TIMEOUT * 10)
         finished[key] = time.monotonic()
         return answer.status_code
 
     before = DripHandler.connections
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        drips = [pool.submit(call, f"drip{i}", [f"{drip}/body"] * 8) for i in range(3)]
-        # Every fetch thread of (at least) one worker is busy dripping before the inline call.
+        dripping = {"name": CLIP, "image": [f"{drip}/body"] * 8}
+        drips = [pool.submit(call, f"drip{i}", "/embed_image", dripping) for i in range(3)]
+        # Every fetch thread of (at least) one worker is busy dripping before the other calls.
         while DripHandler.connections - before < 8:
             time.sleep(0.05)
-        assert pool.submit(call, "inline", [inline, f"data:image/png;base64,{inline}"]).result()
+        images = {"name": CLIP, "image": [inline, f"data:image/png;base64,{inline}"]}
+        assert call("inline", "/embed_image", images) == 200
+        assert call("text", "/embed_text", ONE_SENTENCE) == 200
         assert [future.result() for future in drips] == [400] * 3
-    assert finished["inline"] < min(finished[f"drip{i}"] for i in range(3))
+    assert max(finished["inline"], finished["text"]) < min(finished[f"drip{i}"] for i in range(3))
 
 
 # --- 4. malformed requests ----------------------------------------------------------------------
