@@ -41,8 +41,8 @@ def worker_rss_mb(master_pid: int) -> dict[int, float]:
 def long_text_burst(
     url: str,
     master_pid: int,
-    clients: int = 4,
-    per_client: int = 2,
+    clients: int = 2,
+    per_client: int = 1,
     texts: int = 256,
     chars: int = 60_000,
 ) -> dict:
@@ -69,7 +69,7 @@ def long_text_burst(
         for _ in range(per_client):
             started = time.perf_counter()
             try:
-                status = requests.post(url + "/embed_text", json=body, timeout=300).status_code
+                status = requests.post(url + "/embed_text", json=body, timeout=600).status_code
             except requests.RequestException:
                 status = 0
             with lock:
