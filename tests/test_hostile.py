@@ -148,6 +148,20 @@ def test_a_body_beyond_the_gathered_part_still_answers(hostile):
     assert status == 413 and b"larger than" in answer
 
 
+def test_a_body_its_thread_waits_for_ends_at_the_deadline_with_a_408(hostile):
+    """`Expect: 100-continue` bodies are read by their thread, under the same deadline."""
+    head = (
+        b"POST /embed_text HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(JSON_BODY)
+    )
+    with socket.create_connection(("127.0.0.1", port_of(hostile)), timeout=READ_TIMEOUT + 30) as c:
+        c.sendall(head + JSON_BODY[:10])
+        answer = b""
+        while chunk := c.recv(65536):
+            answer += chunk
+    assert b"HTTP/1.1 408" in answer and b"did not arrive within" in answer
+
+
 def test_keepalive_and_pipelined_requests_are_all_answered(hostile):
     body = b'{"name": "%s", "text": "pipelined"}' % MINILM.encode()
     one = b"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
