@@ -89,7 +89,7 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
         try:
             if requests.get(url, timeout=1).status_code < 500:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or still preloading
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {seconds} s")
