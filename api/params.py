@@ -16,10 +16,10 @@ from gunicorn.http.errors import ParseException
 
 from api.settings import Limits
 
-# curl -d sends form-urlencoded and many clients send text/plain: both are read as JSON.
 # RFC 9110 token (a header name) and field value (printable ASCII, spaces and tabs).
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
+# curl -d sends form-urlencoded and many clients send text/plain: both are read as JSON.
 READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
 
 
