@@ -294,6 +294,23 @@ def build_command(
     help="Seconds a worker may stay silent before gunicorn restarts it.",
 )
 @click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    envvar="INGRAIN_READ_TIMEOUT",
+    help="Seconds a client has to send a whole request (headers and body); slower ones are "
+    "cut off.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    envvar="INGRAIN_MAX_CONNECTIONS",
+    help="Most open client connections per worker; more wait to be accepted.",
+)
+@click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
     default=16 * 1024 * 1024,
@@ -354,7 +371,7 @@ def build_command(
     default=10.0,
     show_default=True,
     envvar="INGRAIN_DOWNLOAD_TIMEOUT",
-    help="Seconds one image download may take, redirects included.",
+    help="Seconds one request's image downloads may take together, redirects included.",
 )
 @click.option(
     "--max-redirects",
@@ -364,11 +381,11 @@ def build_command(
     envvar="INGRAIN_MAX_REDIRECTS",
 )
 @click.option(
-    "--block-private-addresses",
+    "--allow-private-addresses",
     is_flag=True,
-    envvar="INGRAIN_BLOCK_PRIVATE_ADDRESSES",
-    help="Refuse image URLs on loopback and private networks too (link-local and cloud "
-    "metadata addresses are always refused).",
+    envvar="INGRAIN_ALLOW_PRIVATE_ADDRESSES",
+    help="Let image URLs reach loopback and private networks (refused by default; link-local "
+    "and cloud metadata addresses are always refused).",
 )
 @click.option(
     "--max-batch-delay-ms",
@@ -501,6 +518,8 @@ def serve_command(
     compile_cache: str,
     preload: tuple[str, ...],
     timeout: int,
+    read_timeout: float,
+    max_connections: int,
     max_body_bytes: int,
     max_items: int,
     max_documents: int,
@@ -510,7 +529,7 @@ def serve_command(
     max_image_pixels: int,
     download_timeout: float,
     max_redirects: int,
-    block_private_addresses: bool,
+    allow_private_addresses: bool,
     max_batch_delay_ms: float,
     max_batch_tokens: int,
     max_queue: int,
@@ -599,12 +618,14 @@ def serve_command(
                 max_rerank_chars=max_rerank_chars,
                 max_text_chars=max_text_chars,
                 max_image_pixels=max_image_pixels,
+                read_timeout_s=read_timeout,
+                max_connections=max_connections,
             ),
             fetch=FetchLimits(
                 max_bytes=max_image_bytes,
                 timeout_s=download_timeout,
                 max_redirects=max_redirects,
-                allow_private=not block_private_addresses,
+                allow_private=allow_private_addresses,
             ),
             batching=BatchingConfig(
                 max_delay_s=max_batch_delay_ms / 1000.0,

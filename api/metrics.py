@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.resources import respond
 from runtime.repository import Repository
-from runtime.stats import BATCH_STATS, STATS
+from runtime.stats import BATCH_STATS, MODEL_LOADED, STATS
 
 CACHE_STATS = ("cache_hit", "cache_miss")  # no cache exists, so these stay null
 BATCH_KEYS = {
@@ -29,11 +29,24 @@ BATCH_KEYS = {
 
 def registry() -> CollectorRegistry:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return REGISTRY
     combined = CollectorRegistry()
-    MultiProcessCollector(combined, directory)
+    combined.register(HeldModels(MultiProcessCollector(None, directory) if directory else REGISTRY))
     return combined
+
+
+class HeldModels:
+    """Every figure of `source`, but only models some live worker holds in
+    ingrain_model_loaded_workers: an unloaded or deleted model's series goes (prometheus-client
+    cannot remove a label in multiprocess mode, so unloading counts it down to 0)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def collect(self):
+        for metric in self.source.collect():
+            if metric.name == MODEL_LOADED.describe()[0].name:
+                metric.samples = [sample for sample in metric.samples if sample.value]
+            yield metric
 
 
 def _samples(source: CollectorRegistry) -> dict[tuple, float]:

@@ -395,7 +395,10 @@ COHERE_RERANK = _operation(
 )
 
 PATHS = {
-    "/health": {"get": _operation("Liveness of the inference (or model) server.", "Message")},
+    "/health": {
+        "get": _operation("Liveness of the inference (or model) server.", "Message"),
+        "head": {"summary": "Liveness, headers only.", "responses": {"200": {"description": "Up"}}},
+    },
     "/ready": {
         "get": {
             "summary": "Every model this server must serve is loaded, warmed up and executing.",

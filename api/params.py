@@ -6,15 +6,21 @@ Keys are accepted in camelCase (as documented: `nDims`) and snake_case (`n_dims`
 
 from __future__ import annotations
 
+import codecs
+import re
 from typing import Any
 
 import falcon
 import orjson
+from gunicorn.http.errors import ParseException
 
 from api.settings import Limits
 from runtime.quantize import PRECISIONS
 from runtime.text import TRUNCATION_SIDES, TextOptions
 
+# RFC 9110 token (a header name) and field value (printable ASCII, spaces and tabs).
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")
 # curl -d sends form-urlencoded and many clients send text/plain: both are read as JSON.
 READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
 
@@ -33,9 +39,10 @@ def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
         raise too_large
     # Without Content-Length (chunked uploads) gunicorn's own stream ends where the body does.
     stream = req.bounded_stream if req.content_length is not None else req.stream
-    raw = stream.read(limits.max_body_bytes + 1)
+    raw = _read(stream, limits)
     if len(raw) > limits.max_body_bytes:
         raise too_large
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     if not raw.strip():
         raise falcon.HTTPBadRequest(description="the request body is empty; send a JSON object")
     try:
@@ -49,6 +56,27 @@ def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
             description=f"the request body must be a JSON object, not {_json_type(body)}"
         )
     return body
+
+
+def _read(stream, limits: Limits) -> bytes:
+    """At most max_body_bytes + 1 bytes of the body; the transport's failures become 4xx."""
+    try:
+        return stream.read(limits.max_body_bytes + 1)
+    except TimeoutError:
+        raise falcon.HTTPError(
+            falcon.HTTP_408,
+            description=f"the request body did not arrive within {limits.read_timeout_s} s; "
+            "send it whole and promptly",
+            headers={"Connection": "close"},
+        ) from None
+    except (OSError, ParseException) as error:
+        # gunicorn's chunked-body parser: a bad chunk size, or a body cut short (OSError).
+        problem = "cut short" if isinstance(error, OSError) else f"malformed ({str(error)[:100]})"
+        raise falcon.HTTPBadRequest(
+            description=f"the request body is {problem}; send a complete body with a valid "
+            "Content-Length or chunked encoding",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def get(body: dict[str, Any], camel: str, snake: str | None = None) -> Any:
@@ -156,10 +184,12 @@ def download_headers(body: dict[str, Any]) -> dict[str, str]:
         raise falcon.HTTPBadRequest(
             description='"imageDownloadHeaders" must be an object of string header values'
         )
-    if any("\r" in k + v or "\n" in k + v for k, v in value.items()):
-        raise falcon.HTTPBadRequest(
-            description='"imageDownloadHeaders" may not contain line breaks'
-        )
+    for name, text in value.items():
+        if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(text):
+            raise falcon.HTTPBadRequest(
+                description=f'"imageDownloadHeaders" has an invalid header {name[:100]!r}: names '
+                "are letters, digits and !#$%&'*+-.^_`|~; values are printable ASCII"
+            )
     return value
 
 

@@ -46,6 +46,8 @@ class Health:
         server = "model" if port is not None and port == self.model_port else "inference"
         respond(resp, {"message": f"The {server} server is running."})
 
+    on_head = on_get
+
 
 class _ModelRoute:
     def __init__(self, registry: ModelRegistry, limits: Limits) -> None:

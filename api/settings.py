@@ -22,6 +22,10 @@ class Limits:
     # /rerank and /v1/rerank: texts per request, and characters of the query and texts together.
     max_documents: int = 1000
     max_rerank_chars: int = 2_000_000
+    # Seconds a client has to send a whole request (headers and body); then it is cut off.
+    read_timeout_s: float = 30.0
+    # Most open client connections per worker (gunicorn's worker_connections).
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)

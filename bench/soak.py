@@ -3,6 +3,10 @@ saturation for a bounded time, reporting every answer by status, latency and wor
 
 Goal: no 5xx and no lost request (every request answered) below the queue limit, and worker
 RSS growing less than 10% between the end of warm-up and the end of the run.
+
+Then a burst of maximum-length texts (256 texts of 60,000 characters per request, within every
+default limit), reporting worker RSS before, at its peak during, and after the burst: the
+memory a worker takes for the longest inputs should come back once they are done.
 """
 
 from __future__ import annotations
@@ -32,6 +36,68 @@ def worker_rss_mb(master_pid: int) -> dict[int, float]:
             if line.startswith("VmRSS:"):
                 rss[pid] = int(line.split()[1]) / 1024
     return rss
+
+
+def long_text_burst(
+    url: str,
+    master_pid: int,
+    clients: int = 2,
+    per_client: int = 1,
+    texts: int = 256,
+    chars: int = 60_000,
+) -> dict:
+    """Worker RSS (MB) before, at peak during and 5 s after `clients` x `per_client` requests
+    of `texts` texts of `chars` characters each, with their statuses and the slowest answer."""
+    words = " ".join(sentences()[:400])
+    body = {"name": MODEL, "text": [(words[i:] + words)[:chars] for i in range(texts)]}
+    rss = {"before": worker_rss_mb(master_pid)}
+    peak = dict(rss["before"])
+    statuses: dict[int, int] = {}
+    slowest = 0.0
+    lock = threading.Lock()
+    running = threading.Event()
+    running.set()
+
+    def sample() -> None:
+        while running.is_set():
+            for pid, mb in worker_rss_mb(master_pid).items():
+                peak[pid] = max(peak.get(pid, 0.0), mb)
+            time.sleep(0.1)
+
+    def client() -> None:
+        nonlocal slowest
+        for _ in range(per_client):
+            started = time.perf_counter()
+            try:
+                status = requests.post(url + "/embed_text", json=body, timeout=600).status_code
+            except requests.RequestException:
+                status = 0
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                slowest = max(slowest, time.perf_counter() - started)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    running.clear()
+    sampler.join()
+    time.sleep(5)
+    rss["peak_during"] = peak
+    rss["after"] = worker_rss_mb(master_pid)
+    return {
+        "requests": clients * per_client,
+        "texts_per_request": texts,
+        "chars_per_text": chars,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "slowest_s": round(slowest, 2),
+        "worker_rss_mb": {
+            stage: {str(k): round(v, 1) for k, v in values.items()} for stage, values in rss.items()
+        },
+    }
 
 
 def tiny_models(engines: Path) -> tuple[str, str]:
@@ -120,6 +186,7 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
         for thread in threads:
             thread.join()
         rss["end"] = worker_rss_mb(process.pid)
+        long_texts = long_text_burst(url, process.pid)
     finally:
         process.terminate()
         process.wait(60)
@@ -142,4 +209,5 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
             stage: {str(k): round(v, 1) for k, v in values.items()} for stage, values in rss.items()
         },
         "rss_growth_after_warmup_percent": {str(k): v for k, v in growth.items()},
+        "long_texts": long_texts,
     }

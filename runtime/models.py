@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from runtime.batching import BatchingConfig
 from runtime.classifier import Classifier
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
-from runtime.fetch import FetchLimits, ImageFetcher
+from runtime.fetch import DOWNLOAD_FAILED, FetchLimits, ImageFetcher, is_url
 from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
 from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.pairs import PairEncoder, load_pair_encoder
@@ -26,6 +27,8 @@ from runtime.stats import TowerStats
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
 from runtime.tokenizer import TextTokenizer
 from runtime.tower import Collate, Tower
+
+log = logging.getLogger(__name__)
 
 
 class ImageEncoder:
@@ -52,6 +55,10 @@ class ImageEncoder:
         self.tower.stats.preprocess("decode", time.perf_counter_ns() - decoding)
         for index, result in enumerate(pixels):
             if isinstance(result, ImageDecodeError):
+                # A downloaded image fails like a failed download: no oracle for what a URL holds.
+                if is_url(sources[index]):
+                    log.warning("image %.200r is not decodable: %s", sources[index], result)
+                    raise InputError(f"image[{index}]: {DOWNLOAD_FAILED}")
                 raise InputError(f"image[{index}]: {result}")
         return np.stack(pixels)
 

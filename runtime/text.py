@@ -45,8 +45,8 @@ class TextTooLong(InputError):
 
     def describe(self, key: str) -> str:
         return (
-            f'"{key}"[{self.index}] has {self.tokens} tokens; this model reads at most '
-            f"{self.maximum}. Send a shorter text, or truncate: true to cut it"
+            f'"{key}"[{self.index}] has at least {self.tokens} tokens; this model reads at '
+            f"most {self.maximum}. Send a shorter text, or truncate: true to cut it"
         )
 
 

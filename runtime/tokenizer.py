@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,10 @@ from tokenizers import Tokenizer
 
 from runtime.manifest import TokenizerSpec
 from runtime.text_cleaning import CLEANERS
+
+# The first part of a long text tried: max_length times this many characters. Typical text has
+# 3 to 6 characters per token; a part that turns out too short is widened, never trusted.
+CHARS_PER_TOKEN = 8
 
 
 class TextTokenizer:
@@ -35,7 +39,12 @@ class TextTokenizer:
 
     def encode(self, texts: list[str], direction: str) -> list[tuple[list[int], int]]:
         """Per text: its ids truncated on `direction` to the maximum length (special tokens
-        kept, as the tokenizer's own truncation does), and its untruncated token count."""
+        kept, as the tokenizer's own truncation does), and its token count before truncation:
+        exact for a text the model reads whole, a lower bound (past the maximum) for a long
+        text, which is cut to the part the model reads before tokenizing (readable_parts)."""
+        texts = readable_parts(
+            self._tokenizer, texts, self.spec.max_length, direction, self._clean
+        )
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]
         rows = []
@@ -89,3 +98,47 @@ class TextTokenizer:
             "pooling_mask": pooling_mask,
         }
         return {name: arrays[name] for name in names}
+
+
+def readable_parts(
+    counter: Tokenizer,
+    texts: list[str],
+    max_length: int,
+    side: str,
+    clean: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Each text cut to a part that yields the same tokens the model reads (the first
+    `max_length`, or the last for `side` "left"), so the cost of tokenizing follows what the
+    model uses, not what the client sends.
+
+    A part is kept only when its tokens show that the tokens read come from whole words before
+    the cut (tokenizers split text into words first and tokenize each word alone), with a word
+    to spare: otherwise it is widened, up to the whole text. `counter` must not truncate.
+    """
+    window = max_length * CHARS_PER_TOKEN
+    parts = list(texts)
+    pending = [index for index, text in enumerate(texts) if len(text) > window]
+    while pending:
+        pieces = [texts[i][:window] if side == "right" else texts[i][-window:] for i in pending]
+        cleaned = [clean(piece) for piece in pieces] if clean else pieces
+        encodings = counter.encode_batch(cleaned, add_special_tokens=False)
+        widen = []
+        for index, piece, encoding in zip(pending, pieces, encodings, strict=True):
+            if _holds(encoding.word_ids, max_length, side):
+                parts[index] = piece
+            else:
+                widen.append(index)
+        window *= 4
+        pending = [index for index in widen if len(texts[index]) > window]
+    return parts
+
+
+def _holds(word_ids: list[int | None], max_length: int, side: str) -> bool:
+    """Whether the read tokens' words lie at least one whole word away from the cut."""
+    if len(word_ids) <= max_length:
+        return False
+    if side == "right":
+        read, cut = word_ids[max_length - 1], word_ids[-1]
+    else:
+        cut, read = word_ids[0], word_ids[-max_length]
+    return read is not None and cut is not None and abs(cut - read) > 1

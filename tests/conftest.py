@@ -239,7 +239,9 @@ def server(engines, tmp_path_factory) -> Iterator[Server]:
         "--max-loaded-models": "10",
     }
     flags = [part for pair in limits.items() for part in pair]
-    running = start_server(engines, log, "--workers", "2", "--threads", "4", *flags)
+    running = start_server(
+        engines, log, "--workers", "2", "--threads", "4", "--allow-private-addresses", *flags
+    )
     yield running
     stop_server(running)
 
