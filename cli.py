@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from api.on_demand import BuildSettings
 from builder.options import HARDWARE_COMPAT, PRECISIONS
@@ -567,7 +568,10 @@ def serve_command(
             "never be queued",
             param_hint="--max-queue",
         )
-    if max_documents + 1 > max_queue:
+    documents_given = click.get_current_context().get_parameter_source("max_documents")
+    if max_documents + 1 > max_queue and documents_given is ParameterSource.DEFAULT:
+        max_documents = max_queue - 1  # the default follows a smaller queue
+    elif max_documents + 1 > max_queue:
         raise click.BadParameter(
             f"--max-documents {max_documents} (plus the query) is more than --max-queue "
             f"{max_queue}: such requests could never be queued",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import falcon
 import orjson
@@ -29,7 +30,9 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
     "param", "code"}}`, so its SDKs raise their own typed errors."""
     resp.content_type = falcon.MEDIA_JSON
     message = error.description or error.title
-    if not (req.path + "/").startswith(OPENAI_PREFIX):
+    # The resolved route where there is one: `//v1/embeddings` is routed as /v1/embeddings.
+    path = req.uri_template or re.sub("/+", "/", req.path)
+    if not (path + "/").startswith(OPENAI_PREFIX):
         resp.data = orjson.dumps({"error": message})
         return
     status = error.status_code

@@ -19,6 +19,7 @@ from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
 from runtime.manifest import TokenizerSpec
 from runtime.repository import Entry
+from runtime.tokenizer import readable_parts
 from runtime.tower import Collate, Tower
 
 # One tower item: (token ids, token type ids).
@@ -33,12 +34,29 @@ class PairTokenizer:
             spec.max_length, strategy="longest_first", direction=spec.truncation_side
         )
         self._tokenizer.no_padding()
+        self._counter = Tokenizer.from_str(self._tokenizer.to_str())
+        self._counter.no_truncation()
 
     def encode(self, first: list[str], second: list[str] | None = None) -> list[Encoding]:
         """One encoding per text, or per (first[i], second[i]) pair, truncated to the model's
-        maximum length (special tokens included)."""
-        inputs = first if second is None else list(zip(first, second, strict=True))
+        maximum length (special tokens included).
+
+        Each side is first cut to the part the model can read (readable_parts), so the cost
+        follows the model's length, not the client's. The encoding is the same: a side cut
+        keeps more than the maximum, and `longest_first` ends at the same split whenever a side
+        is longer than the whole budget.
+        """
+        first = self._readable(first)
+        inputs = first if second is None else list(zip(first, self._readable(second), strict=True))
         return self._tokenizer.encode_batch(inputs)
+
+    def _readable(self, texts: list[str]) -> list[str]:
+        unique = list(dict.fromkeys(texts))  # a query repeated per document is cut once
+        parts = readable_parts(
+            self._counter, unique, self.spec.max_length, self.spec.truncation_side
+        )
+        cut = dict(zip(unique, parts, strict=True))
+        return [cut[text] for text in texts]
 
     def batch(self, items: list[PairItem], names: list[str]) -> dict[str, np.ndarray]:
         """Pad a group of items to its longest member, on the side the source tokenizer pads,

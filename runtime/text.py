@@ -45,8 +45,8 @@ class TextTooLong(InputError):
 
     def describe(self, key: str) -> str:
         return (
-            f'"{key}"[{self.index}] has at least {self.tokens} tokens; this model reads at '
-            f"most {self.maximum}. Send a shorter text, or truncate: true to cut it"
+            f'"{key}"[{self.index}] has {self.tokens} tokens; this model reads at most '
+            f"{self.maximum}. Send a shorter text, or truncate: true to cut it"
         )
 
 
@@ -87,7 +87,7 @@ class TextEncoder:
             skip = self.tokenizer.prompt_length(prompt) if self.masks_prompt else 0
         direction = options.direction or self.tokenizer.spec.truncation_side
         encoded = self.tokenizer.encode(texts, direction)
-        self._check_lengths([count for _, count in encoded], options)
+        self._check_lengths([count for _, count in encoded], options, texts)
         self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
         return [TokenRow(ids, skip) for ids, _ in encoded]
 
@@ -106,12 +106,17 @@ class TextEncoder:
         limit = self.max_length
         return [TokenRow(row[-limit:] if left else row[:limit]) for row in ids]
 
-    def _check_lengths(self, counts: list[int], options: TextOptions) -> None:
+    def _check_lengths(
+        self, counts: list[int], options: TextOptions, texts: list[str] | None = None
+    ) -> None:
+        """With truncate false, the first input past the maximum is a 400 with its exact token
+        count: a long text was cut before tokenizing, so only that one is counted in full."""
         if options.truncate:
             return
         for index, count in enumerate(counts):
             if count > self.max_length:
-                raise TextTooLong(index, count, self.max_length)
+                exact = self.tokenizer.count(texts[index]) if texts is not None else count
+                raise TextTooLong(index, exact, self.max_length)
 
     def embed(self, rows: list[TokenRow]) -> np.ndarray:
         return self.tower.infer(rows, lengths=[len(row.ids) for row in rows])

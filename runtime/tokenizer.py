@@ -57,6 +57,12 @@ class TextTokenizer:
             rows.append((ids, count))
         return rows
 
+    def count(self, text: str) -> int:
+        """The tokens of the whole text, special tokens included."""
+        if self._clean is not None:
+            text = self._clean(text)
+        return len(self._tokenizer.encode(text).ids)
+
     def _truncated(self, text: str, direction: str) -> list[int]:
         """What the tokenizer's own truncation does: cut the text's tokens to leave room for
         the special tokens, then add them."""

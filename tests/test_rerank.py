@@ -275,3 +275,34 @@ def test_load_model_builds_a_hub_cross_encoder_on_demand(pair_sources, tmp_path,
         assert max(abs(scores[i] - expected[i]) for i in range(len(TEXTS))) <= 1e-4
     finally:
         stop_server(server)
+
+
+def test_long_pairs_are_cut_before_tokenizing_to_the_same_encoding(pair_engines):
+    """Queries and texts far past the maximum encode exactly as whole ones do, at a cost that
+    follows the model's length. (Whole, a 100 KB query with 500 texts took 75 s and 2.5 GB: the
+    pair overflow grows as the product of both sides' lengths.)"""
+    from tokenizers import Tokenizer
+
+    from runtime.pairs import PairTokenizer
+
+    entry = Repository(pair_engines).find(RERANKER)
+    tokenizer = PairTokenizer(entry.directory, entry.manifest.tokenizer)
+    whole = Tokenizer.from_file(str(entry.directory / entry.manifest.tokenizer.file))
+    whole.enable_truncation(entry.manifest.tokenizer.max_length, strategy="longest_first")
+    whole.no_padding()
+    # Long enough to be cut (the tiny model reads 64 tokens), short enough that the whole
+    # texts' pair overflow, which tokenizers computes as a product of both sides, stays small.
+    words = [f"word{i % 97} élan {i}" for i in range(300)]
+    long_text, short = " ".join(words), "a short query"
+    pairs = [
+        (long_text, long_text),
+        (short, long_text),
+        (long_text, short),
+        (" ".join(words[:40]), long_text),
+    ]
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
+    ours = tokenizer.encode(first, second)
+    theirs = whole.encode_batch(pairs)
+    assert [e.ids for e in ours] == [e.ids for e in theirs]
+    assert [e.type_ids for e in ours] == [e.type_ids for e in theirs]
+    assert [bool(e.overflowing) for e in ours] == [True] * 4  # truncate: false still refuses
