@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runtime.backends.base import Backend, BackendUnavailable, Execution
@@ -116,33 +116,43 @@ def select(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Selection:
 
 
 def open_backend(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Backend:
-    """Open one tower of `model` on the backend `select` picks, logging the choice and why."""
+    """Open one tower of `model` on the backend `select` picks, logging the choice and why.
+    Under `auto`, a plan that TensorRT cannot open (corrupt, or built for another version)
+    falls back to the CPU backends like a plan that cannot run here."""
     selection = select(tower, runtime, model)
     where = f"{directory.name}/{tower.onnx}"
     for note in selection.notes:
         log.warning("%s: %s", where, note)
-    backend: Backend
+    try:
+        backend = _open(directory, tower, runtime, selection)
+    except Exception as error:
+        if selection.backend != "tensorrt" or runtime.backend != "auto":
+            raise
+        log.warning("%s: cannot open %s (%s); falling back to the CPU", where, tower.plan, error)
+        return open_backend(directory, replace(tower, plan=None, plan_info=None), runtime, model)
+    log.info("%s: using %s", where, backend.describe())
+    return backend
+
+
+def _open(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, selection: Selection):
     if selection.backend == "tensorrt":
         from runtime.backends.tensorrt import TensorRTBackend
 
-        backend = TensorRTBackend(
+        return TensorRTBackend(
             directory / tower.plan,
             tower.plan_info["profiles"],
             version_compatible=bool(tower.plan_info.get("version_compatible")),
             precision=selection.precision,
         )
-    elif selection.backend == "openvino":
+    if selection.backend == "openvino":
         from runtime.backends.openvino import OpenVinoBackend
 
-        backend = OpenVinoBackend(
+        return OpenVinoBackend(
             directory / tower.onnx,
             selection.precision,
             runtime.threads,
             runtime.cache_root(directory),
         )
-    else:
-        from runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        backend = OnnxRuntimeBackend(directory / tower.onnx, threads=runtime.threads)
-    log.info("%s: using %s", where, backend.describe())
-    return backend
+    return OnnxRuntimeBackend(directory / tower.onnx, threads=runtime.threads)
