@@ -231,7 +231,8 @@ def test_a_model_name_cannot_forge_a_log_line(guarded):
 
 def test_requests_racing_unloads_finish_or_get_the_unloaded_answer(guarded):
     """Text requests under load while the model is unloaded and loaded again, many times:
-    every answer is a 200, or the same 400 as a request that arrives after the unload."""
+    every answer is a 200, or the same 400 as a request that arrives after the unload (never a
+    503 or 500 from an engine closed under a request that held it)."""
     headers = {"Authorization": f"Bearer {USER}"}
     statuses: list[int] = []
     stop = threading.Event()
@@ -244,7 +245,7 @@ def test_requests_racing_unloads_finish_or_get_the_unloaded_answer(guarded):
                     guarded.url + "/embed_text", json=body, headers=headers, timeout=60
                 )
                 statuses.append(answer.status_code)
-                if answer.status_code not in (200, 400, 503):
+                if answer.status_code not in (200, 400):
                     stop.set()
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
@@ -258,7 +259,7 @@ def test_requests_racing_unloads_finish_or_get_the_unloaded_answer(guarded):
         stop.set()
         for thread in threads:
             thread.join(60)
-    assert set(statuses) <= {200, 400, 503}, statuses
+    assert set(statuses) <= {200, 400}, statuses
     assert 200 in statuses
     assert "Traceback" not in guarded.log.read_text()
 
