@@ -8,11 +8,15 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+# The settings' dataclasses are the one source of every default; the options below read them.
 from api.on_demand import BuildSettings
-from builder.options import HARDWARE_COMPAT, PRECISIONS
+from api.settings import Limits, ReadinessLimits, ServerSettings
+from builder.options import HARDWARE_COMPAT, PRECISIONS, BuildOptions, TensorRTOptions
 from runtime.backends import BACKENDS, openvino_unavailable, select
+from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
+from runtime.fetch import FetchLimits
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
 
 engines_option = click.option(
@@ -49,7 +53,7 @@ def main() -> None:
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
-    default=32,
+    default=BuildOptions.max_batch,
     show_default=True,
     help="Most items run in one execution.",
 )
@@ -88,15 +92,17 @@ def main() -> None:
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="fp16",
+    default=TensorRTOptions.precision,
     show_default=True,
     help="TensorRT precision; normalisation, softmax and pooling stay in FP32.",
 )
-@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--min-batch", type=click.IntRange(min=1), default=TensorRTOptions.batch[0], show_default=True
+)
 @click.option(
     "--opt-batch",
     type=click.IntRange(min=1),
-    default=8,
+    default=TensorRTOptions.batch[1],
     show_default=True,
     help="TensorRT: batches up to this use a latency profile, larger ones a throughput profile.",
 )
@@ -107,8 +113,15 @@ def main() -> None:
     type=click.IntRange(min=1),
     help="TensorRT (default: the model's max sequence length).",
 )
-@click.option("--workspace-gb", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
-@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option(
+    "--workspace-gb",
+    type=click.FloatRange(min=0.1),
+    default=TensorRTOptions.workspace_gb,
+    show_default=True,
+)
+@click.option(
+    "--opt-level", type=click.IntRange(0, 5), default=TensorRTOptions.opt_level, show_default=True
+)
 @click.option(
     "--timing-cache",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -117,7 +130,7 @@ def main() -> None:
 @click.option(
     "--hardware-compat",
     type=click.Choice(HARDWARE_COMPAT),
-    default="none",
+    default=TensorRTOptions.hardware_compat,
     show_default=True,
 )
 @click.option(
@@ -156,8 +169,7 @@ def build_command(
     """Export SOURCE (a Hugging Face model id, a local model directory, an open_clip or timm
     name) to an engine directory, verify it against the source library, and add it to the
     repository."""
-    from builder import BuildError, BuildOptions, build_model
-    from builder.options import TensorRTOptions
+    from builder import BuildError, build_model
 
     compile_options = None
     if tensorrt:
@@ -224,7 +236,7 @@ def build_command(
 @click.option(
     "--max-loaded-models",
     type=click.IntRange(min=1),
-    default=5,
+    default=ServerSettings.max_loaded_models,
     show_default=True,
     help="Most models in the loaded set; /load_model beyond it is refused.",
 )
@@ -246,7 +258,7 @@ def build_command(
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default="auto",
+    default=RuntimeConfig.backend,
     show_default=True,
     help="auto: TensorRT where the model has a plan for this GPU, else OpenVINO, else ONNX "
     "Runtime.",
@@ -254,7 +266,7 @@ def build_command(
 @click.option(
     "--precision",
     type=click.Choice(SERVE_PRECISIONS),
-    default="auto",
+    default=RuntimeConfig.precision,
     show_default=True,
     help="CPU precision. auto: bf16 where the CPU reports BF16 and ingrain-build verified it for "
     "the model, else f32.",
@@ -297,7 +309,7 @@ def build_command(
 @click.option(
     "--read-timeout",
     type=click.FloatRange(min=0.1),
-    default=30.0,
+    default=Limits.read_timeout_s,
     show_default=True,
     envvar="INGRAIN_READ_TIMEOUT",
     help="Seconds a client has to send a whole request (headers and body); slower ones are "
@@ -306,7 +318,7 @@ def build_command(
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
-    default=1000,
+    default=Limits.max_connections,
     show_default=True,
     envvar="INGRAIN_MAX_CONNECTIONS",
     help="Most open client connections per worker; more wait to be accepted.",
@@ -314,14 +326,14 @@ def build_command(
 @click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1),
-    default=16 * 1024 * 1024,
+    default=Limits.max_body_bytes,
     show_default=True,
     envvar="INGRAIN_MAX_BODY_BYTES",
 )
 @click.option(
     "--max-items",
     type=click.IntRange(min=1),
-    default=256,
+    default=Limits.max_items,
     show_default=True,
     envvar="INGRAIN_MAX_ITEMS",
     help="Most texts or images in one request.",
@@ -329,7 +341,7 @@ def build_command(
 @click.option(
     "--max-documents",
     type=click.IntRange(min=1),
-    default=1000,
+    default=Limits.max_documents,
     show_default=True,
     envvar="INGRAIN_MAX_DOCUMENTS",
     help="Most texts one /rerank or /v1/rerank request ranks.",
@@ -337,7 +349,7 @@ def build_command(
 @click.option(
     "--max-rerank-chars",
     type=click.IntRange(min=1),
-    default=2_000_000,
+    default=Limits.max_rerank_chars,
     show_default=True,
     envvar="INGRAIN_MAX_RERANK_CHARS",
     help="Most characters of the query and texts of one rerank request together.",
@@ -345,7 +357,7 @@ def build_command(
 @click.option(
     "--max-text-chars",
     type=click.IntRange(min=1),
-    default=100_000,
+    default=Limits.max_text_chars,
     show_default=True,
     envvar="INGRAIN_MAX_TEXT_CHARS",
     help="Most characters in one text.",
@@ -353,7 +365,7 @@ def build_command(
 @click.option(
     "--max-image-bytes",
     type=click.IntRange(min=1),
-    default=20 * 1024 * 1024,
+    default=FetchLimits.max_bytes,
     show_default=True,
     envvar="INGRAIN_MAX_IMAGE_BYTES",
     help="Most bytes in one image (downloaded or inline).",
@@ -361,7 +373,7 @@ def build_command(
 @click.option(
     "--max-image-pixels",
     type=click.IntRange(min=1),
-    default=50_000_000,
+    default=Limits.max_image_pixels,
     show_default=True,
     envvar="INGRAIN_MAX_IMAGE_PIXELS",
     help="Most pixels in one image; larger ones are refused before decoding.",
@@ -369,7 +381,7 @@ def build_command(
 @click.option(
     "--download-timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=FetchLimits.timeout_s,
     show_default=True,
     envvar="INGRAIN_DOWNLOAD_TIMEOUT",
     help="Seconds one request's image downloads may take together, redirects included.",
@@ -377,7 +389,7 @@ def build_command(
 @click.option(
     "--max-redirects",
     type=click.IntRange(min=0),
-    default=3,
+    default=FetchLimits.max_redirects,
     show_default=True,
     envvar="INGRAIN_MAX_REDIRECTS",
 )
@@ -391,7 +403,7 @@ def build_command(
 @click.option(
     "--max-batch-delay-ms",
     type=click.FloatRange(min=0),
-    default=2.0,
+    default=BatchingConfig.max_delay_s * 1000,
     show_default=True,
     envvar="INGRAIN_MAX_BATCH_DELAY_MS",
     help="How long a partial batch may wait for more requests (never when the engine is idle "
@@ -400,7 +412,7 @@ def build_command(
 @click.option(
     "--max-batch-tokens",
     type=click.IntRange(min=1),
-    default=16384,
+    default=BatchingConfig.max_tokens,
     show_default=True,
     envvar="INGRAIN_MAX_BATCH_TOKENS",
     help="Most padded tokens (texts x longest) in one text execution.",
@@ -408,7 +420,7 @@ def build_command(
 @click.option(
     "--max-queue",
     type=click.IntRange(min=1),
-    default=1024,
+    default=BatchingConfig.max_queue,
     show_default=True,
     envvar="INGRAIN_MAX_QUEUE",
     help="Most items waiting per model tower and worker; beyond it requests get 503.",
@@ -416,7 +428,7 @@ def build_command(
 @click.option(
     "--max-queue-wait-ms",
     type=click.FloatRange(min=0),
-    default=30_000.0,
+    default=BatchingConfig.max_queue_wait_s * 1000,
     show_default=True,
     envvar="INGRAIN_MAX_QUEUE_WAIT_MS",
     help="A request still queued after this long is dropped before execution with 503 (its "
@@ -425,7 +437,7 @@ def build_command(
 @click.option(
     "--ready-max-execution-s",
     type=click.FloatRange(min=0.001),
-    default=60.0,
+    default=ReadinessLimits.max_execution_s,
     show_default=True,
     envvar="INGRAIN_READY_MAX_EXECUTION_S",
     help="/ready: an execution running longer than this marks its model not ready (stuck).",
@@ -433,7 +445,7 @@ def build_command(
 @click.option(
     "--ready-max-failures",
     type=click.IntRange(min=1),
-    default=3,
+    default=ReadinessLimits.max_failed_executions,
     show_default=True,
     envvar="INGRAIN_READY_MAX_FAILURES",
     help="/ready: this many failed executions in a row mark a model not ready until a probe "
@@ -550,9 +562,6 @@ def serve_command(
     """Serve the models in the engine repository with the ingrain HTTP API."""
     from api.logs import configure_logging
     from api.server import PortUnavailable, serve
-    from api.settings import Limits, ReadinessLimits, ServerSettings
-    from runtime.batching import BatchingConfig
-    from runtime.fetch import FetchLimits
 
     if model_port.lower() == "none":
         model_port_number = None

@@ -21,4 +21,4 @@ class BatchingConfig:
     execution_overhead_tokens: int = 128
     # Requests still queued after this many seconds are dropped before execution (503); None
     # waits forever.
-    max_queue_wait_s: float | None = None
+    max_queue_wait_s: float | None = 30.0
