@@ -1,17 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install ingrain-server with its build and dev extras into it;
-# and checkov, which tests/test_deploy.py runs on the Kubernetes manifests, into its own
-# .venv-checkov (its pinned dependencies would fight the project's). pip runs only when
-# pyproject.toml or TORCH_SPEC changed since the last install that succeeded.
+# Create .venv (if missing) and install ingrain-server with its build and dev extras into it.
+# pip runs only when pyproject.toml or TORCH_SPEC changed since the last install that succeeded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # These torch releases lie on this project's machines' disk (torchvision has no CPU-only wheel
 # there); set TORCH_SPEC to pick other builds elsewhere.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
-[ -x .venv-checkov/bin/checkov ] || {
-    python3 -m venv .venv-checkov
-    .venv-checkov/bin/pip install --quiet --disable-pip-version-check "checkov==3.3.30"
-}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=.venv/.ingrain-installed
 wanted=$( (cat pyproject.toml; echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# checkov, which tests/test_deploy.py runs on the Kubernetes manifests, in its own environment
+# (its pinned dependencies would fight the project's); the demo command does not need it.
+[ -x .venv-checkov/bin/checkov ] || {
+    python3 -m venv .venv-checkov
+    .venv-checkov/bin/pip install --quiet --disable-pip-version-check "checkov==3.3.30"
+}
 .venv/bin/ruff check .
 .venv/bin/hadolint Dockerfile Dockerfile.cuda
 exec .venv/bin/pytest "$@"

@@ -138,7 +138,7 @@ def test_the_gpu_overlay_requests_a_gpu_and_runs_the_cuda_image():
 
 def test_checkov_finds_nothing_but_the_accepted_checks(tmp_path):
     assert CHECKOV.exists(), (
-        f"checkov is not at {CHECKOV}: scripts/install.sh installs it into .venv-checkov "
+        f"checkov is not at {CHECKOV}: scripts/test.sh installs it into .venv-checkov "
         "(or set INGRAIN_CHECKOV to a checkov executable)"
     )
     for overlay in OVERLAYS:
