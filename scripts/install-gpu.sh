@@ -5,4 +5,6 @@
 # Usage: install-gpu.sh PIP  (the pip to use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-"$1" install --quiet --disable-pip-version-check ".[build]" "cuda-python>=13,<14"
+# Model Optimizer (TensorRT 11 FP16 builds) is the gpu extra's; it belongs in this image only.
+"$1" install --quiet --disable-pip-version-check ".[build]" "cuda-python>=13,<14" \
+    "nvidia-modelopt[onnx]>=0.40"
