@@ -197,11 +197,14 @@ def verify_prompt(
     )
 
 
-def check_max_abs(served: np.ndarray, expected: np.ndarray, what: str, labels: list[str]) -> dict:
-    """Scores or probabilities within MAX_PROBABILITY_ERROR of the source library's, per row."""
+def check_max_abs(
+    served: np.ndarray, expected: np.ndarray, what: str, labels: list[str], strict: bool = True
+) -> dict:
+    """Scores or probabilities within MAX_PROBABILITY_ERROR of the source library's, per row
+    (measured only, when not `strict`)."""
     errors = np.abs(served - expected).reshape(len(served), -1).max(axis=1)
     worst = int(errors.argmax())
-    if errors[worst] > MAX_PROBABILITY_ERROR:
+    if strict and errors[worst] > MAX_PROBABILITY_ERROR:
         raise BuildError(
             f"the exported {what} does not match the source model: it differs by "
             f"{errors[worst]:.2e} > {MAX_PROBABILITY_ERROR} on {labels[worst]}"
@@ -250,16 +253,6 @@ def verify_classifier(
     decoded, pixels = _decoded(model, images)
     served = model.classify(pixels)
     expected = np.asarray(reference_probabilities(decoded), dtype=np.float32)
-    errors = np.abs(served - expected).max(axis=1)
-    worst = int(errors.argmax())
-    if strict and errors[worst] > MAX_PROBABILITY_ERROR:
-        raise BuildError(
-            f"the exported classifier does not match the source model: probabilities differ by "
-            f"{errors[worst]:.2e} > {MAX_PROBABILITY_ERROR} on {_image_labels(decoded)[worst]}"
-        )
-    return {
-        "items": len(served),
-        "max_abs_error": float(errors.max()),
-        "top1_agreement": float(np.mean(served.argmax(axis=1) == expected.argmax(axis=1))),
-        "threshold": MAX_PROBABILITY_ERROR,
-    }
+    figures = check_max_abs(served, expected, "classifier", _image_labels(decoded), strict)
+    top1 = float(np.mean(served.argmax(axis=1) == expected.argmax(axis=1)))
+    return {**figures, "top1_agreement": top1}
