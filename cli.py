@@ -16,7 +16,7 @@ from runtime.backends import BACKENDS, openvino_unavailable, select
 from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
-from runtime.fetch import FetchLimits
+from runtime.preprocessing.fetch import FetchLimits
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
 
 engines_option = click.option(

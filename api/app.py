@@ -16,9 +16,9 @@ from api.readiness import ModelReady, Readiness, Ready
 from api.rerank import ClassifyText, CohereRerank, Rerank
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
-from runtime.loaded_set import LoadedSet
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
+from runtime.repository.loaded_set import LoadedSet
 
 
 def create_app(settings: ServerSettings) -> falcon.App:

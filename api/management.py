@@ -17,10 +17,10 @@ from api.on_demand import OnDemandBuilds
 from api.resources import respond
 from api.settings import ServerSettings
 from runtime.errors import ModelNotFound
-from runtime.loaded_set import LoadedSet, Models
-from runtime.manifest import LIBRARIES
 from runtime.registry import ModelRegistry
 from runtime.repository import Entry, Repository
+from runtime.repository.loaded_set import LoadedSet, Models
+from runtime.repository.manifest import LIBRARIES
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.resources import respond
+from runtime.batching.stats import BATCH_STATS, MODEL_LOADED, STATS
 from runtime.repository import Repository
-from runtime.stats import BATCH_STATS, MODEL_LOADED, STATS
 
 CACHE_STATS = ("cache_hit", "cache_miss")  # no cache exists, so these stay null
 BATCH_KEYS = {

@@ -20,10 +20,10 @@ from api import params
 from api.resources import respond
 from api.settings import Limits
 from runtime.errors import InputError
-from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
+from runtime.repository.manifest import Manifest
 from runtime.text import TextOptions, TextTooLong, TokenRow
 
 ENCODINGS = ("float", "base64")

@@ -10,7 +10,7 @@ from typing import Any
 import falcon
 
 from api.resources import respond
-from runtime.manifest import LIBRARIES
+from runtime.repository.manifest import LIBRARIES
 
 JSON = "application/json"
 STRING_OR_LIST = {

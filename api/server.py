@@ -23,8 +23,8 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from api.settings import ServerSettings
-from runtime.loaded_set import LoadedSet, Models
 from runtime.repository import Repository
+from runtime.repository.loaded_set import LoadedSet, Models
 
 # On SIGTERM, workers stop accepting and in-flight requests get this long to finish
 # (the pods in deploy/kubernetes get this plus their preStop pause as termination grace).

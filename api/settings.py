@@ -8,8 +8,8 @@ from pathlib import Path
 from api.on_demand import BuildSettings
 from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
-from runtime.fetch import FetchLimits
-from runtime.images import DEFAULT_MAX_PIXELS
+from runtime.preprocessing.fetch import FetchLimits
+from runtime.preprocessing.images import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -64,5 +64,5 @@ class ServerSettings:
             if not key or key != key.strip() or any(c.isspace() for c in key):
                 raise ValueError(
                     "an API or admin key may not be empty or hold white space (an unset "
-                    "variable in --api-key \"$KEY\" gives an empty one)"
+                    'variable in --api-key "$KEY" gives an empty one)'
                 )

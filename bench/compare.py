@@ -24,9 +24,9 @@ from builder.verify import cosine_rows
 from runtime.backends import open_backend
 from runtime.backends.openvino import bf16_supported
 from runtime.config import CACHE_OFF, RuntimeConfig
-from runtime.manifest import Manifest
+from runtime.preprocessing.tokenizer import TextTokenizer
 from runtime.repository import Repository
-from runtime.tokenizer import TextTokenizer
+from runtime.repository.manifest import Manifest
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -14,8 +14,8 @@ from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.sources import check_source, classifies_sequences
 from builder.staging import entry_lock, staging_directory, target_directory
-from runtime.manifest import Manifest
 from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest
 
 __all__ = ["BuildError", "BuildOptions", "Progress", "build_model", "detect_library"]
 

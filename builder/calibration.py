@@ -11,10 +11,10 @@ import random
 import re
 from dataclasses import replace
 
-from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.postprocess import finish_embeddings
 from runtime.quantize import quantization_ranges
+from runtime.repository.manifest import Manifest
 
 CALIBRATION_TEXTS = 512
 # Vocabulary entries that are whole lower-case words once word-boundary marks are removed:

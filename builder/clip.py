@@ -24,7 +24,8 @@ from builder.verify import (
     verify_precisions,
     verify_text_tower,
 )
-from runtime.manifest import (
+from runtime.models import Model
+from runtime.repository.manifest import (
     ClassifierSpec,
     ImageSpec,
     Manifest,
@@ -32,7 +33,6 @@ from runtime.manifest import (
     TokenizerSpec,
     TowerSpec,
 )
-from runtime.models import Model
 
 OUTPUT = "embedding"
 PIXELS = "pixels"

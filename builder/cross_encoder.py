@@ -23,7 +23,7 @@ from builder.progress import Progress
 from builder.sentence_transformer import max_length_of, text_inputs, write_tokenizer
 from builder.verify import VERIFICATION_TEXTS, check_max_abs, check_token_ids, load_staged
 from runtime.classifier import activate
-from runtime.manifest import ClassifierSpec, Manifest, TensorSpec, TowerSpec
+from runtime.repository.manifest import ClassifierSpec, Manifest, TensorSpec, TowerSpec
 
 OUTPUT = "scores"
 TASKS = ("rerank", "text-classification")

@@ -15,8 +15,8 @@ from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.verify import load_staged, verify_precisions, verify_prompt, verify_text_tower
-from runtime.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
 from runtime.models import Model
+from runtime.repository.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
 from runtime.text import POOLING_MASK
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.

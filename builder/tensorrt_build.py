@@ -20,12 +20,12 @@ from builder.mixed_precision import convert_to_fp16
 from builder.options import TENSORRT_MIN_COSINE, TensorRTOptions
 from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, compare, verification_images
+from runtime.backends.tensorrt.plan import ProfileRange, plan_profiles
 from runtime.config import RuntimeConfig
-from runtime.images import decode, preprocess
-from runtime.manifest import Manifest, TowerSpec
 from runtime.models import Model
+from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
-from runtime.trt_plan import ProfileRange, plan_profiles
+from runtime.repository.manifest import Manifest, TowerSpec
 
 
 def add_plans(
@@ -49,7 +49,7 @@ def add_plans(
 def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions) -> TowerSpec:
     import tensorrt as trt
 
-    from runtime import cuda
+    from runtime.backends.tensorrt import cuda
 
     major = int(trt.__version__.split(".")[0])
     if major >= 11 and options.precision == "bf16":
@@ -93,7 +93,7 @@ def _build(
     profiles: list[ProfileRange],
     options: TensorRTOptions,
 ) -> bytes:
-    from runtime.backends.tensorrt import LOGGER
+    from runtime.backends.tensorrt.engine import LOGGER
 
     builder = trt.Builder(LOGGER)
     # STRONGLY_TYPED exists in 10.x and 11.x (where it is always on); EXPLICIT_BATCH is gone.

@@ -18,9 +18,9 @@ from builder.onnx_export import OPSET, export_onnx
 from builder.options import BuildOptions, write_labels
 from builder.progress import Progress
 from builder.verify import load_staged, verify_classifier, verify_precisions
-from runtime.images import RESAMPLING
-from runtime.manifest import ClassifierSpec, ImageSpec, Manifest, TensorSpec, TowerSpec
 from runtime.models import Model
+from runtime.preprocessing.images import RESAMPLING
+from runtime.repository.manifest import ClassifierSpec, ImageSpec, Manifest, TensorSpec, TowerSpec
 
 OUTPUT = "logits"
 PIXELS = "pixels"

@@ -18,11 +18,11 @@ from builder.errors import BuildError
 from builder.progress import Progress
 from runtime.backends import openvino_unavailable
 from runtime.config import CACHE_OFF, RuntimeConfig
-from runtime.images import decode, preprocess
-from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.precision import shortfall
+from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
+from runtime.repository.manifest import Manifest
 from runtime.text import TextOptions
 
 MIN_COSINE = 0.9999

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import ClassifierSpec
 from runtime.postprocess import finish_embeddings, sigmoid, softmax
+from runtime.repository.manifest import ClassifierSpec
 
 
 def read_labels(directory: Path, spec: ClassifierSpec) -> list[str]:

@@ -14,19 +14,19 @@ from PIL import Image
 
 from runtime.backends import Backend, open_backend
 from runtime.batching import BatchingConfig
+from runtime.batching.stats import TowerStats
+from runtime.batching.tower import Collate, Tower
 from runtime.classifier import Classifier
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
-from runtime.fetch import DOWNLOAD_FAILED, FetchLimits, ImageFetcher, is_url
-from runtime.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
-from runtime.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.pairs import PairEncoder, load_pair_encoder
 from runtime.postprocess import finish_embeddings
+from runtime.preprocessing.fetch import DOWNLOAD_FAILED, FetchLimits, ImageFetcher, is_url
+from runtime.preprocessing.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
+from runtime.preprocessing.tokenizer import TextTokenizer
 from runtime.repository import Entry
-from runtime.stats import TowerStats
+from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
-from runtime.tokenizer import TextTokenizer
-from runtime.tower import Collate, Tower
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ class Model:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
         pair = None
         if "pair" in manifest.towers:
-            pair = load_pair_encoder(
-                entry, partial(_tower, entry, "pair", runtime, batching)
-            )
+            pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime, batching))
         model = cls(manifest, text, image, classifier, pair)
         model.directory = directory
         model.warm_up()
@@ -241,6 +239,7 @@ class Model:
             idle = self._users == 0
         if idle:
             self.close()
+
     @property
     def towers(self) -> dict[str, Tower]:
         return {kind: encoder.tower for kind, encoder in self._encoders().items()}

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from runtime.batching.tower import Collate, Tower
 from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
-from runtime.manifest import TokenizerSpec
+from runtime.preprocessing.tokenizer import readable_parts
 from runtime.repository import Entry
-from runtime.tokenizer import readable_parts
-from runtime.tower import Collate, Tower
+from runtime.repository.manifest import TokenizerSpec
 
 # One tower item: (token ids, token type ids).
 PairItem = tuple[list[int], list[int]]

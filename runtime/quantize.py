@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.manifest import TowerSpec
+from runtime.repository.manifest import TowerSpec
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 

@@ -16,15 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.batching import BatchingConfig
+from runtime.batching.stats import MODEL_LOADED
 from runtime.config import RuntimeConfig
 from runtime.errors import ModelLoadError, ModelNotLoaded, ModelUnavailable
-from runtime.fetch import FetchLimits, ImageFetcher
-from runtime.images import DEFAULT_MAX_PIXELS
-from runtime.loaded_set import LoadedSet
-from runtime.manifest import MANIFEST_FILE
 from runtime.models import Model
+from runtime.preprocessing.fetch import FetchLimits, ImageFetcher
+from runtime.preprocessing.images import DEFAULT_MAX_PIXELS
 from runtime.repository import Repository
-from runtime.stats import MODEL_LOADED
+from runtime.repository.loaded_set import LoadedSet
+from runtime.repository.manifest import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 

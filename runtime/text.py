@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from runtime.batching.tower import Tower
 from runtime.errors import InputError
-from runtime.manifest import PromptSpec
-from runtime.tokenizer import TextTokenizer
-from runtime.tower import Tower
+from runtime.preprocessing.tokenizer import TextTokenizer
+from runtime.repository.manifest import PromptSpec
 
 TRUNCATION_SIDES = ("right", "left")
 POOLING_MASK = "pooling_mask"

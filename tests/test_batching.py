@@ -16,12 +16,12 @@ import requests
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.batching import BatchingConfig
+from runtime.batching.stats import TowerStats
+from runtime.batching.tower import Tower
 from runtime.config import RuntimeConfig
 from runtime.errors import Overloaded
 from runtime.models import Model
 from runtime.repository import Repository
-from runtime.stats import TowerStats
-from runtime.tower import Tower
 from tests.conftest import MINILM, start_server, stop_server
 
 

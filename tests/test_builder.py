@@ -12,9 +12,9 @@ import pytest
 
 from builder import BuildError, Progress, build_model
 from builder.verify import verify_text_tower
-from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest
 from tests.conftest import BIN, MINILM, cosines
 from tests.models import tiny_sentence_transformer
 

@@ -16,8 +16,8 @@ from PIL import Image
 from builder import BuildError, BuildOptions, Progress, build_model
 from builder.timm_classifier import image_spec
 from builder.verify import verification_images
-from runtime.images import decode, preprocess
 from runtime.postprocess import sigmoid, softmax
+from runtime.preprocessing.images import decode, preprocess
 from tests.conftest import (
     CLIP,
     CUSTOM_CLIP,

@@ -21,8 +21,8 @@ from PIL import Image
 
 from builder.clip import image_spec
 from builder.verify import VERIFICATION_TEXTS, verification_images
-from runtime.images import decode, preprocess
 from runtime.models import Model
+from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Repository
 from tests.conftest import CLIP, CUSTOM_CLIP, MINILM, cosines
 

@@ -18,7 +18,7 @@ def _cuda_devices() -> int:
             return 0
     except ModuleNotFoundError:
         return 0
-    from runtime import cuda
+    from runtime.backends.tensorrt import cuda
 
     return cuda.device_count()
 
@@ -32,7 +32,7 @@ needs_tensorrt = pytest.mark.skipif(
 
 @needs_cuda
 def test_round_trip_through_pinned_and_device_memory_on_a_stream():
-    from runtime import cuda
+    from runtime.backends.tensorrt import cuda
 
     name, capability = cuda.device()
     assert name and "." in capability

@@ -367,10 +367,10 @@ def test_every_failed_download_answers_the_same(hostile, drip):
 
 def refusal(limits, url: str, caplog) -> str:
     """The logged reason an image URL was not fetched (the client only sees the generic one)."""
-    from runtime.fetch import DOWNLOAD_FAILED, ImageFetcher
+    from runtime.preprocessing.fetch import DOWNLOAD_FAILED, ImageFetcher
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, "runtime.fetch"):
+    with caplog.at_level(logging.WARNING, "runtime.preprocessing.fetch"):
         [result] = ImageFetcher(limits).fetch_all([url], {})
     assert isinstance(result, Exception) and str(result) == DOWNLOAD_FAILED
     return caplog.text
@@ -386,7 +386,7 @@ def refusal(limits, url: str, caplog) -> str:
     ],
 )
 def test_ipv6_forms_of_always_blocked_addresses_are_blocked(host, caplog):
-    from runtime.fetch import FetchLimits
+    from runtime.preprocessing.fetch import FetchLimits
 
     assert "not allowed" in refusal(FetchLimits(allow_private=True), f"http://{host}/", caplog)
 
@@ -395,7 +395,7 @@ def test_ipv6_forms_of_always_blocked_addresses_are_blocked(host, caplog):
     "host", ["127.0.0.1", "[::1]", "10.1.2.3", "192.168.0.1", "[64:ff9b::7f00:1]", "[2002:a00::]"]
 )
 def test_private_destinations_are_refused_unless_allowed(host, caplog):
-    from runtime.fetch import FetchLimits
+    from runtime.preprocessing.fetch import FetchLimits
 
     assert "not allowed" in refusal(FetchLimits(), f"http://{host}:1/a.png", caplog)
     allowed = refusal(FetchLimits(allow_private=True, timeout_s=1), f"http://{host}:1/", caplog)
@@ -482,8 +482,8 @@ def test_long_texts_give_the_ids_of_the_whole_text(minilm_source, tmp_path, side
 
     from tokenizers import Tokenizer
 
-    from runtime.manifest import TokenizerSpec
-    from runtime.tokenizer import CHARS_PER_TOKEN, TextTokenizer, readable_parts
+    from runtime.preprocessing.tokenizer import CHARS_PER_TOKEN, TextTokenizer, readable_parts
+    from runtime.repository.manifest import TokenizerSpec
 
     directory = Path(minilm_source) if kind == "wordpiece" else byte_level_bpe(tmp_path)
     spec = TokenizerSpec(file="tokenizer.json", max_length=256, truncation_side=side)

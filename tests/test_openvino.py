@@ -19,11 +19,11 @@ from builder.verify import verification_images
 from runtime.backends import BackendUnavailable
 from runtime.backends.openvino import bf16_supported
 from runtime.config import CACHE_OFF, RuntimeConfig
-from runtime.images import decode, preprocess
-from runtime.manifest import Manifest
 from runtime.models import Model, ModelLoadError
 from runtime.precision import choose, shortfall
+from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest
 from tests.conftest import CLIP, MINILM, TIMM, cosines, start_server, stop_server
 
 TEXTS = [

@@ -11,8 +11,8 @@ import pytest
 import requests
 import torch
 
-from runtime.manifest import Manifest
 from runtime.repository import Repository
+from runtime.repository.manifest import Manifest
 from tests.conftest import (
     CLIP,
     MINILM,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest
 from runtime.models import InputError, Model, ModelLoadError
 from runtime.postprocess import finish_embeddings
 from runtime.repository import ModelNotFound, Repository, slugify
+from runtime.repository.manifest import Manifest
 from tests.conftest import (
     CLIP,
     CUSTOM_CLIP,

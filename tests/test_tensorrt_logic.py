@@ -14,17 +14,17 @@ import onnxruntime as ort
 import pytest
 
 from builder.mixed_precision import convert_to_fp16
-from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest
-from runtime.models import Model, ModelLoadError
-from runtime.repository import Repository, slugify
-from runtime.trt_plan import (
+from runtime.backends.tensorrt.plan import (
     ProfileRange,
     buffer_bytes,
     incompatibility,
     plan_profiles,
     select_profile,
 )
+from runtime.config import RuntimeConfig
+from runtime.models import Model, ModelLoadError
+from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest
 from tests.conftest import BIN, MINILM, cosines
 
 

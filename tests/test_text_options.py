@@ -15,9 +15,9 @@ from sentence_transformers import SentenceTransformer, quantize_embeddings
 from builder import BuildError, BuildOptions
 from builder.verify import verification_images
 from runtime.config import RuntimeConfig
-from runtime.manifest import Manifest
 from runtime.models import Model
 from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest
 from runtime.text import TextOptions
 from tests.conftest import BIN, CLIP, MINILM, QUERY_PROMPT, cosines
 from tests.models import tiny_sentence_transformer

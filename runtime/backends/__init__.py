@@ -9,8 +9,8 @@ from pathlib import Path
 
 from runtime.backends.base import Backend, BackendUnavailable, Execution
 from runtime.config import RuntimeConfig
-from runtime.manifest import TowerSpec
 from runtime.precision import choose
+from runtime.repository.manifest import TowerSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def tensorrt_unavailable() -> str | None:
         bindings = None
     if bindings is None:
         return "cuda-python is not installed (pip install 'ingrain-server[gpu]')"
-    from runtime import cuda
+    from runtime.backends.tensorrt import cuda
 
     if cuda.device_count() == 0:
         return "no CUDA GPU is visible"
@@ -55,8 +55,8 @@ def _plan_unavailable(tower: TowerSpec) -> str | None:
         return reason
     import tensorrt as trt
 
-    from runtime import cuda
-    from runtime.trt_plan import incompatibility
+    from runtime.backends.tensorrt import cuda
+    from runtime.backends.tensorrt.plan import incompatibility
 
     return incompatibility(tower.plan_info, trt.__version__, *cuda.device())
 
@@ -136,7 +136,7 @@ def open_backend(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, mode
 
 def _open(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, selection: Selection):
     if selection.backend == "tensorrt":
-        from runtime.backends.tensorrt import TensorRTBackend
+        from runtime.backends.tensorrt.engine import TensorRTBackend
 
         return TensorRTBackend(
             directory / tower.plan,

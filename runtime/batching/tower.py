@@ -20,9 +20,9 @@ import numpy as np
 
 from runtime.backends import Backend
 from runtime.batching import BatchingConfig
+from runtime.batching.stats import BATCH_STATS, QUEUE_DEADLINE_DROPS, RequestTimer, TowerStats
 from runtime.errors import ModelUnavailable, Overloaded, QueueDeadline
-from runtime.manifest import TowerSpec
-from runtime.stats import BATCH_STATS, QUEUE_DEADLINE_DROPS, RequestTimer, TowerStats
+from runtime.repository.manifest import TowerSpec
 
 Collate = Callable[[list[Any]], dict[str, np.ndarray]]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from runtime.manifest import TokenizerSpec
-from runtime.text_cleaning import CLEANERS
+from runtime.preprocessing.text_cleaning import CLEANERS
+from runtime.repository.manifest import TokenizerSpec
 
 # The first part of a long text tried: max_length times this many characters. Typical text has
 # 3 to 6 characters per token; a part that turns out too short is widened, never trusted.
@@ -42,9 +42,7 @@ class TextTokenizer:
         kept, as the tokenizer's own truncation does), and its token count before truncation:
         exact for a text the model reads whole, a lower bound (past the maximum) for a long
         text, which is cut to the part the model reads before tokenizing (readable_parts)."""
-        texts = readable_parts(
-            self._tokenizer, texts, self.spec.max_length, direction, self._clean
-        )
+        texts = readable_parts(self._tokenizer, texts, self.spec.max_length, direction, self._clean)
         if self._clean is not None:
             texts = [self._clean(text) for text in texts]
         rows = []

@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from runtime.manifest import ImageSpec
+from runtime.repository.manifest import ImageSpec
 
 DEFAULT_MAX_PIXELS = 50_000_000
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

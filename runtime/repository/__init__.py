@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import ModelNotFound
-from runtime.manifest import MANIFEST_FILE, Manifest, ManifestError
+from runtime.repository.manifest import MANIFEST_FILE, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
-from runtime import cuda
 from runtime.backends.base import BackendUnavailable, Execution
-from runtime.trt_plan import ProfileRange, buffer_bytes, select_profile
+from runtime.backends.tensorrt import cuda
+from runtime.backends.tensorrt.plan import ProfileRange, buffer_bytes, select_profile
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.manifest import write_atomically
+from runtime.repository.manifest import write_atomically
 
 Models = dict[str, str]  # name -> library, in load order
 
