@@ -18,14 +18,25 @@ from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.preprocessing.fetch import FetchLimits
 from runtime.repository import ModelNotFound, Repository, default_engines_dir
+from runtime.repository.s3 import ObjectStore, S3Location, StoreError, parse_engines
+from runtime.repository.s3_cache import RemoteSettings, S3Cache, default_cache_dir
 
 engines_option = click.option(
     "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     default=default_engines_dir,
+    callback=lambda _context, _param, value: _engines(value),
     show_default="$INGRAIN_ENGINES or ./engines",
-    help="The engine repository: one directory per built model.",
+    help="The engine repository: a directory (one directory per built model), or "
+    "s3://BUCKET/PREFIX in S3-compatible object storage.",
 )
+
+
+def _engines(value: str | Path) -> Path | S3Location:
+    try:
+        return parse_engines(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--engines") from None
 
 
 @click.group()
@@ -143,7 +154,7 @@ def build_command(
     name: str | None,
     library: str | None,
     task: str | None,
-    engines: Path,
+    engines: Path | S3Location,
     max_batch: int,
     max_seq_len: int | None,
     labels: Path | None,
@@ -170,6 +181,7 @@ def build_command(
     name) to an engine directory, verify it against the source library, and add it to the
     repository."""
     from builder import BuildError, build_model
+    from builder.publish import build_and_publish
 
     compile_options = None
     if tensorrt:
@@ -199,6 +211,11 @@ def build_command(
         task,
     )
     try:
+        if isinstance(engines, S3Location):
+            build_and_publish(
+                source, engines, name, force, skip_existing, library=library, options=options
+            )
+            return
         build_model(
             source,
             engines,
@@ -510,6 +527,22 @@ def build_command(
     help="Allow browsers on this origin to call the API (repeatable; '*' for any). Off by default.",
 )
 @click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="INGRAIN_CACHE_DIR",
+    help="s3:// engines: where models are fetched to and served from (default: "
+    "~/.cache/ingrain/engines/BUCKET/PREFIX).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0),
+    default=RemoteSettings.poll_interval_s,
+    show_default=True,
+    envvar="INGRAIN_POLL_INTERVAL",
+    help="s3:// engines: seconds between checks for newly published versions (0: only at "
+    "start and on /load_model).",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
@@ -517,7 +550,7 @@ def build_command(
     help="Access-log lines as key=value text or as JSON lines.",
 )
 def serve_command(
-    engines: Path,
+    engines: Path | S3Location,
     host: str,
     port: int,
     model_port: str,
@@ -557,6 +590,8 @@ def serve_command(
     build_timeout: float,
     max_queued_builds: int,
     cors_origins: tuple[str, ...],
+    cache_dir: Path | None,
+    poll_interval: float,
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
@@ -591,6 +626,10 @@ def serve_command(
             f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
             param_hint="--preload",
         )
+    remote = None
+    if isinstance(engines, S3Location):
+        remote = RemoteSettings(engines, poll_interval)
+        engines = fetch_engines(engines, cache_dir or default_cache_dir(engines))
     repository = Repository(engines)
     model_precision = parse_model_precisions(model_precisions)
     named = [("--preload", name) for name in preload]
@@ -623,7 +662,7 @@ def serve_command(
             cors_origins=cors_origins,
             model_port=model_port_number,
             management_on_model_port_only=management_on_model_port_only,
-            builds=BuildSettings(build_on_load, build_timeout, max_queued_builds),
+            builds=BuildSettings(build_on_load and not remote, build_timeout, max_queued_builds),
             limits=Limits(
                 max_body_bytes=max_body_bytes,
                 max_items=max_items,
@@ -647,6 +686,7 @@ def serve_command(
                 max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
             ),
             readiness=ReadinessLimits(ready_max_execution_s, ready_max_failures),
+            remote=remote,
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
@@ -660,6 +700,21 @@ def serve_command(
         serve(settings, host, port, workers, threads, timeout, model_host)
     except PortUnavailable as error:
         raise click.ClickException(str(error)) from None
+
+
+def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
+    """Bring the cache of `location` up to date before serving it. A model that cannot be
+    fetched keeps its cached version; an unreachable store is fatal only with an empty cache."""
+    cache = S3Cache(ObjectStore(location), cache_dir)
+    try:
+        errors = cache.sync_all()
+    except StoreError as error:
+        if not Repository(cache_dir).entries():
+            raise click.ClickException(f"{error} (and {cache_dir} holds no models)") from None
+        errors = [error]
+    for error in errors:
+        click.echo(f"warning: serving what {cache_dir} holds: {error}", err=True)
+    return cache_dir
 
 
 def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -678,10 +733,17 @@ def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ..
 
 @main.command("list")
 @engines_option
-def list_command(engines: Path) -> None:
+def list_command(engines: Path | S3Location) -> None:
     """List the models in the engine repository, and the backend/precision each tower runs on
     here with ingrain-serve's defaults."""
-    entries = Repository(engines).entries()
+    try:
+        entries = (
+            ObjectStore(engines).entries()
+            if isinstance(engines, S3Location)
+            else Repository(engines).entries()
+        )
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
     if not entries:
         click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
         return
@@ -713,8 +775,17 @@ def list_command(engines: Path) -> None:
 @main.command("remove")
 @click.argument("name")
 @engines_option
-def remove_command(name: str, engines: Path) -> None:
+def remove_command(name: str, engines: Path | S3Location) -> None:
     """Delete the model NAME from the engine repository."""
+    if isinstance(engines, S3Location):
+        try:
+            published = ObjectStore(engines).remove(name)
+        except StoreError as error:
+            raise click.ClickException(str(error)) from None
+        if published is None:
+            raise click.ClickException(f"{name!r} is not in {engines}; see: ingrain list")
+        click.echo(f"Removed {name} ({engines}/{published.slug})")
+        return
     try:
         entry = Repository(engines).remove(name)
     except ModelNotFound:

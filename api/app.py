@@ -13,6 +13,7 @@ from api.on_demand import OnDemandBuilds
 from api.openai_api import add_openai_routes
 from api.openapi import OpenAPI
 from api.readiness import ModelReady, Readiness, Ready
+from api.remote_engines import RemoteEngines
 from api.rerank import ClassifyText, CohereRerank, Rerank
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
@@ -77,7 +78,10 @@ def add_management_routes(
 ) -> None:
     builds = OnDemandBuilds(registry.repository, loaded.path.parent / "builds", settings.builds)
     arguments = (registry, loaded, settings, builds)
-    app.add_route("/load_model", LoadModel(*arguments))
+    load = LoadModel(*arguments)
+    if settings.remote is not None:
+        load.remote = RemoteEngines(settings.remote, registry)
+    app.add_route("/load_model", load)
     app.add_route("/unload_model", UnloadModel(*arguments))
     app.add_route("/delete_model", DeleteModel(*arguments))
     app.add_route("/loaded_models", LoadedModels(*arguments))

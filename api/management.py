@@ -14,6 +14,7 @@ import falcon
 from api import params
 from api.auth import Access
 from api.on_demand import OnDemandBuilds
+from api.remote_engines import RemoteEngines
 from api.resources import respond
 from api.settings import ServerSettings
 from runtime.errors import ModelNotFound
@@ -50,6 +51,7 @@ class _Management:
 
 class LoadModel(_Management):
     access = Access.ADMIN
+    remote: RemoteEngines | None = None  # set when the server serves an s3:// repository
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body, name = self._name(req)
@@ -93,6 +95,8 @@ class LoadModel(_Management):
             )
 
     def _entry_or_build(self, name: str, library: str | None) -> Entry:
+        if self.remote is not None:
+            self.remote.sync(name)
         try:
             return self.repository.find(name)
         except ModelNotFound:

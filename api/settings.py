@@ -10,6 +10,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.preprocessing.fetch import FetchLimits
 from runtime.preprocessing.images import DEFAULT_MAX_PIXELS
+from runtime.repository.s3_cache import RemoteSettings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class ServerSettings:
     fetch: FetchLimits = field(default_factory=FetchLimits)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     readiness: ReadinessLimits = field(default_factory=ReadinessLimits)
+    # Serving an s3:// repository: `engines` is then its local cache.
+    remote: RemoteSettings | None = None
 
     def __post_init__(self) -> None:
         for key in (*self.api_keys, *self.admin_keys):

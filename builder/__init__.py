@@ -13,9 +13,11 @@ from builder.errors import BuildError
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.sources import check_source, classifies_sequences
-from builder.staging import entry_lock, staging_directory, target_directory
+from builder.staging import target_directory
 from runtime.repository import Repository, slugify
+from runtime.repository.digests import file_digests
 from runtime.repository.manifest import Manifest
+from runtime.repository.staging import entry_lock, staging_directory
 
 __all__ = ["BuildError", "BuildOptions", "Progress", "build_model", "detect_library"]
 
@@ -111,7 +113,8 @@ def build_model(
                 from builder.tensorrt_build import add_plans
 
                 manifest = add_plans(staging, manifest, options.tensorrt, progress)
-            _with_provenance(manifest, started).write(staging)
+            manifest = replace(_with_provenance(manifest, started), files=file_digests(staging))
+            manifest.write(staging)
     progress.say(f"Built {name} into {target} in {time.perf_counter() - started:.1f} s")
     return target
 

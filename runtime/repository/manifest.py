@@ -138,6 +138,9 @@ class Manifest:
     classifier: ClassifierSpec | None = None
     prompts: PromptSpec | None = None
     build: dict[str, Any] = field(default_factory=dict)
+    # Every other file of the engine directory: relative path -> {"sha256": hex, "bytes": n}
+    # (runtime.repository.digests). Readers of a copy (an object-store cache) check them.
+    files: dict[str, dict[str, Any]] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -166,6 +169,7 @@ class Manifest:
                 classifier=_from_dict(ClassifierSpec, classifier) if classifier else None,
                 prompts=_from_dict(PromptSpec, prompts) if prompts else None,
                 build=data.get("build", {}),
+                files=data.get("files"),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ManifestError(f"malformed manifest: {error!r}") from error

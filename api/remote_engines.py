@@ -1,0 +1,50 @@
+"""Serving from object storage: each worker syncs its server's cache on /load_model and, when
+a poll interval is set, in the background (one worker of the server at a time)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import falcon
+
+from runtime.registry import ModelRegistry
+from runtime.repository.s3 import ObjectStore
+from runtime.repository.s3_cache import RemoteSettings, S3Cache
+
+log = logging.getLogger(__name__)
+
+
+class RemoteEngines:
+    def __init__(self, settings: RemoteSettings, registry: ModelRegistry) -> None:
+        self.cache = S3Cache(ObjectStore(settings.location), registry.repository.root)
+        self.registry = registry
+        if settings.poll_interval_s > 0:
+            self._start_polling(settings.poll_interval_s)
+
+    def sync(self, name: str) -> None:
+        """Fetch `name`'s current version for /load_model, or a 502 naming what failed (the
+        cached version, if any, keeps serving)."""
+        from runtime.repository.s3 import StoreError
+
+        try:
+            self.cache.sync(name)
+        except StoreError as error:
+            log.error("cannot fetch %s: %s", name, error)
+            raise falcon.HTTPBadGateway(
+                description=f"cannot fetch model {name!r} from the object store: {error}. "
+                "Its previously fetched version, if any, keeps serving."
+            ) from None
+        self.registry.refresh()  # this worker serves the new version from the next request
+
+    def _start_polling(self, interval_s: float) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.cache.poll()
+                except Exception:
+                    log.exception("cannot poll %s for new versions", self.cache.store.location)
+
+        threading.Thread(target=loop, name="engine-poll", daemon=True).start()

@@ -1,0 +1,111 @@
+"""A local copy of an object-store engine repository, laid out as a normal one.
+
+The server serves the cache directory with the local machinery unchanged. A sync downloads a
+model's current version into a hidden staging directory beside its entry, checks every file
+against its SHA-256, and swaps it in whole (runtime.repository.staging, as ingrain-build
+does); every worker's registry then reloads the rebuilt entry (ModelRegistry.refresh). A
+version that fails to download or check is dropped and the cached one keeps serving. Each
+entry records the version it holds, so an unchanged model costs one small GET per sync.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.repository.s3 import BrokenVersion, ObjectStore, Published, S3Location, StoreError
+from runtime.repository.staging import entry_lock, staging_directory
+
+log = logging.getLogger(__name__)
+
+VERSION_FILE = ".published.json"  # inside an entry: hidden, so not part of the model
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where the server's models come from, and how often it looks for new versions."""
+
+    location: S3Location
+    poll_interval_s: float = 0.0  # 0: at start and on /load_model only
+
+
+def default_cache_dir(location: S3Location) -> Path:
+    return Path.home() / ".cache" / "ingrain" / "engines" / location.bucket / location.prefix
+
+
+class S3Cache:
+    def __init__(self, store: ObjectStore, root: Path) -> None:
+        self.store = store
+        self.root = Path(root)
+        # slug -> a version found broken: polls skip it (it cannot heal), /load_model retries.
+        self._broken: dict[str, str] = {}
+
+    def sync_all(self) -> list[StoreError]:
+        """Bring every published model up to date; the errors of those that could not be
+        (their cached version, if any, stays). Raises StoreError when the store cannot be
+        listed at all."""
+        errors = []
+        for published in self.store.published():
+            if self._broken.get(published.slug) == published.version:
+                continue
+            try:
+                self._sync(published)
+            except StoreError as error:
+                log.error("cannot fetch %s: %s", published.name, error)
+                errors.append(error)
+        return errors
+
+    def sync(self, name: str) -> bool:
+        """Bring `name` up to date; False when the store does not publish it."""
+        published = self.store.find(name)
+        if published is None:
+            return False
+        self._sync(published)
+        return True
+
+    def poll(self) -> None:
+        """One round of sync_all, unless another worker of this server is running one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".poll.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self.sync_all()
+
+    def _sync(self, published: Published) -> None:
+        try:
+            self._fetch(published)
+        except BrokenVersion:
+            self._broken[published.slug] = published.version
+            raise
+
+    def _fetch(self, published: Published) -> None:
+        if self._cached(published.slug) == published.version:
+            return
+        with entry_lock(self.root, published.slug):
+            if self._cached(published.slug) == published.version:  # another worker fetched it
+                return
+            with self._staged(published) as staging:
+                self.store.download(published, staging)
+                (staging / VERSION_FILE).write_text(published.as_json())
+        log.info("fetched %s version %s", published.name, published.version)
+
+    @contextmanager
+    def _staged(self, published: Published) -> Iterator[Path]:
+        try:
+            with staging_directory(self.root / published.slug) as staging:
+                yield staging
+        except OSError as error:
+            raise StoreError(f"cannot write {published.name} into {self.root}: {error}") from None
+
+    def _cached(self, slug: str) -> str | None:
+        try:
+            return json.loads((self.root / slug / VERSION_FILE).read_text())["version"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,257 @@
+"""Engine repositories in object storage, against a real S3-compatible server (moto's server
+mode, over HTTP on loopback, with IAM authentication on): publish, list, remove, serve from two
+servers at once, republish, corrupt objects, wrong credentials and an unreachable endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+
+from runtime.repository.manifest import Manifest, PromptSpec
+from runtime.repository.s3 import ObjectStore, S3Location
+from tests.conftest import BIN, CLIP, MINILM, free_port, start_server, stop_server
+from tests.test_management import copy_model
+
+BUCKET = "ingrain-engines"
+TEXTS = ["A man is eating food.", "The new movie is awesome", "x" * 50]
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory) -> dict[str, str]:
+    """A moto S3 server with a bucket and an IAM user allowed everything; after setup it
+    authenticates every request, so wrong credentials are refused as S3 would refuse them."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(endpoint + "/moto-api/", timeout=2)
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"moto_server did not start: {log.read_text()}") from None
+            time.sleep(0.2)
+    setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    setup |= {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+    iam = boto3.client("iam", **setup)
+    iam.create_user(UserName="ingrain")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*"}]}
+    policy["Statement"][0]["Resource"] = "*"
+    iam.put_user_policy(UserName="ingrain", PolicyName="all", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="ingrain")["AccessKey"]
+    boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+    requests.post(endpoint + "/moto-api/reset-auth", data=b"0", timeout=5).raise_for_status()
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # for the in-process ObjectStore and boto3 clients below
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def ingrain(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [str(BIN / "ingrain"), *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+
+
+def keys(prefix: str) -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def publish_copy(engines: Path, root: Path, location: S3Location, default_prompt: str | None):
+    """Publish the session's MiniLM engine directory, its default prompt set as given (a
+    version whose answers differ), through the library call ingrain-build uses."""
+    root.mkdir(parents=True)
+    copy_model(engines, MINILM, root)
+    (directory,) = [path for path in root.iterdir() if path.is_dir()]
+    manifest = Manifest.read(directory)
+    prompts = replace(manifest.prompts or PromptSpec(), default=default_prompt)
+    replace(manifest, prompts=prompts).write(directory)
+    return ObjectStore(location).publish(directory)
+
+
+def embed(url: str, **options) -> list:
+    body = {"name": MINILM, "text": TEXTS, **options}
+    answer = requests.post(url + "/embed_text", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["embeddings"]
+
+
+def wait_for(check, what: str, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.2)
+
+
+def test_build_publishes_and_list_and_remove_manage_the_bucket(s3_env, clip_sources):
+    url = f"s3://{BUCKET}/cli"
+    source = f"local-dir:{clip_sources[CLIP]}"
+    built = ingrain("build", source, "--name", CLIP, "--engines", url)
+    assert built.returncode == 0, built.stderr
+    (pointer,) = [key for key in keys("cli/") if key.endswith("current.json")]
+    assert pointer == "cli/test--tiny-clip/current.json"
+    version = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=pointer)["Body"].read())
+    manifest = json.loads(
+        boto3.client("s3")
+        .get_object(
+            Bucket=BUCKET, Key=f"cli/test--tiny-clip/versions/{version['version']}/model.json"
+        )["Body"]
+        .read()
+    )
+    assert set(manifest["files"]) >= {"text.onnx", "image.onnx"}
+    assert all(len(item["sha256"]) == 64 for item in manifest["files"].values())
+
+    again = ingrain("build", source, "--name", CLIP, "--engines", url)
+    assert again.returncode != 0 and "--force" in again.stderr
+    listed = ingrain("list", "--engines", url)
+    assert listed.returncode == 0 and CLIP in listed.stdout and "open_clip" in listed.stdout
+
+    removed = ingrain("remove", CLIP, "--engines", url)
+    assert removed.returncode == 0, removed.stderr
+    assert keys("cli/") == []
+    assert "No models" in ingrain("list", "--engines", url).stdout
+    missing = ingrain("remove", CLIP, "--engines", url)
+    assert missing.returncode != 0 and "is not in" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def published(s3_env, engines, tmp_path_factory):
+    location = S3Location(BUCKET, "serve")
+    publish_copy(engines, tmp_path_factory.mktemp("v1") / "m", location, None)
+    return location
+
+
+@pytest.fixture(scope="module")
+def s3_servers(published, server, tmp_path_factory):
+    """Two servers on the published repository, each with its own cache: `polling` checks for
+    new versions every 0.5 s, `manual` only on /load_model. 2 workers each, as `server`."""
+    root = tmp_path_factory.mktemp("s3-servers")
+    common = ["--preload", MINILM, "--workers", "2", "--threads", "4"]
+    url = str(published)
+    polling = start_server(
+        url, root / "polling.log", *common, "--cache-dir", str(root / "a"), "--poll-interval", "0.5"
+    )
+    manual = start_server(url, root / "manual.log", *common, "--cache-dir", str(root / "b"))
+    yield polling, manual, root
+    stop_server(polling)
+    stop_server(manual)
+
+
+def test_two_servers_on_the_bucket_answer_as_a_local_directory(s3_servers, server):
+    polling, manual, _ = s3_servers
+    local = embed(server.url)
+    assert embed(polling.url) == local
+    assert embed(manual.url) == local
+
+
+def test_republish_moves_servers_by_poll_and_by_load_model(
+    s3_servers, server, published, engines, tmp_path
+):
+    polling, manual, _ = s3_servers
+    before, after = embed(server.url), embed(server.url, prompt_name="query")
+    assert before != after
+    publish_copy(engines, tmp_path / "v2", published, "query")
+
+    wait_for(lambda: embed(polling.url) == after, "the polling server serves the new version")
+    assert embed(manual.url) == before  # no poll: still the version it fetched
+    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    # Each worker reloads the swapped-in version at its next refresh (0.5 s).
+    wait_for(
+        lambda: all(embed(manual.url) == after for _ in range(6)),
+        "both of the manual server's workers serve the new version",
+    )
+
+
+def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
+    s3_servers, server, published, engines, tmp_path
+):
+    polling, manual, _ = s3_servers
+    serving = [embed(polling.url), embed(manual.url)]
+    new = publish_copy(engines, tmp_path / "v3", published, None)
+    corrupt = f"serve/{new.slug}/versions/{new.version}/tokenizer.json"
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=corrupt, Body=b"{}")
+
+    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    assert answer.status_code == 502
+    assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
+    assert "SHA-256" in answer.json()["error"]
+    wait_for(
+        lambda: f"s3://{BUCKET}/{corrupt}" in polling.log.read_text(),
+        "the polling server logs the corrupt object",
+    )
+    assert [embed(polling.url), embed(manual.url)] == serving
+
+    boto3.client("s3").delete_object(Bucket=BUCKET, Key=corrupt)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    assert answer.status_code == 502
+    assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
+    assert "missing" in answer.json()["error"]
+    assert embed(manual.url) == serving[1]
+
+
+def test_wrong_credentials_and_an_unreachable_endpoint_fail_clearly(
+    s3_servers, published, tmp_path
+):
+    _, manual, root = s3_servers
+    url = str(published)
+    wrong = {"AWS_SECRET_ACCESS_KEY": "wrong"}
+    listed = ingrain("list", "--engines", url, env=wrong)
+    assert listed.returncode != 0 and "refused the credentials" in listed.stderr
+    closed = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    listed = ingrain("list", "--engines", url, env=closed)
+    assert listed.returncode != 0 and "cannot reach the object store" in listed.stderr
+    built = ingrain("build", "unused-source", "--engines", url, env=closed)
+    assert built.returncode != 0 and "cannot reach the object store" in built.stderr
+
+    # A server with nothing cached cannot start; one with a cache serves it, with a warning.
+    serve = [str(BIN / "ingrain-serve"), "--engines", url, "--port", str(free_port())]
+    empty = subprocess.run(
+        [*serve, "--cache-dir", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **wrong},
+    )
+    assert empty.returncode != 0 and "refused the credentials" in empty.stderr
+    cached = tmp_path / "cached"
+    shutil.copytree(root / "b", cached, ignore=shutil.ignore_patterns(".*lock*"))
+    offline = start_server(
+        url, tmp_path / "offline.log", "--cache-dir", str(cached), "--preload", MINILM, env=closed
+    )
+    try:
+        assert embed(offline.url) == embed(manual.url)
+        assert "cannot reach the object store" in offline.log.read_text()
+    finally:
+        stop_server(offline)
+    assert ObjectStore(published).find(MINILM) is not None  # nothing lost in the bucket
