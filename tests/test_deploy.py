@@ -189,3 +189,21 @@ def test_ingrain_serve_takes_preloads_separated_by_spaces_from_the_environment(e
     )
     assert result.returncode != 0
     assert "--preload no/such" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_and_the_publish_job_use_the_bucket_as_their_engine_repository(overlay):
+    """The server fetches and checks the bucket's models itself (into an emptyDir cache), and
+    the Job publishes into the bucket with ingrain-build: no copy step in between."""
+    objects = render(overlay)
+    pod = find(objects, "Deployment", "ingrain-server")["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "ingrain-server")
+    assert {"--engines=$(ENGINES_URI)", "--cache-dir=/engines"} <= set(server["args"])
+    cache = next(m for m in server["volumeMounts"] if m["mountPath"] == "/engines")
+    assert not cache.get("readOnly")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == cache["name"])
+    job = find(objects, "Job", "ingrain-publish")["spec"]["template"]["spec"]
+    (build,) = pod_containers(job)
+    assert "--engines=$(ENGINES_URI)" in build["args"]
+    settings = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert settings["ENGINES_URI"].startswith("s3://")
