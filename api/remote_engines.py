@@ -10,7 +10,7 @@ import time
 import falcon
 
 from runtime.registry import ModelRegistry
-from runtime.repository.s3 import ObjectStore
+from runtime.repository.s3 import ObjectStore, StoreError
 from runtime.repository.s3_cache import RemoteSettings, S3Cache
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,6 @@ class RemoteEngines:
     def sync(self, name: str) -> None:
         """Fetch `name`'s current version for /load_model, or a 502 naming what failed (the
         cached version, if any, keeps serving)."""
-        from runtime.repository.s3 import StoreError
-
         try:
             self.cache.sync(name)
         except StoreError as error:
@@ -39,12 +37,16 @@ class RemoteEngines:
         self.registry.refresh()  # this worker serves the new version from the next request
 
     def _start_polling(self, interval_s: float) -> None:
+        location = self.cache.store.location
+
         def loop() -> None:
             while True:
                 time.sleep(interval_s)
                 try:
                     self.cache.poll()
+                except StoreError as error:  # the store is unreachable or refuses us: retried
+                    log.error("cannot poll %s for new versions: %s", location, error)
                 except Exception:
-                    log.exception("cannot poll %s for new versions", self.cache.store.location)
+                    log.exception("cannot poll %s for new versions", location)
 
         threading.Thread(target=loop, name="engine-poll", daemon=True).start()

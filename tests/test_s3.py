@@ -4,6 +4,7 @@ servers at once, republish, corrupt objects, wrong credentials and an unreachabl
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -190,6 +191,43 @@ def test_republish_moves_servers_by_poll_and_by_load_model(
     wait_for(
         lambda: all(embed(manual.url) == after for _ in range(6)),
         "both of the manual server's workers serve the new version",
+    )
+
+
+def test_load_model_fetches_a_model_published_after_start(
+    s3_servers, server, published, engines, tmp_path
+):
+    _, manual, _ = s3_servers
+    copy_model(engines, CLIP, tmp_path)
+    (directory,) = list(tmp_path.iterdir())
+    ObjectStore(published).publish(directory)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": CLIP}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = {"name": CLIP, "text": TEXTS}
+    assert (
+        manual.post("/embed_text", body).json()["embeddings"]
+        == (server.post("/embed_text", body).json()["embeddings"])
+    )
+
+
+def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engines, tmp_path):
+    location = S3Location(BUCKET, "race")
+
+    def publish(prompt: str | None):
+        return publish_copy(engines, tmp_path / f"source-{prompt}", location, prompt), prompt
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        prompts = {
+            published.version: prompt for published, prompt in pool.map(publish, [None, "query"])
+        }
+    store = ObjectStore(location)
+    current = store.find(MINILM)
+    assert current is not None and current.version in prompts
+    # download() checks the manifest against the pointer and every file against the manifest.
+    fetched = store.download(current, tmp_path / "fetched")
+    assert fetched.prompts.default == prompts[current.version]
+    assert sorted(path.name for path in (tmp_path / "fetched").iterdir()) == sorted(
+        ["model.json", *fetched.files]
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -31,6 +32,8 @@ from typing import Any
 from runtime.repository import slugify
 from runtime.repository.digests import CHUNK_BYTES, check_files, file_digests, safe_relative
 from runtime.repository.manifest import MANIFEST_FILE, Manifest, ManifestError
+
+log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
 POINTER = "current.json"
@@ -316,10 +319,10 @@ class ObjectStore:
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("NoSuchKey", "404") and missing_ok:
+            if code == "NoSuchKey" and missing_ok:
                 found.clear()
                 return
-            if code in ("NoSuchKey", "404"):
+            if code == "NoSuchKey":
                 raise BrokenVersion(f"{url}: the object is missing; publish again") from None
             raise StoreError(f"{url}: {_explain(code, status, error)}") from None
         except BotoCoreError as error:
@@ -347,6 +350,8 @@ def _explain(code: str, status: int | None, error: Exception) -> str:
             f"the object store refused the credentials ({code or status}); check "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket policy"
         )
+    if status == 404:
+        return f"not found ({error}): check the bucket name, and that AWS_ENDPOINT_URL is S3's"
     return f"the object store answered {code or status}: {error}"
 
 
