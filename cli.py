@@ -704,15 +704,16 @@ def serve_command(
 
 def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
     """Bring the cache of `location` up to date before serving it. A model that cannot be
-    fetched keeps its cached version; an unreachable store is fatal only with an empty cache."""
-    cache = S3Cache(ObjectStore(location), cache_dir)
+    fetched keeps its cached version (logged); an unreachable store is fatal only with an
+    empty cache."""
+    from api.logs import configure_logging
+
+    configure_logging()
     try:
-        errors = cache.sync_all()
+        S3Cache(ObjectStore(location), cache_dir).sync_all()
     except StoreError as error:
         if not Repository(cache_dir).entries():
             raise click.ClickException(f"{error} (and {cache_dir} holds no models)") from None
-        errors = [error]
-    for error in errors:
         click.echo(f"warning: serving what {cache_dir} holds: {error}", err=True)
     return cache_dir
 

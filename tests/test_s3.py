@@ -87,7 +87,9 @@ def keys(prefix: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-def publish_copy(engines: Path, root: Path, location: S3Location, default_prompt: str | None):
+def publish_copy(
+    engines: Path, root: Path, location: S3Location, default_prompt: str | None, **options
+):
     """Publish the session's MiniLM engine directory, its default prompt set as given (a
     version whose answers differ), through the library call ingrain-build uses."""
     root.mkdir(parents=True)
@@ -96,7 +98,7 @@ def publish_copy(engines: Path, root: Path, location: S3Location, default_prompt
     manifest = Manifest.read(directory)
     prompts = replace(manifest.prompts or PromptSpec(), default=default_prompt)
     replace(manifest, prompts=prompts).write(directory)
-    return ObjectStore(location).publish(directory)
+    return ObjectStore(location).publish(directory, **options)
 
 
 def embed(url: str, **options) -> list:
@@ -231,14 +233,39 @@ def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engine
     )
 
 
+def test_a_publish_sweeps_old_superseded_versions_but_keeps_the_one_it_replaces(
+    s3_env, engines, tmp_path
+):
+    location = S3Location(BUCKET, "sweep")
+
+    def versions() -> set[str]:
+        return {key.split("/")[3] for key in keys("sweep/") if "/versions/" in key}
+
+    first = publish_copy(engines, tmp_path / "1", location, None)
+    second = publish_copy(engines, tmp_path / "2", location, None)
+    assert versions() == {first.version, second.version}  # younger than the default hour
+    third = publish_copy(engines, tmp_path / "3", location, None, sweep_after_s=0)
+    assert versions() == {second.version, third.version}
+    assert ObjectStore(location).find(MINILM) == third
+
+
 def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
     s3_servers, server, published, engines, tmp_path
 ):
     polling, manual, _ = s3_servers
     serving = [embed(polling.url), embed(manual.url)]
-    new = publish_copy(engines, tmp_path / "v3", published, None)
+    # A version whose tokenizer.json rotted in the store: published elsewhere, damaged, then
+    # copied in with its pointer last (as a publish writes it), so no server sees it whole.
+    draft = S3Location(BUCKET, "draft")
+    new = publish_copy(engines, tmp_path / "v3", draft, None)
+    s3 = boto3.client("s3")
+    s3.put_object(
+        Bucket=BUCKET, Key=f"draft/{new.slug}/versions/{new.version}/tokenizer.json", Body=b"{}"
+    )
+    for key in [*keys(f"draft/{new.slug}/versions/"), f"draft/{new.slug}/current.json"]:
+        target = "serve/" + key.removeprefix("draft/")
+        s3.copy_object(Bucket=BUCKET, Key=target, CopySource={"Bucket": BUCKET, "Key": key})
     corrupt = f"serve/{new.slug}/versions/{new.version}/tokenizer.json"
-    boto3.client("s3").put_object(Bucket=BUCKET, Key=corrupt, Body=b"{}")
 
     answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
     assert answer.status_code == 502

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 SCHEME = "s3://"
 POINTER = "current.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# A publish deletes superseded versions (but the one it replaces) once they are this old.
+SWEEP_AFTER_S = 3600.0
 
 
 class StoreError(RuntimeError):
@@ -235,8 +238,9 @@ class ObjectStore:
 
     # Writing -----------------------------------------------------------------------------
 
-    def publish(self, directory: Path) -> Published:
-        """Upload the engine directory as a new version of its model, then point at it."""
+    def publish(self, directory: Path, sweep_after_s: float = SWEEP_AFTER_S) -> Published:
+        """Upload the engine directory as a new version of its model, then point at it; then
+        delete the versions before the one it replaces that are older than `sweep_after_s`."""
         manifest = Manifest.read(directory)
         if manifest.files is None:  # built before manifests carried digests
             manifest = replace(manifest, files=file_digests(directory))
@@ -251,7 +255,10 @@ class ObjectStore:
             with self._calls(self.location.url(key)):
                 self.client.upload_file(str(directory / name), self.location.bucket, key)
         self._put(self._version_key(published, MANIFEST_FILE), data)
+        previous = self.pointer(slug)
         self._put(self.location.key(slug, POINTER), published.as_json().encode())  # last
+        keep = {version} | ({previous.version} if previous else set())
+        self._sweep(slug, keep, sweep_after_s)
         return published
 
     def remove(self, name: str) -> Published | None:
@@ -262,15 +269,39 @@ class ObjectStore:
         pointer = self.location.key(published.slug, POINTER)
         with self._calls(self.location.url(pointer)):
             self.client.delete_object(Bucket=self.location.bucket, Key=pointer)
-            prefix = self.location.key(published.slug, "versions") + "/"
+        self._delete([item["Key"] for item in self._versions(published.slug)])
+        return published
+
+    def _sweep(self, slug: str, keep: set[str], older_than_s: float) -> None:
+        """Delete superseded versions, all but `keep`, whose newest object is older than
+        `older_than_s`: readers still fetching one have had that long, and the version of a
+        publish still uploading is younger."""
+        prefix = self.location.key(slug, "versions") + "/"
+        keys: dict[str, list[str]] = {}
+        newest: dict[str, datetime] = {}
+        for item in self._versions(slug):
+            version = item["Key"][len(prefix) :].split("/", 1)[0]
+            keys.setdefault(version, []).append(item["Key"])
+            newest[version] = max(newest.get(version, item["LastModified"]), item["LastModified"])
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+        stale = [v for v in keys if v not in keep and newest[v] <= cutoff]
+        self._delete([key for version in stale for key in keys[version]])
+
+    def _versions(self, slug: str) -> Iterator[dict]:
+        """Every object under the slug's versions/ (Key, LastModified, ...)."""
+        prefix = self.location.key(slug, "versions") + "/"
+        with self._calls(self.location.url(prefix)):
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if keys:
-                    self.client.delete_objects(
-                        Bucket=self.location.bucket, Delete={"Objects": keys, "Quiet": True}
-                    )
-        return published
+                yield from page.get("Contents", [])
+
+    def _delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            with self._calls(self.location.url(batch[0]["Key"])):
+                self.client.delete_objects(
+                    Bucket=self.location.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
 
     # Plumbing ----------------------------------------------------------------------------
 

@@ -45,11 +45,9 @@ class S3Cache:
         # slug -> a version found broken: polls skip it (it cannot heal), /load_model retries.
         self._broken: dict[str, str] = {}
 
-    def sync_all(self) -> list[StoreError]:
-        """Bring every published model up to date; the errors of those that could not be
-        (their cached version, if any, stays). Raises StoreError when the store cannot be
-        listed at all."""
-        errors = []
+    def sync_all(self) -> None:
+        """Bring every published model up to date; those that cannot be are logged (their
+        cached version, if any, stays). Raises StoreError when the store cannot be listed."""
         for published in self.store.published():
             if self._broken.get(published.slug) == published.version:
                 continue
@@ -57,16 +55,12 @@ class S3Cache:
                 self._sync(published)
             except StoreError as error:
                 log.error("cannot fetch %s: %s", published.name, error)
-                errors.append(error)
-        return errors
 
-    def sync(self, name: str) -> bool:
-        """Bring `name` up to date; False when the store does not publish it."""
+    def sync(self, name: str) -> None:
+        """Bring `name` up to date, if the store publishes it."""
         published = self.store.find(name)
-        if published is None:
-            return False
-        self._sync(published)
-        return True
+        if published is not None:
+            self._sync(published)
 
     def poll(self) -> None:
         """One round of sync_all, unless another worker of this server is running one."""
