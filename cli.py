@@ -17,14 +17,15 @@ from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.preprocessing.fetch import FetchLimits
-from runtime.repository import ModelNotFound, Repository, default_engines_dir
+from runtime.repository import DEFAULT_ENGINES, ModelNotFound, Repository
 from runtime.repository.s3 import ObjectStore, S3Location, StoreError, parse_engines
 from runtime.repository.s3_cache import RemoteSettings, S3Cache, default_cache_dir
 
 engines_option = click.option(
     "--engines",
     type=click.Path(file_okay=False),
-    default=default_engines_dir,
+    envvar="INGRAIN_ENGINES",
+    default=DEFAULT_ENGINES,
     callback=lambda _context, _param, value: _engines(value),
     show_default="$INGRAIN_ENGINES or ./engines",
     help="The engine repository: a directory (one directory per built model), or "

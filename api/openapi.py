@@ -494,6 +494,13 @@ for _route in ("/ready", "/models/ready"):
         **_json(_ref("Error")),
     }
 
+# Serving s3:// engines: the model's current version could not be fetched (the error names the
+# object); its previously fetched version keeps serving.
+PATHS["/load_model"]["post"]["responses"]["502"] = {
+    "description": "The object store failed or holds a broken version; the error names it.",
+    **_json(_ref("Error")),
+}
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {

@@ -136,7 +136,7 @@ def test_build_publishes_and_list_and_remove_manage_the_bucket(s3_env, clip_sour
 
     again = ingrain("build", source, "--name", CLIP, "--engines", url)
     assert again.returncode != 0 and "--force" in again.stderr
-    listed = ingrain("list", "--engines", url)
+    listed = ingrain("list", env={"INGRAIN_ENGINES": url})
     assert listed.returncode == 0 and CLIP in listed.stdout and "open_clip" in listed.stdout
 
     removed = ingrain("remove", CLIP, "--engines", url)

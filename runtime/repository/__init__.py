@@ -21,10 +21,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ENGINES = "engines"
 
 
-def default_engines_dir() -> Path:
-    return Path(os.environ.get("INGRAIN_ENGINES", DEFAULT_ENGINES))
-
-
 def slugify(name: str) -> str:
     """A filesystem-safe directory name for a model name (`org/model` -> `org--model`)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-.")
