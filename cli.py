@@ -373,7 +373,7 @@ def build_command(
 @click.option(
     "--max-image-pixels",
     type=click.IntRange(min=1),
-    default=Limits.max_image_pixels,
+    default=RuntimeConfig.max_image_pixels,
     show_default=True,
     envvar="INGRAIN_MAX_IMAGE_PIXELS",
     help="Most pixels in one image; larger ones are refused before decoding.",
@@ -565,32 +565,15 @@ def serve_command(
 
     if model_port.lower() == "none":
         model_port_number = None
-    elif model_port.isdigit() and 1 <= int(model_port) <= 65535 and int(model_port) != port:
-        model_port_number = int(model_port)
+    elif model_port.isdigit() and int(model_port) != port:
+        model_port_number = int(model_port)  # its range is checked with the settings
     else:
         raise click.BadParameter(
             'a port number other than --port, or "none"', param_hint="--model-port"
         )
-    if max_items > max_queue:
-        raise click.BadParameter(
-            f"--max-items {max_items} is more than --max-queue {max_queue}: such requests could "
-            "never be queued",
-            param_hint="--max-queue",
-        )
     documents_given = click.get_current_context().get_parameter_source("max_documents")
     if max_documents + 1 > max_queue and documents_given is ParameterSource.DEFAULT:
         max_documents = max_queue - 1  # the default follows a smaller queue
-    elif max_documents + 1 > max_queue:
-        raise click.BadParameter(
-            f"--max-documents {max_documents} (plus the query) is more than --max-queue "
-            f"{max_queue}: such requests could never be queued",
-            param_hint="--max-queue",
-        )
-    if len(preload) > max_loaded_models:
-        raise click.BadParameter(
-            f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
-            param_hint="--preload",
-        )
     repository = Repository(engines)
     model_precision = parse_model_precisions(model_precisions)
     named = [("--preload", name) for name in preload]
@@ -611,6 +594,19 @@ def serve_command(
             model_precision=model_precision,
             threads=intra_op_threads,
             compile_cache=compile_cache,
+            batching=BatchingConfig(
+                max_delay_s=max_batch_delay_ms / 1000.0,
+                max_tokens=max_batch_tokens,
+                max_queue=max_queue,
+                max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
+            ),
+            fetch=FetchLimits(
+                max_bytes=max_image_bytes,
+                timeout_s=download_timeout,
+                max_redirects=max_redirects,
+                allow_private=allow_private_addresses,
+            ),
+            max_image_pixels=max_image_pixels,
         )
         settings = ServerSettings(
             engines=engines,
@@ -630,21 +626,8 @@ def serve_command(
                 max_documents=max_documents,
                 max_rerank_chars=max_rerank_chars,
                 max_text_chars=max_text_chars,
-                max_image_pixels=max_image_pixels,
                 read_timeout_s=read_timeout,
                 max_connections=max_connections,
-            ),
-            fetch=FetchLimits(
-                max_bytes=max_image_bytes,
-                timeout_s=download_timeout,
-                max_redirects=max_redirects,
-                allow_private=allow_private_addresses,
-            ),
-            batching=BatchingConfig(
-                max_delay_s=max_batch_delay_ms / 1000.0,
-                max_tokens=max_batch_tokens,
-                max_queue=max_queue,
-                max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
             ),
             readiness=ReadinessLimits(ready_max_execution_s, ready_max_failures),
         )
