@@ -22,7 +22,7 @@ from runtime.pairs import PairEncoder, load_pair_encoder
 from runtime.postprocess import finish_embeddings
 from runtime.preprocessing.fetch import DOWNLOAD_FAILED, ImageFetcher, is_url
 from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
-from runtime.preprocessing.tokenizer import TextTokenizer
+from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
@@ -127,12 +127,7 @@ class Model:
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
-            try:
-                tokenizer = TextTokenizer(directory, manifest.tokenizer)
-            except Exception as error:
-                raise ModelLoadError(
-                    f"cannot load {directory / manifest.tokenizer.file}: {error}"
-                ) from error
+            tokenizer = open_tokenizer(TextTokenizer, directory, manifest.tokenizer)
             names = [tensor.name for tensor in manifest.towers["text"].inputs]
             collate = partial(collate_rows, tokenizer, names)
             text = TextEncoder(_tower(entry, "text", runtime, collate), tokenizer, manifest.prompts)
