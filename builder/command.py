@@ -155,34 +155,31 @@ def build_command(
     repository."""
     from builder import BuildError, build_model
 
-    compile_options = None
-    if tensorrt:
-        sequence = None
-        if max_seq is not None or min_seq is not None or opt_seq is not None:
-            longest = max_seq or max_seq_len or 512
-            sequence = (min_seq or 1, opt_seq or min(128, longest), longest)
-        compile_options = TensorRTOptions(
-            precision=precision,
-            batch=(min_batch, min(max(opt_batch, min_batch), max_batch), max_batch),
-            sequence=sequence,
-            workspace_gb=workspace_gb,
-            opt_level=opt_level,
-            timing_cache=timing_cache,
-            hardware_compat=hardware_compat,
-            version_compatible=version_compatible,
-        )
-    options = BuildOptions(
-        max_batch,
-        max_seq_len,
-        labels,
-        prompts,
-        checkpoint,
-        num_classes,
-        compile_options,
-        default_prompt_name,
-        task,
-    )
     try:
+        compile_options = None
+        if tensorrt:
+            compile_options = TensorRTOptions.for_ranges(
+                (min_batch, opt_batch, max_batch),
+                (min_seq, opt_seq, max_seq),
+                max_seq_len,
+                precision=precision,
+                workspace_gb=workspace_gb,
+                opt_level=opt_level,
+                timing_cache=timing_cache,
+                hardware_compat=hardware_compat,
+                version_compatible=version_compatible,
+            )
+        options = BuildOptions(
+            max_batch,
+            max_seq_len,
+            labels,
+            prompts,
+            checkpoint,
+            num_classes,
+            compile_options,
+            default_prompt_name,
+            task,
+        )
         build_model(
             source,
             engines,

@@ -14,7 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from builder.errors import BuildError
 from builder.mixed_precision import convert_to_fp16
+from builder.options import BuildOptions, TensorRTOptions
 from runtime.backends.tensorrt.plan import (
     buffer_bytes,
     incompatibility,
@@ -197,6 +199,34 @@ def test_tensorrt_build_fails_at_once_with_a_clear_message(tmp_path):
     if not TENSORRT_HERE:  # where it is, the missing source is the clear message
         assert "--tensorrt needs TensorRT and a CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "engines" / "never-loaded").exists()
+
+
+def test_profiles_from_the_build_flags_are_clamped_and_checked():
+    options = TensorRTOptions.for_ranges((1, 64, 32), (None, None, None), None)
+    assert options.batch == (1, 32, 32) and options.sequence is None
+    options = TensorRTOptions.for_ranges((1, 8, 32), (None, 300, None), 256)
+    assert options.sequence == (1, 256, 256)
+    options = TensorRTOptions.for_ranges((2, 1, 32), (16, 8, None), None)
+    assert options.batch == (2, 2, 32) and options.sequence == (16, 16, 512)
+    with pytest.raises(BuildError, match="batch profile 64/32/32"):
+        TensorRTOptions.for_ranges((64, 8, 32), (None, None, None), None)
+    with pytest.raises(BuildError, match="sequence profile 300/256/256"):
+        TensorRTOptions.for_ranges((1, 8, 32), (300, None, 256), None)
+    # The plan's largest batch is the engine's max batch: one number, not two that disagree.
+    with pytest.raises(BuildError, match="max batch is 32"):
+        BuildOptions(tensorrt=TensorRTOptions(batch=(1, 4, 16)))
+    assert BuildOptions(16, tensorrt=TensorRTOptions(batch=(1, 4, 16))).max_batch == 16
+
+
+def test_bad_profile_flags_are_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "ingrain-build"), str(tmp_path / "m"), "--tensorrt", "--min-batch", "64"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "batch profile 64/32/32" in result.stderr
 
 
 def planned_copy(engines, tmp_path):
