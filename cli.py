@@ -11,33 +11,15 @@ from click.core import ParameterSource
 # The settings' dataclasses are the one source of every default; the options below read them.
 from api.on_demand import BuildSettings
 from api.settings import Limits, ReadinessLimits, ServerSettings
-from builder.options import HARDWARE_COMPAT, PRECISIONS, BuildOptions, TensorRTOptions
+from builder.command import build_command, engines_option
 from runtime.backends import BACKENDS, openvino_unavailable, select
 from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.preprocessing.fetch import FetchLimits
-from runtime.repository import DEFAULT_ENGINES, ModelNotFound, Repository
-from runtime.repository.s3 import ObjectStore, S3Location, StoreError, parse_engines
+from runtime.repository import ModelNotFound, Repository
+from runtime.repository.s3 import ObjectStore, S3Location, StoreError
 from runtime.repository.s3_cache import RemoteSettings, S3Cache, default_cache_dir
-
-engines_option = click.option(
-    "--engines",
-    type=click.Path(file_okay=False),
-    envvar="INGRAIN_ENGINES",
-    default=DEFAULT_ENGINES,
-    callback=lambda _context, _param, value: _engines(value),
-    show_default="$INGRAIN_ENGINES or ./engines",
-    help="The engine repository: a directory (one directory per built model), or "
-    "s3://BUCKET/PREFIX in S3-compatible object storage.",
-)
-
-
-def _engines(value: str | Path) -> Path | S3Location:
-    try:
-        return parse_engines(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--engines") from None
 
 
 @click.group()
@@ -45,194 +27,7 @@ def main() -> None:
     """Build embedding and classification models into engines and serve them over HTTP."""
 
 
-@main.command("build")
-@click.argument("source")
-@click.option("--name", help="The name to serve the model under (default: SOURCE).")
-@click.option(
-    "--library",
-    type=click.Choice(["sentence_transformers", "open_clip", "timm", "cross_encoder"]),
-    help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
-    "and local-dir: names, cross_encoder for *ForSequenceClassification models, else "
-    "sentence_transformers).",
-)
-@click.option(
-    "--task",
-    type=click.Choice(["rerank", "text-classification"]),
-    help="cross_encoder: serve with /rerank (one score per pair) or /classify_text (default: "
-    "rerank for one label, text-classification for more).",
-)
-@engines_option
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=BuildOptions.max_batch,
-    show_default=True,
-    help="Most items run in one execution.",
-)
-@click.option(
-    "--max-seq-len",
-    type=click.IntRange(min=2),
-    help="Most tokens per text (default and upper bound: the model's own maximum).",
-)
-@click.option(
-    "--labels",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Class names, one per line: a timm classifier's labels (overriding its own), or the "
-    "classes a CLIP model classifies zero-shot.",
-)
-@click.option(
-    "--prompt",
-    "prompts",
-    multiple=True,
-    help="Repeatable. sentence-transformers models: NAME=TEXT, a prompt requests can name "
-    "(added to, or replacing, the model's own). CLIP models with --labels: a zero-shot template "
-    'with {} for the label (templates are averaged; default "a photo of a {}.").',
-)
-@click.option(
-    "--default-prompt-name",
-    help="sentence-transformers: the prompt applied when a request names none.",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="timm: load the architecture SOURCE's weights from this local file.",
-)
-@click.option(
-    "--num-classes", type=click.IntRange(min=1), help="timm: the classifier's number of classes."
-)
-@click.option("--tensorrt", is_flag=True, help="Also compile TensorRT plans (needs a GPU).")
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default=TensorRTOptions.precision,
-    show_default=True,
-    help="TensorRT precision; normalisation, softmax and pooling stay in FP32.",
-)
-@click.option(
-    "--min-batch", type=click.IntRange(min=1), default=TensorRTOptions.batch[0], show_default=True
-)
-@click.option(
-    "--opt-batch",
-    type=click.IntRange(min=1),
-    default=TensorRTOptions.batch[1],
-    show_default=True,
-    help="TensorRT: batches up to this use a latency profile, larger ones a throughput profile.",
-)
-@click.option("--min-seq", type=click.IntRange(min=1), help="TensorRT text profiles (default 1).")
-@click.option("--opt-seq", type=click.IntRange(min=1), help="TensorRT (default 128).")
-@click.option(
-    "--max-seq",
-    type=click.IntRange(min=1),
-    help="TensorRT (default: the model's max sequence length).",
-)
-@click.option(
-    "--workspace-gb",
-    type=click.FloatRange(min=0.1),
-    default=TensorRTOptions.workspace_gb,
-    show_default=True,
-)
-@click.option(
-    "--opt-level", type=click.IntRange(0, 5), default=TensorRTOptions.opt_level, show_default=True
-)
-@click.option(
-    "--timing-cache",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TensorRT timing cache file, read and updated (speeds up later builds).",
-)
-@click.option(
-    "--hardware-compat",
-    type=click.Choice(HARDWARE_COMPAT),
-    default=TensorRTOptions.hardware_compat,
-    show_default=True,
-)
-@click.option(
-    "--version-compatible", is_flag=True, help="TensorRT: let later TensorRT versions run the plan."
-)
-@click.option("--force", is_flag=True, help="Replace the model if it is already built.")
-@click.option("--skip-existing", is_flag=True, help="Do nothing if the model is already built.")
-def build_command(
-    source: str,
-    name: str | None,
-    library: str | None,
-    task: str | None,
-    engines: Path | S3Location,
-    max_batch: int,
-    max_seq_len: int | None,
-    labels: Path | None,
-    prompts: tuple[str, ...],
-    default_prompt_name: str | None,
-    checkpoint: Path | None,
-    num_classes: int | None,
-    tensorrt: bool,
-    precision: str,
-    min_batch: int,
-    opt_batch: int,
-    min_seq: int | None,
-    opt_seq: int | None,
-    max_seq: int | None,
-    workspace_gb: float,
-    opt_level: int,
-    timing_cache: Path | None,
-    hardware_compat: str,
-    version_compatible: bool,
-    force: bool,
-    skip_existing: bool,
-) -> None:
-    """Export SOURCE (a Hugging Face model id, a local model directory, an open_clip or timm
-    name) to an engine directory, verify it against the source library, and add it to the
-    repository."""
-    from builder import BuildError, build_model
-    from builder.publish import build_and_publish
-
-    compile_options = None
-    if tensorrt:
-        sequence = None
-        if max_seq is not None or min_seq is not None or opt_seq is not None:
-            longest = max_seq or max_seq_len or 512
-            sequence = (min_seq or 1, opt_seq or min(128, longest), longest)
-        compile_options = TensorRTOptions(
-            precision=precision,
-            batch=(min_batch, min(max(opt_batch, min_batch), max_batch), max_batch),
-            sequence=sequence,
-            workspace_gb=workspace_gb,
-            opt_level=opt_level,
-            timing_cache=timing_cache,
-            hardware_compat=hardware_compat,
-            version_compatible=version_compatible,
-        )
-    options = BuildOptions(
-        max_batch,
-        max_seq_len,
-        labels,
-        prompts,
-        checkpoint,
-        num_classes,
-        compile_options,
-        default_prompt_name,
-        task,
-    )
-    try:
-        if isinstance(engines, S3Location):
-            build_and_publish(
-                source, engines, name, force, skip_existing, library=library, options=options
-            )
-            return
-        build_model(
-            source,
-            engines,
-            name=name,
-            library=library,
-            options=options,
-            force=force,
-            skip_existing=skip_existing,
-        )
-    except BuildError as error:
-        raise click.ClickException(str(error)) from error
-    except ImportError as error:
-        raise click.ClickException(
-            f"ingrain-build needs the build extras ({error.name} is missing): "
-            "pip install 'ingrain-server[build]'"
-        ) from error
+main.add_command(build_command)
 
 
 @main.command("serve")
@@ -391,7 +186,7 @@ def build_command(
 @click.option(
     "--max-image-pixels",
     type=click.IntRange(min=1),
-    default=Limits.max_image_pixels,
+    default=RuntimeConfig.max_image_pixels,
     show_default=True,
     envvar="INGRAIN_MAX_IMAGE_PIXELS",
     help="Most pixels in one image; larger ones are refused before decoding.",
@@ -601,32 +396,15 @@ def serve_command(
 
     if model_port.lower() == "none":
         model_port_number = None
-    elif model_port.isdigit() and 1 <= int(model_port) <= 65535 and int(model_port) != port:
-        model_port_number = int(model_port)
+    elif model_port.isdigit() and int(model_port) != port:
+        model_port_number = int(model_port)  # its range is checked with the settings
     else:
         raise click.BadParameter(
             'a port number other than --port, or "none"', param_hint="--model-port"
         )
-    if max_items > max_queue:
-        raise click.BadParameter(
-            f"--max-items {max_items} is more than --max-queue {max_queue}: such requests could "
-            "never be queued",
-            param_hint="--max-queue",
-        )
     documents_given = click.get_current_context().get_parameter_source("max_documents")
     if max_documents + 1 > max_queue and documents_given is ParameterSource.DEFAULT:
         max_documents = max_queue - 1  # the default follows a smaller queue
-    elif max_documents + 1 > max_queue:
-        raise click.BadParameter(
-            f"--max-documents {max_documents} (plus the query) is more than --max-queue "
-            f"{max_queue}: such requests could never be queued",
-            param_hint="--max-queue",
-        )
-    if len(preload) > max_loaded_models:
-        raise click.BadParameter(
-            f"{len(preload)} models, more than --max-loaded-models {max_loaded_models}",
-            param_hint="--preload",
-        )
     remote = None
     if isinstance(engines, S3Location):
         remote = RemoteSettings(engines, poll_interval)
@@ -651,6 +429,19 @@ def serve_command(
             model_precision=model_precision,
             threads=intra_op_threads,
             compile_cache=compile_cache,
+            batching=BatchingConfig(
+                max_delay_s=max_batch_delay_ms / 1000.0,
+                max_tokens=max_batch_tokens,
+                max_queue=max_queue,
+                max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
+            ),
+            fetch=FetchLimits(
+                max_bytes=max_image_bytes,
+                timeout_s=download_timeout,
+                max_redirects=max_redirects,
+                allow_private=allow_private_addresses,
+            ),
+            max_image_pixels=max_image_pixels,
         )
         settings = ServerSettings(
             engines=engines,
@@ -670,21 +461,8 @@ def serve_command(
                 max_documents=max_documents,
                 max_rerank_chars=max_rerank_chars,
                 max_text_chars=max_text_chars,
-                max_image_pixels=max_image_pixels,
                 read_timeout_s=read_timeout,
                 max_connections=max_connections,
-            ),
-            fetch=FetchLimits(
-                max_bytes=max_image_bytes,
-                timeout_s=download_timeout,
-                max_redirects=max_redirects,
-                allow_private=allow_private_addresses,
-            ),
-            batching=BatchingConfig(
-                max_delay_s=max_batch_delay_ms / 1000.0,
-                max_tokens=max_batch_tokens,
-                max_queue=max_queue,
-                max_queue_wait_s=max_queue_wait_ms / 1000.0 if max_queue_wait_ms else None,
             ),
             readiness=ReadinessLimits(ready_max_execution_s, ready_max_failures),
             remote=remote,

@@ -25,14 +25,7 @@ from runtime.repository.loaded_set import LoadedSet
 def create_app(settings: ServerSettings) -> falcon.App:
     repository = Repository(settings.engines)
     loaded = LoadedSet(settings.loaded_set) if settings.loaded_set else None
-    registry = ModelRegistry(
-        repository,
-        settings.runtime,
-        settings.fetch,
-        settings.limits.max_image_pixels,
-        loaded,
-        settings.batching,
-    )
+    registry = ModelRegistry(repository, settings.runtime, loaded)
     readiness = Readiness(registry, settings.preload, settings.readiness)
     readiness.load_preloaded()
     if loaded is not None:

@@ -107,7 +107,7 @@ class OnDemandBuilds:
             yield
 
     def _run(self, name: str, library: str | None, deadline: float) -> None:
-        argv = [sys.executable, "-m", "cli", "build", "--skip-existing"]
+        argv = [sys.executable, "-m", "builder", "--skip-existing"]
         argv += ["--engines", str(self.repository.root.resolve())]
         if library:
             argv += ["--library", library]

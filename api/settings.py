@@ -6,10 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.on_demand import BuildSettings
-from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
-from runtime.preprocessing.fetch import FetchLimits
-from runtime.preprocessing.images import DEFAULT_MAX_PIXELS
 from runtime.repository.s3_cache import RemoteSettings
 
 
@@ -19,7 +16,6 @@ class Limits:
     max_items: int = 256
     max_text_chars: int = 100_000
     max_name_chars: int = 512
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
     # /rerank and /v1/rerank: texts per request, and characters of the query and texts together.
     max_documents: int = 1000
     max_rerank_chars: int = 2_000_000
@@ -39,7 +35,11 @@ class ReadinessLimits:
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """Everything one server runs with; checked here, so `create_app` callers get the CLI's
+    checks (whose messages name the CLI flags)."""
+
     engines: Path
+    # How models run: backend, threads, batching, image fetching and decoding.
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     preload: tuple[str, ...] = ()
     json_logs: bool = False
@@ -56,8 +56,6 @@ class ServerSettings:
     management_on_model_port_only: bool = False
     builds: BuildSettings = field(default_factory=BuildSettings)
     limits: Limits = field(default_factory=Limits)
-    fetch: FetchLimits = field(default_factory=FetchLimits)
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
     readiness: ReadinessLimits = field(default_factory=ReadinessLimits)
     # Serving an s3:// repository: `engines` is then its local cache.
     remote: RemoteSettings | None = None
@@ -69,3 +67,21 @@ class ServerSettings:
                     "an API or admin key may not be empty or hold white space (an unset "
                     'variable in --api-key "$KEY" gives an empty one)'
                 )
+        if self.model_port is not None and not 1 <= self.model_port <= 65535:
+            raise ValueError(f"--model-port {self.model_port} is not a port number (1-65535)")
+        max_queue = self.runtime.batching.max_queue
+        if self.limits.max_items > max_queue:
+            raise ValueError(
+                f"--max-items {self.limits.max_items} is more than --max-queue {max_queue}: "
+                "such requests could never be queued"
+            )
+        if self.limits.max_documents + 1 > max_queue:
+            raise ValueError(
+                f"--max-documents {self.limits.max_documents} (plus the query) is more than "
+                f"--max-queue {max_queue}: such requests could never be queued"
+            )
+        if len(self.preload) > self.max_loaded_models:
+            raise ValueError(
+                f"--preload: {len(self.preload)} models, more than --max-loaded-models "
+                f"{self.max_loaded_models}"
+            )

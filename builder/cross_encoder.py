@@ -17,7 +17,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from builder.errors import BuildError
-from builder.onnx_export import OPSET, export_onnx
+from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions, write_labels
 from builder.progress import Progress
 from builder.sentence_transformer import max_length_of, text_inputs, write_tokenizer
@@ -85,15 +85,8 @@ def build(
         labels_file = write_labels(staging, labels)
     with progress.stage(f"Exporting the cross-encoder to ONNX (opset {OPSET})"):
         example = model.preprocess([("a query", "a document"), ("a query", "a longer document")])
-        dynamic = {name: {0: "batch", 1: "sequence"} for name in input_names}
-        export_onnx(
-            _Logits(model, input_names),
-            tuple(example[name] for name in input_names),
-            staging / "pair.onnx",
-            input_names,
-            OUTPUT,
-            dynamic | {OUTPUT: {0: "batch"}},
-        )
+        module = _Logits(model, input_names)
+        export_token_model(module, example, staging / "pair.onnx", input_names, OUTPUT)
     manifest = Manifest(
         name=name,
         library="cross_encoder",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -32,6 +33,21 @@ def export_onnx(
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     onnx.checker.check_model(str(path))
+
+
+def export_token_model(
+    module: torch.nn.Module,
+    example: Mapping[str, torch.Tensor],
+    path: Path,
+    input_names: list[str],
+    output_name: str,
+) -> None:
+    """`export_onnx` for a model of token inputs: each is (batch, sequence), and the output's
+    first axis is the batch."""
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    example_inputs = tuple(example[name] for name in input_names)
+    axes[output_name] = {0: "batch"}
+    export_onnx(module, example_inputs, path, input_names, output_name, axes)
 
 
 def _export(module, example, path, input_names, output_name, dynamic_axes) -> None:

@@ -25,6 +25,34 @@ class TensorRTOptions:
     hardware_compat: str = "none"
     version_compatible: bool = False
 
+    def __post_init__(self) -> None:
+        for what, ranged in (("batch", self.batch), ("sequence", self.sequence)):
+            if ranged is not None and not 1 <= ranged[0] <= ranged[1] <= ranged[2]:
+                low, opt, high = ranged
+                raise BuildError(
+                    f"TensorRT {what} profile {low}/{opt}/{high}: min, opt and max must be "
+                    "at least 1 and in that order (--min-*, --opt-*, --max-*)"
+                )
+
+    @classmethod
+    def for_ranges(
+        cls,
+        batch: tuple[int, int, int],
+        sequence: tuple[int | None, int | None, int | None],
+        max_seq_len: int | None,
+        **settings,
+    ) -> TensorRTOptions:
+        """The profiles from the build's flags: opt is clamped into [min, max]; a sequence
+        range is only set when a flag asks for one (else the tower's own range applies)."""
+        low, opt, high = batch
+        low_seq, opt_seq, high_seq = sequence
+        ranged = None
+        if any(value is not None for value in sequence):
+            longest = high_seq or max_seq_len or 512
+            low_seq = low_seq or 1
+            ranged = (low_seq, min(max(opt_seq or 128, low_seq), longest), longest)
+        return cls(batch=(low, min(max(opt, low), high), high), sequence=ranged, **settings)
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -44,6 +72,13 @@ class BuildOptions:
     default_prompt_name: str | None = None
     # Cross-encoders: "rerank" or "text-classification" (default: rerank for one label).
     task: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tensorrt is not None and self.tensorrt.batch[2] != self.max_batch:
+            raise BuildError(
+                f"the TensorRT profiles end at batch {self.tensorrt.batch[2]} but the engine's "
+                f"max batch is {self.max_batch}: they must be the same (--max-batch)"
+            )
 
     def read_labels(self) -> list[str] | None:
         if self.labels is None:

@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Pooling, Transformer
 
 from builder.errors import BuildError
-from builder.onnx_export import OPSET, export_onnx
+from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions
 from builder.progress import Progress
 from builder.verify import load_staged, verify_precisions, verify_prompt, verify_text_tower
@@ -135,15 +135,8 @@ def build(
         example = model.preprocess(["a short example", "and a somewhat longer example sentence"])
         example[POOLING_MASK] = example["attention_mask"].clone()
         example[POOLING_MASK][:, :2] = 0
-        dynamic = {name: {0: "batch", 1: "sequence"} for name in graph_inputs}
-        export_onnx(
-            _SentenceEmbedding(model, graph_inputs),
-            tuple(example[name] for name in graph_inputs),
-            staging / "text.onnx",
-            graph_inputs,
-            OUTPUT,
-            dynamic | {OUTPUT: {0: "batch"}},
-        )
+        module = _SentenceEmbedding(model, graph_inputs)
+        export_token_model(module, example, staging / "text.onnx", graph_inputs, OUTPUT)
 
     # sentence-transformers 6 renamed the method; older releases only have the long name.
     dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()

@@ -20,12 +20,12 @@ from builder.mixed_precision import convert_to_fp16
 from builder.options import TENSORRT_MIN_COSINE, TensorRTOptions
 from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, compare, verification_images
-from runtime.backends.tensorrt.plan import ProfileRange, plan_profiles
+from runtime.backends.tensorrt.plan import plan_profiles
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
-from runtime.repository.manifest import Manifest, TowerSpec
+from runtime.repository.manifest import Manifest, PlanSpec, ProfileRange, TowerSpec
 
 
 def add_plans(
@@ -69,19 +69,19 @@ def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions
     plan_file = f"{key}.plan"
     (staging / plan_file).write_bytes(plan)
     gpu_name, capability = cuda.device()
-    info = {
-        "tensorrt_version": trt.__version__,
-        "gpu_name": gpu_name,
-        "compute_capability": capability,
-        "cuda_version": cuda.runtime_version(),
-        "precision": options.precision,
-        "strongly_typed": major >= 11,
-        "hardware_compat": options.hardware_compat,
-        "version_compatible": options.version_compatible,
-        "opt_level": options.opt_level,
-        "profiles": [profile.to_dict() for profile in profiles],
-        "onnx_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-    }
+    info = PlanSpec(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        profiles=tuple(profiles),
+        cuda_version=cuda.runtime_version(),
+        precision=options.precision,
+        strongly_typed=major >= 11,
+        hardware_compat=options.hardware_compat,
+        version_compatible=options.version_compatible,
+        opt_level=options.opt_level,
+        onnx_sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
+    )
     return replace(tower, plan=plan_file, plan_info=info, max_batch=options.batch[2])
 
 

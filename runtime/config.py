@@ -1,11 +1,14 @@
-"""How a serving process runs its towers: one frozen object from the command line to each
-backend, so a new runtime setting is one field here rather than one more positional argument
-through every layer."""
+"""How a serving process runs its models: one frozen object from the command line (or the
+server settings) to each tower, so a new runtime setting is one field here rather than one
+more argument through every layer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from runtime.batching import BatchingConfig
+from runtime.preprocessing.fetch import FetchLimits
 
 PRECISIONS = ("auto", "f32", "bf16")
 # Where OpenVINO keeps compiled models: inside each engine directory, nowhere, or one directory.
@@ -23,6 +26,10 @@ class RuntimeConfig:
     threads: int = 0
     # CACHE_IN_ENGINE, CACHE_OFF or a directory path.
     compile_cache: str = CACHE_IN_ENGINE
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # Image downloads, and the most pixels one image may decode to.
+    fetch: FetchLimits = field(default_factory=FetchLimits)
+    max_image_pixels: int = 50_000_000
 
     def __post_init__(self) -> None:
         for precision in (self.precision, *(p for _, p in self.model_precision)):

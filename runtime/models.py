@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from runtime.backends import Backend, open_backend
-from runtime.batching import BatchingConfig
 from runtime.batching.stats import TowerStats
 from runtime.batching.tower import Collate, Tower
 from runtime.classifier import Classifier
@@ -21,9 +20,9 @@ from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
 from runtime.pairs import PairEncoder, load_pair_encoder
 from runtime.postprocess import finish_embeddings
-from runtime.preprocessing.fetch import DOWNLOAD_FAILED, FetchLimits, ImageFetcher, is_url
-from runtime.preprocessing.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode, preprocess
-from runtime.preprocessing.tokenizer import TextTokenizer
+from runtime.preprocessing.fetch import DOWNLOAD_FAILED, ImageFetcher, is_url
+from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
+from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
@@ -119,35 +118,28 @@ class Model:
         entry: Entry,
         runtime: RuntimeConfig | None = None,
         fetcher: ImageFetcher | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        batching: BatchingConfig | None = None,
     ) -> Model:
+        """Open and warm up every tower of `entry`. `fetcher`: a download pool to share (the
+        registry's), else the model gets its own from `runtime.fetch`."""
         manifest, directory = entry.manifest, entry.directory
         runtime = runtime or RuntimeConfig()
         text = image = None
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
-            try:
-                tokenizer = TextTokenizer(directory, manifest.tokenizer)
-            except Exception as error:
-                raise ModelLoadError(
-                    f"cannot load {directory / manifest.tokenizer.file}: {error}"
-                ) from error
+            tokenizer = open_tokenizer(TextTokenizer, directory, manifest.tokenizer)
             names = [tensor.name for tensor in manifest.towers["text"].inputs]
             collate = partial(collate_rows, tokenizer, names)
-            text = TextEncoder(
-                _tower(entry, "text", runtime, batching, collate), tokenizer, manifest.prompts
-            )
+            text = TextEncoder(_tower(entry, "text", runtime, collate), tokenizer, manifest.prompts)
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
             pixels = manifest.towers["image"].inputs[0].name
             image = ImageEncoder(
-                _tower(entry, "image", runtime, batching, partial(_stack, pixels)),
+                _tower(entry, "image", runtime, partial(_stack, pixels)),
                 manifest.image,
-                fetcher or ImageFetcher(FetchLimits()),
-                max_pixels,
+                fetcher or ImageFetcher(runtime.fetch),
+                runtime.max_image_pixels,
             )
         classifier = None
         if manifest.classifier is not None:
@@ -157,7 +149,7 @@ class Model:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
         pair = None
         if "pair" in manifest.towers:
-            pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime, batching))
+            pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
         model = cls(manifest, text, image, classifier, pair)
         model.directory = directory
         model.warm_up()
@@ -293,12 +285,11 @@ def _tower(
     entry: Entry,
     key: str,
     runtime: RuntimeConfig,
-    batching: BatchingConfig | None,
     collate: Collate,
 ) -> Tower:
     spec = entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
-    return Tower(spec, _open(entry, spec, runtime), stats, collate, batching)
+    return Tower(spec, _open(entry, spec, runtime), stats, collate, runtime.batching)
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

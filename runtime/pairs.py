@@ -18,7 +18,7 @@ from tokenizers import Encoding, Tokenizer
 from runtime.batching.tower import Collate, Tower
 from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
-from runtime.preprocessing.tokenizer import readable_parts
+from runtime.preprocessing.tokenizer import open_tokenizer, readable_parts
 from runtime.repository import Entry
 from runtime.repository.manifest import TokenizerSpec
 
@@ -120,12 +120,7 @@ def load_pair_encoder(entry: Entry, tower: Callable[[Collate], Tower]) -> PairEn
         raise ModelLoadError(
             f"{directory}: the pair tower has no tokenizer or labels in model.json"
         )
-    try:
-        tokenizer = PairTokenizer(directory, manifest.tokenizer)
-    except Exception as error:
-        raise ModelLoadError(
-            f"cannot load {directory / manifest.tokenizer.file}: {error}"
-        ) from error
+    tokenizer = open_tokenizer(PairTokenizer, directory, manifest.tokenizer)
     names = [tensor.name for tensor in manifest.towers["pair"].inputs]
     encoder = tower(partial(tokenizer.batch, names=names))
     return PairEncoder(encoder, tokenizer, manifest.classifier.activation)

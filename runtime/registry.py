@@ -15,13 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.batching import BatchingConfig
 from runtime.batching.stats import MODEL_LOADED
 from runtime.config import RuntimeConfig
 from runtime.errors import ModelLoadError, ModelNotLoaded, ModelUnavailable
 from runtime.models import Model
-from runtime.preprocessing.fetch import FetchLimits, ImageFetcher
-from runtime.preprocessing.images import DEFAULT_MAX_PIXELS
+from runtime.preprocessing.fetch import ImageFetcher
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet
 from runtime.repository.manifest import MANIFEST_FILE
@@ -37,17 +35,13 @@ class ModelRegistry:
         self,
         repository: Repository,
         runtime: RuntimeConfig | None = None,
-        fetch_limits: FetchLimits | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
         loaded_set: LoadedSet | None = None,
-        batching: BatchingConfig | None = None,
     ) -> None:
         self.repository = repository
         self.runtime = runtime or RuntimeConfig()
-        self.fetcher = ImageFetcher(fetch_limits or FetchLimits())
-        self.max_pixels = max_pixels
+        # One download pool for every model this worker holds.
+        self.fetcher = ImageFetcher(self.runtime.fetch)
         self.loaded_set = loaded_set
-        self.batching = batching
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
@@ -95,7 +89,7 @@ class ModelRegistry:
         started = time.perf_counter()
         identity = _identity(entry.directory)
         try:
-            model = Model.load(entry, self.runtime, self.fetcher, self.max_pixels, self.batching)
+            model = Model.load(entry, self.runtime, self.fetcher)
         except ModelLoadError:
             if identity is None or _identity(entry.directory) != identity:
                 raise ModelUnavailable(

@@ -53,7 +53,7 @@ def minilm(engines):
     )
 
 
-def tower(minilm, recording, **batching) -> Tower:
+def make_tower(minilm, recording, **batching) -> Tower:
     encoder = minilm.text
     spec = encoder.tower.spec
     names = encoder.tower.input_names
@@ -93,15 +93,15 @@ def test_concurrent_requests_lose_nothing_and_match_unbatched_results(minilm, re
         [" ".join(rng.choices(words, k=rng.randint(1, 40))) for _ in range(rng.randint(1, 5))]
         for _ in range(60)
     ]
-    batcher = tower(minilm, recording, max_delay_s=0.005)
+    tower = make_tower(minilm, recording, max_delay_s=0.005)
 
     def run(texts):
         ids = token_ids(minilm, texts)
-        return batcher.infer(ids, [len(row) for row in ids])
+        return tower.infer(ids, [len(row) for row in ids])
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(run, requests_))
-    batcher.close()
+    tower.close()
     assert sum(recording.sizes) == sum(len(texts) for texts in requests_)
     assert max(recording.sizes) > 1, "concurrent requests were never merged"
     for texts, result in zip(requests_, results, strict=True):
@@ -109,37 +109,37 @@ def test_concurrent_requests_lose_nothing_and_match_unbatched_results(minilm, re
 
 
 def test_requests_queued_while_the_engine_runs_are_merged(minilm, recording):
-    batcher = tower(minilm, recording, max_delay_s=0.05)
+    tower = make_tower(minilm, recording, max_delay_s=0.05)
     recording.gate.clear()
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        first = pool.submit(batcher.infer, token_ids(minilm, ["first"]), [3])
+        first = pool.submit(tower.infer, token_ids(minilm, ["first"]), [3])
         recording.entered.acquire()  # the first execution has started and is held
         others = [
-            pool.submit(batcher.infer, token_ids(minilm, [f"text {i}"]), [4]) for i in range(10)
+            pool.submit(tower.infer, token_ids(minilm, [f"text {i}"]), [4]) for i in range(10)
         ]
-        while batcher._queued < 10:  # all ten are waiting behind the held execution
+        while tower.batcher.queued < 10:  # all ten are waiting behind the held execution
             threading.Event().wait(0.001)
         recording.gate.set()
         first.result()
         [future.result() for future in others]
-    batcher.close()
+    tower.close()
     assert recording.sizes == [1, 10]
 
 
 def test_a_lone_request_on_an_idle_engine_does_not_wait(minilm, recording):
-    batcher = tower(minilm, recording, max_delay_s=3600)  # any wait would hang the test
+    tower = make_tower(minilm, recording, max_delay_s=3600)  # any wait would hang the test
     ids = token_ids(minilm, ["alone"])
-    assert batcher.infer(ids, [len(ids[0])]).shape == (1, 384)
-    batcher.close()
+    assert tower.infer(ids, [len(ids[0])]).shape == (1, 384)
+    tower.close()
     assert recording.sizes == [1]
 
 
 def test_large_requests_are_split_and_reassembled_in_order(minilm, recording):
     texts = [f"sentence number {i} " * (1 + i % 3) for i in range(70)]
-    batcher = tower(minilm, recording, execution_overhead_tokens=10**6)
+    tower = make_tower(minilm, recording, execution_overhead_tokens=10**6)
     ids = token_ids(minilm, texts)
-    result = batcher.infer(ids, [len(row) for row in ids])
-    batcher.close()
+    result = tower.infer(ids, [len(row) for row in ids])
+    tower.close()
     assert recording.sizes == [32, 32, 6]
     assert np.abs(result - unbatched(minilm, recording, texts)).max() < 1e-5
 
@@ -148,9 +148,9 @@ def test_the_token_budget_limits_each_execution(minilm, recording):
     texts = ["one two three four five six seven eight nine ten eleven twelve thirteen"] * 10
     ids = token_ids(minilm, texts)
     width = len(ids[0])
-    batcher = tower(minilm, recording, max_tokens=4 * width)
-    batcher.infer(ids, [len(row) for row in ids])
-    batcher.close()
+    tower = make_tower(minilm, recording, max_tokens=4 * width)
+    tower.infer(ids, [len(row) for row in ids])
+    tower.close()
     assert recording.sizes == [4, 4, 2]
 
 
@@ -158,29 +158,29 @@ def test_short_and_long_texts_run_in_separate_executions(minilm, recording):
     texts = ["short"] * 6 + ["a very long text that keeps going and going " * 12] * 6
     random.Random(1).shuffle(texts)
     ids = token_ids(minilm, texts)
-    batcher = tower(minilm, recording)
-    result = batcher.infer(ids, [len(row) for row in ids])
-    batcher.close()
+    tower = make_tower(minilm, recording)
+    result = tower.infer(ids, [len(row) for row in ids])
+    tower.close()
     assert sorted(recording.sizes) == [6, 6]
     assert np.abs(result - unbatched(minilm, recording, texts)).max() < 1e-5
 
 
 def test_a_full_queue_refuses_at_once(minilm, recording):
-    batcher = tower(minilm, recording, max_queue=4)
+    tower = make_tower(minilm, recording, max_queue=4)
     recording.gate.clear()
     ids = token_ids(minilm, ["x"])
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        running = pool.submit(batcher.infer, ids, [3])
+        running = pool.submit(tower.infer, ids, [3])
         recording.entered.acquire()
-        queued = pool.submit(batcher.infer, ids * 4, [3] * 4)
-        while batcher._queued < 4:
+        queued = pool.submit(tower.infer, ids * 4, [3] * 4)
+        while tower.batcher.queued < 4:
             threading.Event().wait(0.001)
         with pytest.raises(Overloaded, match="limit 4"):
-            batcher.infer(ids, [3])
+            tower.infer(ids, [3])
         recording.gate.set()
         assert running.result().shape == (1, 384)
         assert queued.result().shape == (4, 384)
-    batcher.close()
+    tower.close()
 
 
 def test_an_overloaded_server_answers_503_with_retry_after(engines, tmp_path):

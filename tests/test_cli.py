@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
+import pytest
 import requests
 
+from api.settings import Limits, ServerSettings
 from runtime.backends.openvino import bf16_supported
+from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from tests.conftest import (
     BIN,
     CLIP,
@@ -84,6 +89,26 @@ def test_serve_refuses_bad_ports_and_too_many_preloads(engines):
     preloads = [part for name in (MINILM, CLIP, TIMM) for part in ("--preload", name)]
     result = run(*serve, *preloads, "--max-loaded-models", "2")
     assert result.returncode == 2 and "more than --max-loaded-models 2" in result.stderr
+
+
+def test_settings_refuse_what_serve_refuses(tmp_path):
+    """create_app's callers get the same checks as ingrain-serve, with the same messages."""
+    small_queue = RuntimeConfig(batching=BatchingConfig(max_queue=4))
+    refused = {
+        "--max-items 256 is more than --max-queue 4": {"runtime": small_queue},
+        "--max-documents 1024 (plus the query) is more than --max-queue 1024": {
+            "limits": Limits(max_documents=1024)
+        },
+        "--preload: 2 models, more than --max-loaded-models 1": {
+            "preload": ("a", "b"),
+            "max_loaded_models": 1,
+        },
+        "--model-port 70000 is not a port number": {"model_port": 70000},
+    }
+    for message, fields in refused.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ServerSettings(tmp_path, **fields)
+    assert ServerSettings(tmp_path, preload=("a",), max_loaded_models=1, model_port=8687)
 
 
 def test_api_keys_from_the_environment_are_split_on_spaces(engines, tmp_path):

@@ -66,7 +66,7 @@ def test_tensorrt_build_and_serve_match_onnx_runtime(tmp_path, minilm_source, cl
     from tests.conftest import cosines
 
     engines = tmp_path / "engines"
-    options = BuildOptions(tensorrt=TensorRTOptions(precision="fp16", batch=(1, 4, 16)))
+    options = BuildOptions(16, tensorrt=TensorRTOptions(precision="fp16", batch=(1, 4, 16)))
     build_model(minilm_source, engines, "minilm-trt", options=options, progress=Progress())
     source = f"local-dir:{clip_sources['test/tiny-clip']}"
     build_model(source, engines, "clip-trt", options=options, progress=Progress())

@@ -161,21 +161,26 @@ def test_on_demand_build_of_a_hub_id_runs_once_and_serves_it(guarded, hub):
     assert admin(guarded, "/unload_model", {"name": HUB_MODEL}).status_code == 200
 
 
-def test_on_demand_builds_can_be_switched_off(engines, tmp_path, hub):
-    server = start_server(
-        engines,
-        tmp_path / "log",
-        "--no-build-on-load",
-        "--max-loaded-models",
-        "10",
-        env={"HF_HOME": str(hub[0])},
-    )
+@pytest.mark.parametrize(
+    ("flags", "status", "error"),
+    [
+        (("--no-build-on-load",), 404, "does not build models on demand"),
+        # The build (`python -m builder`) takes longer than 1 s just to import torch.
+        (("--build-timeout", "1"), 504, "longer than 1 s (--build-timeout)"),
+    ],
+)
+def test_on_demand_builds_can_be_switched_off_and_time_out(
+    engines, tmp_path, hub, flags, status, error
+):
+    log = tmp_path / "log"
+    flags = (*flags, "--max-loaded-models", "10")
+    server = start_server(engines, log, *flags, env={"HF_HOME": str(hub[0])})
     try:
         response = requests.post(
-            server.model_url + "/load_model", json={"name": HUB_MODEL}, timeout=30
+            server.model_url + "/load_model", json={"name": HUB_MODEL}, timeout=60
         )
-        assert response.status_code == 404
-        assert "does not build models on demand" in response.json()["error"]
+        assert response.status_code == status
+        assert error in response.json()["error"]
     finally:
         stop_server(server)
 

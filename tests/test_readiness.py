@@ -20,8 +20,7 @@ from runtime.errors import QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
-from tests.test_batching import Recording
-from tests.test_batching import tower as make_tower
+from tests.test_batching import Recording, make_tower
 
 
 class Faulty(Recording):
@@ -119,7 +118,7 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         backend.entered.acquire()  # the warm-up's execution
         backend.entered.acquire()  # the first request, now held inside the engine
         # The deadline applies from here on, so only the request queued behind can miss it.
-        tower.batching = BatchingConfig(max_queue_wait_s=0.01)
+        tower.batcher.config = BatchingConfig(max_queue_wait_s=0.01)
         outcome: list[BaseException | None] = []
 
         def late() -> None:
@@ -141,7 +140,7 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         )
         assert len(backend.sizes) == executed + 1  # only the first request ran
         assert drops() == before + 1
-        tower.batching = BatchingConfig()
+        tower.batcher.config = BatchingConfig()
         assert tower.infer(ids(minilm)).shape == (1, 384)  # the executor serves on
     finally:
         tower.close()

@@ -92,7 +92,7 @@ def select(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> Selection:
     if choice in ("auto", "tensorrt"):
         reason = _plan_unavailable(tower)
         if reason is None:
-            precision = tower.plan_info.get("precision", "fp32").replace("fp", "f")
+            precision = tower.plan_info.precision.replace("fp", "f")
             return Selection("tensorrt", precision)
         if choice == "tensorrt":
             raise BackendUnavailable(f"the TensorRT backend cannot run this model: {reason}")
@@ -139,10 +139,7 @@ def _open(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, selection: 
         from runtime.backends.tensorrt.engine import TensorRTBackend
 
         return TensorRTBackend(
-            directory / tower.plan,
-            tower.plan_info["profiles"],
-            version_compatible=bool(tower.plan_info.get("version_compatible")),
-            precision=selection.precision,
+            directory / tower.plan, tower.plan_info, precision=selection.precision
         )
     if selection.backend == "openvino":
         from runtime.backends.openvino import OpenVinoBackend

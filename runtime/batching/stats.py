@@ -94,6 +94,9 @@ class TowerStats:
         PREPROCESS_COUNT.labels(*self.labels, step).inc()
         PREPROCESS_NS.labels(*self.labels, step).inc(ns)
 
+    def queue_deadline_drop(self) -> None:
+        QUEUE_DEADLINE_DROPS.labels(*self.labels).inc()
+
     def execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         EXECUTIONS.labels(*self.labels).inc()
         INFERENCE_ITEMS.labels(*self.labels).inc(batch_size)

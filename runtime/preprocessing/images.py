@@ -13,7 +13,6 @@ from PIL import Image, UnidentifiedImageError
 
 from runtime.repository.manifest import ImageSpec
 
-DEFAULT_MAX_PIXELS = 50_000_000
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,

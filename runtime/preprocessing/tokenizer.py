@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from runtime.errors import ModelLoadError
 from runtime.preprocessing.text_cleaning import CLEANERS
 from runtime.repository.manifest import TokenizerSpec
+
+T = TypeVar("T")
 
 # The first part of a long text tried: max_length times this many characters. Typical text has
 # 3 to 6 characters per token; a part that turns out too short is widened, never trusted.
 CHARS_PER_TOKEN = 8
+
+
+def open_tokenizer(
+    kind: Callable[[Path, TokenizerSpec], T], directory: Path, spec: TokenizerSpec
+) -> T:
+    """`kind(directory, spec)`; any failure is a ModelLoadError naming the tokenizer file."""
+    try:
+        return kind(directory, spec)
+    except Exception as error:
+        raise ModelLoadError(f"cannot load {directory / spec.file}: {error}") from error
 
 
 class TextTokenizer:

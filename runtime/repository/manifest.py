@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,69 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class ProfileRange:
+    """Batch and (text) sequence ranges of one optimization profile: (min, opt, max)."""
+
+    batch: tuple[int, int, int]
+    sequence: tuple[int, int, int] | None = None
+
+    def shapes(self, input_shape: list[int | str]) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max) shapes for an input whose dims are 'batch', 'sequence' or fixed."""
+        result = []
+        for which in range(3):
+            shape = []
+            for dim in input_shape:
+                if dim == "batch":
+                    shape.append(self.batch[which])
+                elif dim == "sequence":
+                    if self.sequence is None:
+                        raise ValueError("a sequence dimension needs a sequence range")
+                    shape.append(self.sequence[which])
+                else:
+                    shape.append(int(dim))
+            result.append(tuple(shape))
+        return tuple(result)
+
+    def fits(self, batch: int, sequence: int | None) -> bool:
+        low, _, high = self.batch
+        if not low <= batch <= high:
+            return False
+        if sequence is None or self.sequence is None:
+            return True
+        return self.sequence[0] <= sequence <= self.sequence[2]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileRange:
+        sequence = data.get("sequence")
+        return cls(tuple(data["batch"]), tuple(sequence) if sequence else None)
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A TensorRT plan's provenance and optimization profiles (runtime.backends.tensorrt.plan
+    decides from it whether the plan runs on a host). Stored as the tower's `plan_info`."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    profiles: tuple[ProfileRange, ...]
+    cuda_version: str | None = None
+    precision: str = "fp32"
+    strongly_typed: bool = False
+    # none / same_cc: the building GPU's compute capability only; ampere_plus: 8.0 and later.
+    hardware_compat: str = "none"
+    # Runs on later TensorRT versions of the next major too (the plan carries its runtime).
+    version_compatible: bool = False
+    opt_level: int | None = None
+    onnx_sha256: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanSpec:
+        profiles = tuple(ProfileRange.from_dict(profile) for profile in data["profiles"])
+        return _from_dict(cls, {**data, "profiles": profiles})
+
+
+@dataclass(frozen=True)
 class TowerSpec:
     """One exported network (text or image tower) and the profile it was built for."""
 
@@ -43,9 +106,7 @@ class TowerSpec:
     max_batch: int
     max_seq_len: int | None = None
     plan: str | None = None
-    # TensorRT provenance and profiles: tensorrt_version, gpu_name, compute_capability,
-    # cuda_version, precision, flags, profiles, onnx_sha256.
-    plan_info: dict | None = None
+    plan_info: PlanSpec | None = None
     # int8/uint8 output ranges from a calibration set: {"items", "raw": [mins, maxs],
     # "normalized": [mins, maxs]} (runtime.quantize).
     quantization: dict | None = None
@@ -198,13 +259,12 @@ def _from_dict(kind: type, data: dict[str, Any]) -> Any:
 
 
 def _tower_from_dict(data: dict[str, Any]) -> TowerSpec:
-    tower = _from_dict(TowerSpec, data)
-    return TowerSpec(
-        **{
-            **asdict(tower),
-            "inputs": [_from_dict(TensorSpec, spec) for spec in data["inputs"]],
-            "output": _from_dict(TensorSpec, data["output"]),
-        }
+    plan_info = data.get("plan_info")
+    return replace(
+        _from_dict(TowerSpec, data),
+        inputs=[_from_dict(TensorSpec, spec) for spec in data["inputs"]],
+        output=_from_dict(TensorSpec, data["output"]),
+        plan_info=PlanSpec.from_dict(plan_info) if plan_info else None,
     )
 
 

@@ -19,7 +19,8 @@ import tensorrt as trt
 
 from runtime.backends.base import BackendUnavailable, Execution
 from runtime.backends.tensorrt import cuda
-from runtime.backends.tensorrt.plan import ProfileRange, buffer_bytes, select_profile
+from runtime.backends.tensorrt.plan import buffer_bytes, select_profile
+from runtime.repository.manifest import PlanSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +68,26 @@ class TensorRTBackend:
     def __init__(
         self,
         plan: Path,
-        profiles: list[dict],
-        version_compatible: bool = False,
+        spec: PlanSpec,
         precision: str = "f32",
     ) -> None:
         self.precision = precision
         self._runtime = trt.Runtime(LOGGER)
         # A version-compatible plan carries its own lean runtime, which must be allowed to run.
-        self._runtime.engine_host_code_allowed = version_compatible
+        self._runtime.engine_host_code_allowed = spec.version_compatible
         self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self._engine is None:
             raise BackendUnavailable(f"TensorRT cannot deserialise {plan} (see the log above)")
-        if self._engine.num_optimization_profiles != len(profiles):
+        if self._engine.num_optimization_profiles != len(spec.profiles):
             raise BackendUnavailable(
                 f"{plan} has {self._engine.num_optimization_profiles} optimization profiles; "
-                f"model.json records {len(profiles)}"
+                f"model.json records {len(spec.profiles)}"
             )
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [name for name in names if is_input[name]]
         [self.output] = [name for name in names if not is_input[name]]
-        self.profiles = [ProfileRange.from_dict(profile) for profile in profiles]
+        self.profiles = spec.profiles
         self._slots = [self._slot(index) for index in range(len(self.profiles))]
         self.gpu = cuda.device()[0]
 

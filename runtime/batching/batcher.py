@@ -1,0 +1,175 @@
+"""The dynamic batcher: one tower's queue, and the batches its executor takes from it.
+
+Request threads `put` requests; the executor `take`s items from concurrent requests in arrival
+order, up to the profile's max batch and (for text) a padded-token budget, cuts a text batch into
+`executions` by length, and hands each execution back through `finish`. A request larger than
+the max batch is taken over several batches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.batching import BatchingConfig
+from runtime.batching.stats import RequestTimer, TowerStats
+from runtime.errors import ModelUnavailable, Overloaded, QueueDeadline
+
+
+@dataclass
+class Request:
+    """One caller's items, the rows they come back in, and how far they have got."""
+
+    items: Sequence[Any]
+    lengths: Sequence[int] | None  # token counts (text), which group items by length
+    outputs: np.ndarray
+    # Warm-up and readiness probes: run like any request, but outside the metrics.
+    counted: bool = True
+    timer: RequestTimer = field(default_factory=RequestTimer)
+    taken: int = 0
+    remaining: int = field(init=False)
+    started: bool = False
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.items)
+
+
+# One item of a batch: its request and its index there.
+Batch = list[tuple[Request, int]]
+
+
+class Batcher:
+    def __init__(self, max_batch: int, config: BatchingConfig, stats: TowerStats) -> None:
+        self.max_batch = max_batch
+        self.config = config
+        self.stats = stats
+        self._pending: deque[Request] = deque()
+        self._queued = 0
+        self._busy = False
+        self._closed = False
+        self._wake = threading.Condition()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for execution."""
+        return self._queued
+
+    def put(self, request: Request) -> None:
+        """Queue `request`; raise ModelUnavailable once closed, Overloaded when it does not fit."""
+        with self._wake:
+            if self._closed:
+                raise ModelUnavailable("the model was unloaded")
+            if self._queued + len(request.items) > self.config.max_queue:
+                raise Overloaded(
+                    f"{self._queued} items are queued for this model (limit "
+                    f"{self.config.max_queue}); retry shortly"
+                )
+            self._pending.append(request)
+            self._queued += len(request.items)
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Refuse new requests; `take` returns None once the queue is empty."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def take(self) -> Batch | None:
+        """The next items to run (None once closed and empty): at once when idle with one
+        request queued, else as many as arrive within the batching delay, up to the max batch
+        and token budget. Blocks until there is something to run."""
+        with self._wake:
+            batch: Batch = []
+            while not batch:  # empty when every queued request had passed its deadline
+                while not self._pending:
+                    if self._closed:
+                        return None
+                    self._wake.wait()
+                batch = self._collect()
+            # Waits for more only when busy or already merging: a lone request runs at once.
+            if self._busy or self._pending or len({id(r) for r, _ in batch}) > 1:
+                deadline = time.monotonic() + self.config.max_delay_s
+                while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._wake.wait(left)
+                    batch += self._collect(batch)
+            self._busy = True
+            return batch
+
+    def _collect(self, batch: Batch | None = None) -> Batch:
+        """Take queued items in arrival order while they fit the batch (lock held)."""
+        taken: Batch = []
+        lengths = [r.lengths[i] for r, i in batch or [] if r.lengths is not None]
+        count = len(batch or [])
+        while self._pending and count < self.max_batch:
+            request = self._pending[0]
+            if request.taken == 0 and request.counted and self._expired(request):
+                continue
+            if request.lengths is not None:
+                length = request.lengths[request.taken]
+                widest = max([length, *lengths])
+                if lengths and (len(lengths) + 1) * widest > self.config.max_tokens:
+                    break
+                lengths.append(length)
+            taken.append((request, request.taken))
+            request.taken += 1
+            count += 1
+            if request.taken == len(request.items):
+                self._pending.popleft()
+        self._queued -= len(taken)
+        return taken
+
+    def _expired(self, request: Request) -> bool:
+        """Drop the request at the head of the queue if it waited past the deadline (lock held):
+        its client has most likely given up, and running it would delay the live ones."""
+        limit = self.config.max_queue_wait_s
+        waited_s = (time.perf_counter_ns() - request.timer.arrival) / 1e9
+        if limit is None or waited_s <= limit:
+            return False
+        self._pending.popleft()
+        self._queued -= len(request.items)
+        self.stats.queue_deadline_drop()
+        request.error = QueueDeadline(
+            f"the request waited {waited_s * 1000:.0f} ms in the queue for this model (limit "
+            f"{limit * 1000:g} ms) and was dropped before execution; retry shortly"
+        )
+        request.done.set()
+        return True
+
+    def executions(self, batch: Batch) -> list[Batch]:
+        """Text: sorted by length, then cut into the executions with the least estimated cost
+        (padded tokens, plus a fixed overhead per execution). Images: one execution."""
+        if batch[0][0].lengths is None:
+            return [batch]
+        ordered = sorted(batch, key=lambda item: item[0].lengths[item[1]])
+        lengths = [request.lengths[index] for request, index in ordered]
+        overhead = self.config.execution_overhead_tokens
+        # best[j]: least cost of the first j items; cut[j]: where its last execution starts.
+        best, cut = [0.0], [0]
+        for end in range(1, len(lengths) + 1):
+            costs = [
+                best[start] + overhead + (end - start) * lengths[end - 1] for start in range(end)
+            ]
+            cut.append(min(range(end), key=costs.__getitem__))
+            best.append(costs[cut[-1]])
+        executions, end = [], len(ordered)
+        while end > 0:
+            executions.append(ordered[cut[end] : end])
+            end = cut[end]
+        return executions[::-1]
+
+    def finish(self, execution: Batch) -> None:
+        """Count `execution`'s items as done, waking each request whose last item it held."""
+        for request, _ in execution:
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.done.set()
+        with self._wake:
+            self._busy = bool(self._pending)
