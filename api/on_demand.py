@@ -114,18 +114,16 @@ class OnDemandBuilds:
         argv += ["--", name]
         log.info("building %s on demand", name)
         with tempfile.TemporaryDirectory(prefix="ingrain-build-") as empty:
+            process = subprocess.Popen(
+                argv, cwd=empty, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             try:
-                result = subprocess.run(
-                    argv,
-                    cwd=empty,
-                    capture_output=True,
-                    text=True,
-                    timeout=max(1.0, deadline - time.monotonic()),
-                )
+                _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                _stop(process)
                 raise self._timed_out(name) from None
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        if process.returncode != 0:
+            reason = (stderr.strip().splitlines() or ["unknown error"])[-1]
             raise falcon.HTTPBadRequest(description=f"cannot build {name!r}: {reason}")
 
     def _timed_out(self, name: str) -> falcon.HTTPError:
@@ -133,6 +131,16 @@ class OnDemandBuilds:
             description=f"building {name!r} took longer than {self.settings.timeout_s:g} s "
             "(--build-timeout); build it with ingrain-build instead"
         )
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM first, so the build removes its staging directory; SIGKILL past the grace."""
+    process.terminate()
+    try:
+        process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
 
 
 def _try_lock(handle: IO[str]) -> bool:

@@ -3,6 +3,7 @@ so that the server does not depend on the CLI module)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -169,6 +170,10 @@ def build_command(
     name) to an engine directory, verify it against the source library, and add it to the
     repository."""
     from builder import BuildError, build_model
+
+    # SIGTERM (a deadline, `kill`, a pod stopping) unwinds like Ctrl-C, so the half-written
+    # staging directory is removed rather than left for the next build to sweep.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from builder.publish import build_and_publish
 
     try:
@@ -217,3 +222,7 @@ def build_command(
             f"ingrain-build needs the build extras ({error.name} is missing): "
             "pip install 'ingrain-server[build]'"
         ) from error
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
