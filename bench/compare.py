@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -172,6 +173,16 @@ def drain(url: str, route: str, body: dict) -> None:
     requests.post(url + route, json=body, timeout=300)
 
 
+def inferred(url: str, model: str) -> int:
+    """Items the server has inferred on `model`'s towers, from its /metrics."""
+    stats = requests.get(url + "/metrics", timeout=60).json()["modelStats"]
+    return sum(
+        int(entry["inferenceCount"] or 0)
+        for entry in stats
+        if entry["name"] == model or entry["name"].startswith(model + "/")
+    )
+
+
 def load_figures(
     url: str,
     route: str,
@@ -179,16 +190,33 @@ def load_figures(
     loads: Sequence[tuple[int, int]],
     seconds: float,
     item_key: str = "text",
+    model: str | None = None,
 ) -> dict:
     """wrk at each (concurrency, items per request) for `seconds`, after a warm-up.
-    `bodies(per_request)` makes the request bodies, each input once."""
+    `bodies(per_request)` makes the request bodies, each input once.
+
+    With `model`, also `server_items_per_s`: the items the server inferred per second between
+    20% and 90% of the run, from its /metrics. wrk counts only answered requests, so a run
+    shorter than a few rounds of the queue (32 clients x 32 texts is 1,024 texts queued)
+    undercounts; the server's own count is the steady state."""
     run_wrk(url, route, bodies(1)[:64], 8, min(seconds, 3.0), item_key)
     figures = {}
     for concurrency, per_request in loads:
         drain(url, route, bodies(1)[0])
-        figures[f"c{concurrency}x{per_request}"] = run_wrk(
-            url, route, bodies(per_request), concurrency, seconds, item_key
-        )
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(
+                run_wrk, url, route, bodies(per_request), concurrency, seconds, item_key
+            )
+            if model is not None:
+                time.sleep(seconds * 0.2)
+                first = time.monotonic(), inferred(url, model)
+                time.sleep(seconds * 0.7)
+                last = time.monotonic(), inferred(url, model)
+            figure = running.result()
+        if model is not None:
+            rate = (last[1] - first[1]) / (last[0] - first[0])
+            figure["server_items_per_s"] = round(rate, 2)
+        figures[f"c{concurrency}x{per_request}"] = figure
     drain(url, route, bodies(1)[0])
     return figures
 
@@ -201,6 +229,7 @@ def server_figures(engines: Path, texts: list[str], serve_args: list[str], secon
             lambda per_request: text_bodies(MODEL, texts, per_request, len(texts) // per_request),
             SERVER_LOADS,
             seconds,
+            model=MODEL,
         )
 
 
@@ -305,7 +334,7 @@ def compare(
     ) / 2
     report["ratios"] = {
         **{
-            f"server_{key}_vs_ceiling": round(figure["items_per_s"] / ceiling, 3)
+            f"server_{key}_vs_ceiling": round(figure["server_items_per_s"] / ceiling, 3)
             for key, figure in report["server"].items()
         },
         "in_process_batcher_c32x1_vs_ceiling": round(

@@ -81,13 +81,16 @@ def image_figures(
             IMAGE_LOADS,
             seconds,
             item_key="image",
+            model=name,
         )
     return {
         "model": name,
         "in_process_batch32": ceiling,
         "server": server,
         "ratios": {
-            f"server_{key}_vs_in_process": round(figure["items_per_s"] / ceiling["items_per_s"], 3)
+            f"server_{key}_vs_in_process": round(
+                figure["server_items_per_s"] / ceiling["items_per_s"], 3
+            )
             for key, figure in server.items()
         },
     }
