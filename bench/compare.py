@@ -300,6 +300,8 @@ def compare(
     seconds: float = 10.0,
     images: bool = True,
 ) -> dict:
+    if server:
+        wrk_executable()  # before any figure: a missing wrk fails at once, saying how to get it
     texts = sentences(count)
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
     directory = ensure_model(engines)
@@ -318,7 +320,6 @@ def compare(
     }
     if not server:
         return report
-    wrk_executable()  # before any figure: a missing wrk fails at once, saying how to get it
     # The ceiling: what the server's default backend does in-process, before and after the
     # server's runs (the host drifts; their mean is the ratios' denominator).
     auto = RuntimeConfig(threads=threads)
