@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from bench.load import run_load, text_bodies
+from bench.load import WrkMissing, run_load, text_bodies
 from bench.sentences import sentences
 
 
@@ -66,6 +66,14 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
 @click.option(
     "--in-process-only", is_flag=True, help="Only the engines in-process; no server, no infinity."
 )
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 600),
+    default=10.0,
+    show_default=True,
+    help="How long wrk drives each server load.",
+)
+@click.option("--no-images", is_flag=True, help="Skip the image variant (tiny CLIP).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def compare(
     count: int,
@@ -73,13 +81,22 @@ def compare(
     serve_args: tuple[str, ...],
     infinity: str | None,
     in_process_only: bool,
+    seconds: float,
+    no_images: bool,
     as_json: bool,
 ):
     """The engines in-process (sentence-transformers fp32/bf16, ONNX Runtime, OpenVINO f32/bf16),
-    then the server vs its engine in-process and infinity-emb."""
+    then the server (driven by wrk) vs its engine in-process and infinity-emb, and the same for
+    a tiny CLIP's image tower."""
     from bench.compare import compare as run
 
-    show(run(count, engines, list(serve_args), infinity, not in_process_only), as_json)
+    try:
+        report = run(
+            count, engines, list(serve_args), infinity, not in_process_only, seconds, not no_images
+        )
+    except WrkMissing as error:
+        raise click.ClickException(str(error)) from None
+    show(report, as_json)
 
 
 @main.command()

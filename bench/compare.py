@@ -10,7 +10,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +22,20 @@ import onnxruntime as ort
 import openvino as ov
 import requests
 
-from bench.load import run_load, text_bodies
+from bench.load import run_threads, run_wrk, text_bodies, wrk_executable
 from bench.sentences import sentences
 from builder.verify import cosine_rows
 from runtime.backends import open_backend
 from runtime.backends.openvino import bf16_supported
 from runtime.config import CACHE_OFF, RuntimeConfig
+from runtime.models import Model
 from runtime.preprocessing.tokenizer import TextTokenizer
 from runtime.repository import Repository
 from runtime.repository.manifest import Manifest
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# (concurrent clients, sentences per request) for the server.
+SERVER_LOADS = ((1, 1), (1, 32), (8, 1), (8, 32), (32, 1), (32, 32))
 
 
 def demo_source() -> str:
@@ -136,34 +143,97 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer within {seconds} s")
 
 
-def server_figures(engines: Path, texts: list[str], serve_args: list[str]) -> dict:
+@contextmanager
+def serving(engines: Path, preload: list[str], serve_args: list[str]) -> Iterator[str]:
+    """A 1-worker `ingrain-serve` (unless serve_args say otherwise) on a free loopback port,
+    holding `preload`; yields its URL once it answers."""
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "ingrain-serve"),
         *("--engines", str(engines), "--port", str(port), "--model-port", "none"),
-        *("--preload", MODEL, *serve_args),
+        *(argument for name in preload for argument in ("--preload", name)),
+        *serve_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    figures = {}
     try:
         wait_for(url + "/health", process)
-        run_load(url, "/embed_text", text_bodies(MODEL, texts, 1, 64), 8)  # warm-up
-        for concurrency in (1, 8, 32):
-            for per_request in (1, 32):
-                count = (
-                    len(texts) // per_request if concurrency > 1 else len(texts) // 4 // per_request
-                )
-                bodies = text_bodies(MODEL, texts, per_request, max(count, concurrency))
-                result = run_load(url, "/embed_text", bodies, concurrency)
-                figures[f"c{concurrency}x{per_request}"] = result.summary()
+        yield url
     finally:
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def drain(url: str, route: str, body: dict) -> None:
+    """Wait until what a finished wrk run left queued has run: one request queues behind it."""
+    requests.post(url + route, json=body, timeout=300)
+
+
+def inferred(url: str, model: str) -> int:
+    """Items the server has inferred on `model`'s towers, from its /metrics."""
+    stats = requests.get(url + "/metrics", timeout=60).json()["modelStats"]
+    return sum(
+        int(entry["inferenceCount"] or 0)
+        for entry in stats
+        if entry["name"] == model or entry["name"].startswith(model + "/")
+    )
+
+
+def load_figures(
+    url: str,
+    route: str,
+    bodies: Callable[[int], list[dict]],
+    loads: Sequence[tuple[int, int]],
+    seconds: float,
+    item_key: str = "text",
+    model: str | None = None,
+) -> dict:
+    """wrk at each (concurrency, items per request) for `seconds`, after a warm-up.
+    `bodies(per_request)` makes the request bodies, each input once.
+
+    With `model`, also `server_items_per_s`: the items the server inferred per second between
+    20% and 90% of the run, from its /metrics. wrk counts only answered requests, so a run
+    shorter than a few rounds of the queue (32 clients x 32 texts is 1,024 texts queued)
+    undercounts; the server's own count is the steady state."""
+    run_wrk(url, route, bodies(1)[:64], 8, min(seconds, 3.0), item_key)
+    figures = {}
+    for concurrency, per_request in loads:
+        drain(url, route, bodies(1)[0])
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(
+                run_wrk, url, route, bodies(per_request), concurrency, seconds, item_key
+            )
+            if model is not None:
+                time.sleep(seconds * 0.2)
+                first = time.monotonic(), inferred(url, model)
+                time.sleep(seconds * 0.7)
+                last = time.monotonic(), inferred(url, model)
+            figure = running.result()
+        if model is not None:
+            rate = (last[1] - first[1]) / (last[0] - first[0])
+            figure["server_items_per_s"] = round(rate, 2)
+        figures[f"c{concurrency}x{per_request}"] = figure
+    drain(url, route, bodies(1)[0])
     return figures
 
 
-def infinity_figures(texts: list[str], executable: str | None) -> dict | None:
+def server_figures(engines: Path, texts: list[str], serve_args: list[str], seconds: float) -> dict:
+    with serving(engines, [MODEL], serve_args) as url:
+        return load_figures(
+            url,
+            "/embed_text",
+            lambda per_request: text_bodies(MODEL, texts, per_request, len(texts) // per_request),
+            SERVER_LOADS,
+            seconds,
+            model=MODEL,
+        )
+
+
+def infinity_figures(texts: list[str], executable: str | None, seconds: float) -> dict | None:
     """infinity-emb serving the same local model directory under the same load, if installed
     (here or, as its dependencies rarely resolve beside this project's, in its own venv)."""
     executable = executable or shutil.which("infinity_emb")
@@ -182,25 +252,43 @@ def infinity_figures(texts: list[str], executable: str | None) -> dict | None:
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    figures = {}
+
+    def bodies(per_request: int) -> list[dict]:
+        return [
+            {"model": demo_source(), "input": body["text"]}
+            for body in text_bodies(MODEL, texts, per_request, len(texts) // per_request)
+        ]
+
     try:
         wait_for(url + "/health", process, seconds=300)
-        bodies = [
-            {"model": demo_source(), "input": body["text"]}
-            for body in text_bodies(MODEL, texts, 1, 64)
-        ]
-        run_load(url, "/embeddings", bodies, 8, item_key="input")
-        for concurrency, per_request in ((32, 1), (32, 32)):
-            bodies = [
-                {"model": demo_source(), "input": body["text"]}
-                for body in text_bodies(MODEL, texts, per_request, len(texts) // per_request)
-            ]
-            result = run_load(url, "/embeddings", bodies, concurrency, item_key="input")
-            figures[f"c{concurrency}x{per_request}"] = result.summary()
+        return load_figures(
+            url, "/embeddings", bodies, ((32, 1), (32, 32)), seconds, item_key="input"
+        )
     finally:
         process.terminate()
         process.wait(30)
-    return figures
+
+
+def in_process_batcher(
+    directory: Path, texts: list[str], concurrency: int, runtime: RuntimeConfig
+) -> dict:
+    """The server's own runtime (tokenizer, dynamic batcher, backend) fed one sentence per call
+    by `concurrency` threads in this process: the server less HTTP, JSON and gunicorn."""
+    model = Model.load(Repository(directory.parent).find(MODEL), runtime)
+    remaining = iter(texts)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                text = next(remaining, None)
+            if text is None:
+                return
+            model.embed_text([text], True, None)
+
+    seconds = run_threads(client, concurrency)
+    model.close()
+    return {"items_per_s": round(len(texts) / seconds, 2)}
 
 
 def compare(
@@ -209,7 +297,11 @@ def compare(
     serve_args: list[str],
     infinity: str | None = None,
     server: bool = True,
+    seconds: float = 10.0,
+    images: bool = True,
 ) -> dict:
+    if server:
+        wrk_executable()  # before any figure: a missing wrk fails at once, saying how to get it
     texts = sentences(count)
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
     directory = ensure_model(engines)
@@ -221,24 +313,34 @@ def compare(
             "python": sys.version.split()[0],
             "onnxruntime": ort.__version__,
             "openvino": ov.get_version(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
         },
         "sentences": count,
         "engines": engines_in_process(directory, texts, threads),
     }
     if not server:
         return report
-    # The ceiling: what the server's default backend does in-process.
+    # The ceiling: what the server's default backend does in-process, before and after the
+    # server's runs (the host drifts; their mean is the ratios' denominator).
     auto = RuntimeConfig(threads=threads)
     report["in_process_batch32"] = in_process(directory, texts, 32, auto)[0]
     report["in_process_batch1"] = in_process(directory, texts[: count // 4], 1, auto)[0]
-    report["server"] = server_figures(engines, texts, serve_args)
-    report["infinity"] = infinity_figures(texts, infinity)
-    ceiling = report["in_process_batch32"]["items_per_s"]
+    report["in_process_batcher_c32x1"] = in_process_batcher(directory, texts, 32, auto)
+    report["server"] = server_figures(engines, texts, serve_args, seconds)
+    report["in_process_batch32_after"] = in_process(directory, texts, 32, auto)[0]
+    report["infinity"] = infinity_figures(texts, infinity, seconds)
+    ceiling = (
+        report["in_process_batch32"]["items_per_s"]
+        + report["in_process_batch32_after"]["items_per_s"]
+    ) / 2
     report["ratios"] = {
         **{
-            f"server_{key}_vs_ceiling": round(figure["items_per_s"] / ceiling, 3)
+            f"server_{key}_vs_ceiling": round(figure["server_items_per_s"] / ceiling, 3)
             for key, figure in report["server"].items()
         },
+        "in_process_batcher_c32x1_vs_ceiling": round(
+            report["in_process_batcher_c32x1"]["items_per_s"] / ceiling, 3
+        ),
         "server_c1x1_p50_minus_single_item_ms": round(
             report["server"]["c1x1"]["p50_ms"] - report["in_process_batch1"]["p50_ms"], 2
         ),
@@ -248,4 +350,8 @@ def compare(
             report["ratios"][f"server_vs_infinity_{key}"] = round(
                 report["server"][key]["items_per_s"] / figure["items_per_s"], 3
             )
+    if images:
+        from bench.images import image_figures
+
+        report["images"] = image_figures(engines, serve_args, seconds, auto)
     return report

@@ -25,6 +25,7 @@ import numpy as np
 import requests
 
 from bench.compare import MODEL, ensure_model, free_port, wait_for
+from bench.images import ensure_tiny_clip
 from bench.sentences import sentences
 
 
@@ -103,25 +104,18 @@ def long_text_burst(
 def tiny_models(engines: Path) -> tuple[str, str]:
     """A tiny random CLIP (for images) and a tiny timm classifier, built as tests build them."""
     from builder import BuildOptions, Progress, build_model
-    from tests.models import LABELS, TIMM_ARCH, tiny_clip, tiny_timm_classifier
+    from tests.models import LABELS, TIMM_ARCH, tiny_timm_classifier
 
     scratch = Path(tempfile.mkdtemp(prefix="ingrain-soak-"))
     labels = scratch / "labels.txt"
     labels.write_text("\n".join(LABELS))
-    quiet = Progress(quiet=True)
-    clip, classifier = "soak/tiny-clip", "soak/tiny-timm"
-    build_model(
-        f"local-dir:{tiny_clip(scratch / 'clip')}",
-        engines,
-        clip,
-        skip_existing=True,
-        progress=quiet,
-    )
+    classifier = "soak/tiny-timm"
     options = BuildOptions(
         labels=labels, checkpoint=tiny_timm_classifier(scratch, 5), num_classes=5
     )
+    quiet = Progress(quiet=True)
     build_model(TIMM_ARCH, engines, classifier, "timm", options, skip_existing=True, progress=quiet)
-    return clip, classifier
+    return ensure_tiny_clip(engines), classifier
 
 
 def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:

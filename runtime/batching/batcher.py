@@ -100,22 +100,29 @@ class Batcher:
                 while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._wake.wait(left)
                     batch += self._collect(batch)
+            if self._pending and batch[0][0].lengths is not None:
+                # Text already queued beyond one execution: take a wider window, so that
+                # sorting it by length packs executions with less padding.
+                batch += self._collect(batch, self.max_batch * self.config.sort_window_batches)
             self._busy = True
             return batch
 
-    def _collect(self, batch: Batch | None = None) -> Batch:
-        """Take queued items in arrival order while they fit the batch (lock held)."""
+    def _collect(self, batch: Batch | None = None, limit: int | None = None) -> Batch:
+        """Take queued items in arrival order while they fit the batch, at most `limit` items
+        (default: one execution's) and as many padded tokens per execution (lock held)."""
+        limit = limit or self.max_batch
+        max_tokens = self.config.max_tokens * -(-limit // self.max_batch)
         taken: Batch = []
         lengths = [r.lengths[i] for r, i in batch or [] if r.lengths is not None]
         count = len(batch or [])
-        while self._pending and count < self.max_batch:
+        while self._pending and count < limit:
             request = self._pending[0]
             if request.taken == 0 and request.counted and self._expired(request):
                 continue
             if request.lengths is not None:
                 length = request.lengths[request.taken]
                 widest = max([length, *lengths])
-                if lengths and (len(lengths) + 1) * widest > self.config.max_tokens:
+                if lengths and (len(lengths) + 1) * widest > max_tokens:
                     break
                 lengths.append(length)
             taken.append((request, request.taken))
@@ -145,7 +152,8 @@ class Batcher:
 
     def executions(self, batch: Batch) -> list[Batch]:
         """Text: sorted by length, then cut into the executions with the least estimated cost
-        (padded tokens, plus a fixed overhead per execution). Images: one execution."""
+        (padded tokens, plus a fixed overhead per execution), each within the max batch and the
+        token budget. Images: one execution."""
         if batch[0][0].lengths is None:
             return [batch]
         ordered = sorted(batch, key=lambda item: item[0].lengths[item[1]])
@@ -154,11 +162,12 @@ class Batcher:
         # best[j]: least cost of the first j items; cut[j]: where its last execution starts.
         best, cut = [0.0], [0]
         for end in range(1, len(lengths) + 1):
-            costs = [
-                best[start] + overhead + (end - start) * lengths[end - 1] for start in range(end)
-            ]
-            cut.append(min(range(end), key=costs.__getitem__))
-            best.append(costs[cut[-1]])
+            widest = lengths[end - 1]
+            most = max(1, min(self.max_batch, self.config.max_tokens // widest))
+            starts = range(max(0, end - most), end)
+            start = min(starts, key=lambda s: best[s] + (end - s) * widest)
+            cut.append(start)
+            best.append(best[start] + overhead + (end - start) * widest)
         executions, end = [], len(ordered)
         while end > 0:
             executions.append(ordered[cut[end] : end])
