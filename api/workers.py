@@ -8,6 +8,9 @@ first: a thread takes the connection only once its whole request is in memory, a
 connection whose request is not complete within the read timeout is closed. Reads a thread
 still makes (a body beyond what the loop gathers, `Expect: 100-continue`) run under the same
 deadline, so no client holds a thread longer than that.
+
+While a request waits for the batcher, the batcher can ask whether its client is still there
+(`client_gone`), and drops the request before execution when it is not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from functools import partial
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
+
+from runtime.batching.client import client_gone
 
 HEADER_ALLOWANCE = 64 * 1024
 MAX_CHUNK_LINE = 1024
@@ -125,6 +130,24 @@ class Arriving:
             self._chunk = line_end + 2 + size + 2
 
 
+def has_left(conn) -> bool:
+    """Whether the client has closed its side of the connection: the socket reads end-of-file
+    and nothing it sent is still unread. Bytes waiting (a keep-alive or pipelined request), or
+    none yet, are no disconnect; a client that half-closes after pipelining still gets its
+    answers. Costs one non-blocking peek (while a request waits for the batcher, its thread
+    has the socket in blocking mode, without a timeout)."""
+    unreader = getattr(conn.parser, "unreader", None)
+    if unreader is not None and unreader.buf.getbuffer().nbytes:
+        return False
+    try:
+        # The plain socket's recv: DeadlineSocket's would apply the read deadline.
+        return socket.socket.recv(conn.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except OSError:  # reset, or already closed
+        return True
+
+
 class GatheringWorker(ThreadWorker):
     """gthread whose event loop reads each request whole before a thread serves it."""
 
@@ -196,7 +219,12 @@ class GatheringWorker(ThreadWorker):
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(data)
-        return super().handle(conn)
+        # The batcher asks while the request waits for it (TLS sockets cannot be peeked).
+        watched = client_gone.set(None if self.cfg.is_ssl else partial(has_left, conn))
+        try:
+            return super().handle(conn)
+        finally:
+            client_gone.reset(watched)
 
     def _release(self, size: int) -> None:
         self.gathered_bytes -= size

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import json
 import logging
 import shutil
 import socket
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.repository import slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
@@ -177,6 +179,41 @@ def test_keepalive_and_pipelined_requests_are_all_answered(hostile):
     with requests.Session() as session:
         for _ in range(20):
             assert session.post(hostile.url + "/embed_text", json=ONE_SENTENCE).ok
+
+
+def client_gone_drops(server) -> float:
+    text = requests.get(server.url + "/metrics/prometheus", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ingrain_client_gone_drops_total" and sample.labels == {
+                "model": MINILM,
+                "tower": "text_encoder",
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_requests_whose_client_left_are_dropped_before_execution(hostile):
+    """A client that sends a request and closes the connection gets no execution: the batcher
+    asks the connection just before executing and counts the drop. Long requests keep the
+    executors busy meanwhile; they and later requests are answered."""
+    before, gone = client_gone_drops(hostile), 6
+    long_text = " ".join(["a long sentence about a cat that sits on a mat"] * 6)
+    busy = {"name": MINILM, "text": [f"{i} {long_text}" for i in range(32)]}
+    body = json.dumps(ONE_SENTENCE).encode()
+    request = b"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(hostile.post, "/embed_text", busy) for _ in range(2)]
+        for _ in range(gone):
+            with socket.create_connection(("127.0.0.1", port_of(hostile)), timeout=30) as c:
+                c.sendall(request + body)
+        assert [answer.result().status_code for answer in running] == [200, 200]
+    # Counted as each worker's executor reaches them; a request waiting for a thread comes last.
+    deadline = time.monotonic() + 60
+    while client_gone_drops(hostile) < before + gone and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client_gone_drops(hostile) == before + gone
+    assert requests.post(hostile.url + "/embed_text", json=ONE_SENTENCE, timeout=30).ok
 
 
 # --- 2. drip-fed downloads ----------------------------------------------------------------------

@@ -50,6 +50,11 @@ QUEUE_DEADLINE_DROPS = Counter(
     "Requests dropped before execution: their queue wait passed --max-queue-wait-ms.",
     TOWER,
 )
+CLIENT_GONE_DROPS = Counter(
+    "ingrain_client_gone_drops",
+    "Requests dropped before execution: their client had closed the connection.",
+    TOWER,
+)
 LAST_INFERENCE = Gauge(
     "ingrain_last_inference_ms",
     "Milliseconds since the epoch of the last execution.",

@@ -20,8 +20,15 @@ import numpy as np
 
 from runtime.backends import Backend
 from runtime.batching import BatchingConfig
-from runtime.batching.stats import BATCH_STATS, QUEUE_DEADLINE_DROPS, RequestTimer, TowerStats
-from runtime.errors import ModelUnavailable, Overloaded, QueueDeadline
+from runtime.batching.client import IsGone, client_gone
+from runtime.batching.stats import (
+    BATCH_STATS,
+    CLIENT_GONE_DROPS,
+    QUEUE_DEADLINE_DROPS,
+    RequestTimer,
+    TowerStats,
+)
+from runtime.errors import ClientGone, ModelUnavailable, Overloaded, QueueDeadline
 from runtime.repository.manifest import TowerSpec
 
 Collate = Callable[[list[Any]], dict[str, np.ndarray]]
@@ -40,6 +47,8 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     # Warm-up and readiness probes: run like any request, but outside the metrics.
     counted: bool = True
+    # Whether its client has closed the connection (None: cannot tell).
+    is_gone: IsGone | None = None
 
 
 class Tower:
@@ -77,7 +86,8 @@ class Tower:
         """One output row per item, in order. `lengths` (token counts) groups text by length.
 
         Raises Overloaded when the queue cannot take the items, QueueDeadline when they waited
-        longer than the batching config's max_queue_wait_s before execution.
+        longer than the batching config's max_queue_wait_s before execution, ClientGone when
+        the caller's client (the API's `client_gone` check) had left before they executed.
         """
         request = self._submit(items, lengths)
         request.done.wait()
@@ -119,6 +129,7 @@ class Tower:
         request = _Request(items, lengths, np.empty((len(items), self.spec.dim), np.float32))
         request.remaining = len(items)
         request.counted = counted
+        request.is_gone = client_gone.get() if counted else None
         with self._wake:
             if self._closed:
                 raise ModelUnavailable("the model was unloaded")
@@ -245,11 +256,28 @@ class Tower:
         return executions[::-1]
 
     def _execute(self, execution: list[tuple[_Request, int]]) -> None:
+        if not (execution := self._wanted(execution)):
+            return
         self.executing_since = time.monotonic()
         try:
             self._run_execution(execution)
         finally:
             self.executing_since = None
+
+    def _wanted(self, execution: list[tuple[_Request, int]]) -> list[tuple[_Request, int]]:
+        """The items whose answer someone still waits for. A request whose client has gone is
+        dropped here, just before execution (and counted); the items of a request that has
+        already failed or been dropped are finished without running."""
+        for request in {id(request): request for request, _ in execution}.values():
+            if request.error is None and request.is_gone is not None and request.is_gone():
+                CLIENT_GONE_DROPS.labels(*self.stats.labels).inc()
+                request.error = ClientGone(
+                    "the client closed the connection before the request executed"
+                )
+        unwanted = [item for item in execution if item[0].error is not None]
+        if unwanted:
+            self._finish(unwanted)
+        return [item for item in execution if item[0].error is None]
 
     def _run_execution(self, execution: list[tuple[_Request, int]]) -> None:
         began = time.perf_counter_ns()
