@@ -7,7 +7,9 @@ answering. Here the worker's event loop (which never blocks) gathers each reques
 first: a thread takes the connection only once its whole request is in memory, and a
 connection whose request is not complete within the read timeout is closed. Reads a thread
 still makes (a body beyond what the loop gathers, `Expect: 100-continue`) run under the same
-deadline, so no client holds a thread longer than that.
+deadline, so no client holds a thread longer than that. The answer is written under the
+same timeout (per write): a client that stops reading it loses the connection instead of
+holding the thread.
 
 While a request waits for the batcher, the batcher can ask whether its client is still there
 (`client_gone`), and drops the request before execution when it is not.
@@ -15,6 +17,7 @@ While a request waits for the batcher, the batcher can ask whether its client is
 
 from __future__ import annotations
 
+import errno
 import re
 import selectors
 import socket
@@ -46,10 +49,32 @@ class ReadTimeout(NoMoreData, TimeoutError):
         return "the client did not send the whole request in time"
 
 
+class WriteTimeout(BrokenPipeError):
+    """The client did not take the answer within the write timeout. A broken pipe to gunicorn,
+    which then closes the connection quietly and frees the thread."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EPIPE, "the client did not read the answer in time")
+
+
 class DeadlineSocket(socket.socket):
-    """A socket whose reads fail once the current request's deadline has passed."""
+    """A socket whose reads fail once the current request's deadline has passed, and whose
+    writes fail when one takes longer than the write timeout."""
 
     deadline: float | None = None
+    write_timeout: float | None = None
+
+    def sendall(self, data, flags: int = 0) -> None:
+        if self.write_timeout is None:
+            return super().sendall(data, flags)
+        previous = self.gettimeout()
+        self.settimeout(self.write_timeout)
+        try:
+            return super().sendall(data, flags)
+        except TimeoutError:
+            raise WriteTimeout() from None
+        finally:
+            self.settimeout(previous)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.deadline is None:
@@ -165,6 +190,7 @@ class GatheringWorker(ThreadWorker):
             return
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket(fileno=conn.sock.detach())
+            conn.sock.write_timeout = self.read_timeout
         conn.sock.setblocking(False)
         # Bytes a previous request's body read took ahead belong to this request.
         ahead = conn.parser.unreader.take_buffered() if conn.parser else b""

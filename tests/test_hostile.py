@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -214,6 +215,56 @@ def test_requests_whose_client_left_are_dropped_before_execution(hostile):
         time.sleep(0.2)
     assert client_gone_drops(hostile) == before + gone
     assert requests.post(hostile.url + "/embed_text", json=ONE_SENTENCE, timeout=30).ok
+
+
+def drain(connection: socket.socket, timeout_s: float) -> int:
+    """Read until the server closes the connection; how many bytes came."""
+    connection.settimeout(timeout_s)
+    received = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += len(chunk)
+    return received
+
+
+def open_server_ends(server, connections: list[socket.socket]) -> int:
+    """How many of these connections the server still holds open (ESTABLISHED in Linux's
+    /proc/net/tcp); a connection it has closed is gone or in a closing state there."""
+    ports = {f"{connection.getsockname()[1]:04X}" for connection in connections}
+    local = f":{port_of(server):04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        ours, theirs, state = line.split()[1:4]
+        count += ours.endswith(local) and theirs.split(":")[1] in ports and state == "01"
+    return count
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off(hostile):
+    """Answers are written under the read timeout: clients that send requests and never read
+    the (large) answers lose their connections instead of holding the threads that write."""
+    texts = {"name": MINILM, "text": [f"text number {i}" for i in range(256)]}
+    answer_bytes = len(hostile.post("/embed_text", texts).content)
+    body = json.dumps(texts).encode()
+    one = b"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    pipelined, stalled = 4, []
+    try:
+        for _ in range(8):  # one per request thread of the server (2 workers x 4)
+            connection = socket.socket()
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.connect(("127.0.0.1", port_of(hostile)))
+            connection.sendall((one + body) * pipelined)
+            stalled.append(connection)
+        deadline = time.monotonic() + 300
+        while open_server_ends(hostile, stalled) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert open_server_ends(hostile, stalled) == 0
+        assert requests.post(hostile.url + "/embed_text", json=ONE_SENTENCE, timeout=60).ok
+        # What each connection still delivers is what the kernel had buffered, then its end.
+        for connection in stalled:
+            assert drain(connection, READ_TIMEOUT * 3) < pipelined * answer_bytes
+    finally:
+        for connection in stalled:
+            connection.close()
 
 
 # --- 2. drip-fed downloads ----------------------------------------------------------------------
