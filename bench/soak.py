@@ -166,15 +166,17 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
     sent = 0
     try:
         wait_for(url + "/health", process)
-        warm_until = time.monotonic() + min(60.0, minutes * 60 / 5)
+        # A sixth of the run (at most 5 minutes): enough requests for the shapes to recur even
+        # on a busy machine.
+        warm_until = time.monotonic() + min(300.0, minutes * 60 / 6)
         end = time.monotonic() + minutes * 60
         rss: dict[str, dict[int, float]] = {"start": worker_rss_mb(process.pid)}
 
-        def client(seed: int) -> None:
+        def client(seed: int, until: float) -> None:
             nonlocal sent
             session = requests.Session()
             rng = random.Random(seed)
-            while time.monotonic() < end:
+            while time.monotonic() < until:
                 with lock:
                     route, body = next(bodies)
                     sent += 1
@@ -190,14 +192,15 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
                     session.close()
                     session = requests.Session()
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        time.sleep(max(0.0, warm_until - time.monotonic()))
-        rss["after_warmup"] = worker_rss_mb(process.pid)
-        for thread in threads:
-            thread.join()
-        rss["end"] = worker_rss_mb(process.pid)
+        # RSS is read with no request in flight (after warm-up and at the end alike), so the
+        # growth compares kept memory, not one moment's activations with another's.
+        for stage, until in (("after_warmup", warm_until), ("end", end)):
+            threads = [threading.Thread(target=client, args=(i, until)) for i in range(concurrency)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rss[stage] = worker_rss_mb(process.pid)
         long_texts = long_text_burst(url, process.pid)
     finally:
         process.terminate()
