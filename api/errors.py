@@ -9,6 +9,7 @@ import falcon
 import orjson
 
 from runtime.errors import (
+    ClientGone,
     InputError,
     ModelLoadError,
     ModelNotFound,
@@ -58,6 +59,7 @@ def install_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(ModelNotLoaded, _model_not_loaded)
     app.add_error_handler(Overloaded, _overloaded)
     app.add_error_handler(ModelUnavailable, _model_unavailable)
+    app.add_error_handler(ClientGone, _client_gone)
     app.add_error_handler(Exception, _unexpected)
 
 
@@ -98,6 +100,11 @@ def _model_unavailable(req, resp, error: ModelUnavailable, params):
         description=f"the model is not available right now: {error}; retry shortly",
         retry_after=1,
     )
+
+
+def _client_gone(req, resp, error: ClientGone, params):
+    # nginx's status for it: nobody reads the answer, but the access log and metrics say why.
+    raise falcon.HTTPError("499 Client Closed Request", description=str(error))
 
 
 def _input_error(req, resp, error: InputError, params):

@@ -136,7 +136,7 @@ class Embeddings:
         encoding = _choice(body, "encoding_format", ENCODINGS, "float")
         options = params.text_options(body, self.limits)
         if ids is not None and (options.prompt or options.prompt_name):
-            raise invalid("prompts apply to text input, not to token ids", "prompt")
+            raise invalid("prompts apply to text input, not to token ids", _prompt_param(options))
         req.context.items = len(texts or ids or [])
         with self.registry.use(name) as model:
             if model.text is None:
@@ -169,6 +169,10 @@ class Embeddings:
     ) -> list[TokenRow]:
         assert model.text is not None
         try:
+            model.text.resolve_prompt(options)
+        except InputError as error:
+            raise invalid(str(error), _prompt_param(options)) from None
+        try:
             if texts is not None:
                 return model.tokenize(texts, options)
             assert ids is not None
@@ -177,6 +181,10 @@ class Embeddings:
             raise invalid(error.describe("input"), "input", "context_length_exceeded") from None
         except InputError as error:
             raise invalid(str(error), "input") from None
+
+
+def _prompt_param(options: TextOptions) -> str:
+    return "prompt_name" if options.prompt_name is not None else "prompt"
 
 
 def _encoded(embedding: np.ndarray, encoding: str) -> np.ndarray | str:

@@ -193,11 +193,25 @@ def download_headers(body: dict[str, Any]) -> dict[str, str]:
     return value
 
 
+def field_error(
+    field: str, description: str, kind: type[falcon.HTTPError] = falcon.HTTPBadRequest
+) -> falcon.HTTPError:
+    """A 4xx about one request field; the OpenAI routes name it in the error's `param`."""
+    error = kind(description=description)
+    error.param = field
+    return error
+
+
+def _sent_as(body: dict[str, Any], camel: str, snake: str) -> str:
+    """The spelling of a key the request used (camelCase when it used neither)."""
+    return snake if body.get(camel) is None and body.get(snake) is not None else camel
+
+
 def _optional(body: dict[str, Any], camel: str, snake: str, kind: type, what: str) -> Any:
     value = get(body, camel, snake)
     if value is not None and type(value) is not kind:
-        raise falcon.HTTPBadRequest(
-            description=f'"{camel}" must be {what}, not {_json_type(value)}'
+        raise field_error(
+            _sent_as(body, camel, snake), f'"{camel}" must be {what}, not {_json_type(value)}'
         )
     return value
 
@@ -207,14 +221,16 @@ def text_options(body: dict[str, Any], limits: Limits) -> TextOptions:
     truncate = _optional(body, "truncate", "truncate", bool, "true or false")
     direction = _optional(body, "truncationDirection", "truncation_direction", str, "a string")
     if direction is not None and direction not in TRUNCATION_SIDES:
-        raise falcon.HTTPBadRequest(
-            description=f'"truncationDirection" must be "right" or "left", not {direction!r:.40}'
+        raise field_error(
+            _sent_as(body, "truncationDirection", "truncation_direction"),
+            f'"truncationDirection" must be "right" or "left", not {direction!r:.40}',
         )
     prompt = _optional(body, "prompt", "prompt", str, "a string")
     if prompt is not None and len(prompt) > limits.max_text_chars:
-        raise falcon.HTTPContentTooLarge(
-            description=f'"prompt" has {len(prompt)} characters; the limit is '
-            f"{limits.max_text_chars}"
+        raise field_error(
+            "prompt",
+            f'"prompt" has {len(prompt)} characters; the limit is {limits.max_text_chars}',
+            falcon.HTTPContentTooLarge,
         )
     return TextOptions(
         truncate=True if truncate is None else truncate,

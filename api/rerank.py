@@ -113,7 +113,7 @@ class Rerank(_ModelRoute):
         req.context.items = len(texts or images or [])
         with self.registry.use(name) as model:
             pixels = model.load_images(images, headers) if images is not None else None
-            scores = relevance(model, query, texts, pixels, raw, truncate)
+            scores, _ = relevance(model, query, texts, pixels, raw, truncate)
         results = []
         for index in ranked(scores, top_n):
             result: dict[str, Any] = {"index": index, "score": float(scores[index])}
@@ -140,7 +140,7 @@ class CohereRerank(_ModelRoute):
         return_documents = _flag(body, "returnDocuments", "return_documents", False)
         req.context.items = len(documents)
         with self.registry.use(name) as model:
-            scores = relevance(model, query, documents, None)
+            scores, tokens = relevance(model, query, documents, None)
         results = []
         for index in ranked(scores, top_n):
             result: dict[str, Any] = {"index": index, "relevance_score": float(scores[index])}
@@ -153,8 +153,12 @@ class CohereRerank(_ModelRoute):
                 "id": str(uuid.uuid4()),
                 "results": results,
                 "model": name,
-                "usage": {"documents": len(documents)},
-                "meta": {"billed_units": {"search_units": 1}},
+                # Jina's usage, and Cohere's (meta.tokens) as its SDKs read it.
+                "usage": {"total_tokens": tokens, "documents": len(documents)},
+                "meta": {
+                    "billed_units": {"search_units": 1},
+                    "tokens": {"input_tokens": tokens, "output_tokens": 0},
+                },
             },
         )
 

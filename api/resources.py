@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from functools import partial
 from typing import Any
 
@@ -130,7 +131,10 @@ class Embed(_ModelRoute):
                 # Every image is fetched and decoded before any tower runs: a bad one stops all.
                 pixels = model.load_images(sources, headers)
                 jobs["imageEmbeddings"] = partial(output.run, model.embed_images, pixels)
-            running = {key: self._towers.submit(job) for key, job in jobs.items()}
+            # In this request's context: the batcher asks it whether the client has gone.
+            running = {
+                key: self._towers.submit(copy_context().run, job) for key, job in jobs.items()
+            }
             answer = {key: job.result() for key, job in running.items()}
         respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
 

@@ -7,11 +7,17 @@ answering. Here the worker's event loop (which never blocks) gathers each reques
 first: a thread takes the connection only once its whole request is in memory, and a
 connection whose request is not complete within the read timeout is closed. Reads a thread
 still makes (a body beyond what the loop gathers, `Expect: 100-continue`) run under the same
-deadline, so no client holds a thread longer than that.
+deadline, so no client holds a thread longer than that. The answer is written under the
+same timeout (per write): a client that stops reading it loses the connection instead of
+holding the thread.
+
+While a request waits for the batcher, the batcher can ask whether its client is still there
+(`client_gone`), and drops the request before execution when it is not.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 import selectors
 import socket
@@ -20,6 +26,8 @@ from functools import partial
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
+
+from runtime.batching.client import client_gone
 
 HEADER_ALLOWANCE = 64 * 1024
 MAX_CHUNK_LINE = 1024
@@ -41,10 +49,32 @@ class ReadTimeout(NoMoreData, TimeoutError):
         return "the client did not send the whole request in time"
 
 
+class WriteTimeout(BrokenPipeError):
+    """The client did not take the answer within the write timeout. A broken pipe to gunicorn,
+    which then closes the connection quietly and frees the thread."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EPIPE, "the client did not read the answer in time")
+
+
 class DeadlineSocket(socket.socket):
-    """A socket whose reads fail once the current request's deadline has passed."""
+    """A socket whose reads fail once the current request's deadline has passed, and whose
+    writes fail when one takes longer than the write timeout."""
 
     deadline: float | None = None
+    write_timeout: float | None = None
+
+    def sendall(self, data, flags: int = 0) -> None:
+        if self.write_timeout is None:
+            return super().sendall(data, flags)
+        previous = self.gettimeout()
+        self.settimeout(self.write_timeout)
+        try:
+            return super().sendall(data, flags)
+        except TimeoutError:
+            raise WriteTimeout() from None
+        finally:
+            self.settimeout(previous)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self.deadline is None:
@@ -125,6 +155,24 @@ class Arriving:
             self._chunk = line_end + 2 + size + 2
 
 
+def has_left(conn) -> bool:
+    """Whether the client has closed its side of the connection: the socket reads end-of-file
+    and nothing it sent is still unread. Bytes waiting (a keep-alive or pipelined request), or
+    none yet, are no disconnect; a client that half-closes after pipelining still gets its
+    answers. Costs one non-blocking peek (while a request waits for the batcher, its thread
+    has the socket in blocking mode, without a timeout)."""
+    unreader = getattr(conn.parser, "unreader", None)
+    if unreader is not None and unreader.buf.getbuffer().nbytes:
+        return False
+    try:
+        # The plain socket's recv: DeadlineSocket's would apply the read deadline.
+        return socket.socket.recv(conn.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except OSError:  # reset, or already closed
+        return True
+
+
 class GatheringWorker(ThreadWorker):
     """gthread whose event loop reads each request whole before a thread serves it."""
 
@@ -142,6 +190,7 @@ class GatheringWorker(ThreadWorker):
             return
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket(fileno=conn.sock.detach())
+            conn.sock.write_timeout = self.read_timeout
         conn.sock.setblocking(False)
         # Bytes a previous request's body read took ahead belong to this request.
         ahead = conn.parser.unreader.take_buffered() if conn.parser else b""
@@ -196,7 +245,12 @@ class GatheringWorker(ThreadWorker):
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(data)
-        return super().handle(conn)
+        # The batcher asks while the request waits for it (TLS sockets cannot be peeked).
+        watched = client_gone.set(None if self.cfg.is_ssl else partial(has_left, conn))
+        try:
+            return super().handle(conn)
+        finally:
+            client_gone.reset(watched)
 
     def _release(self, size: int) -> None:
         self.gathered_bytes -= size

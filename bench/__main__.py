@@ -125,12 +125,19 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
     type=click.Path(file_okay=False, path_type=Path),
     help="Repository to build the models in (default: a temporary one).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "openvino", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="The server's backend (issue #17 asks for a run on each CPU backend).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def soak(minutes: float, concurrency: int, engines: Path | None, as_json: bool):
+def soak(minutes: float, concurrency: int, engines: Path | None, backend: str, as_json: bool):
     """Mixed load on a 2-worker server at saturation; 5xx, lost requests and memory growth."""
     from bench.soak import soak as run
 
-    show(run(minutes, concurrency, engines), as_json)
+    show(run(minutes, concurrency, engines, backend), as_json)
 
 
 if __name__ == "__main__":

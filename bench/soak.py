@@ -1,8 +1,10 @@
 """Soak and stress: a 2-worker server on 127.0.0.1 under mixed text / image / classify load at
 saturation for a bounded time, reporting every answer by status, latency and worker memory.
 
-Goal: no 5xx and no lost request (every request answered) below the queue limit, and worker
-RSS growing less than 10% between the end of warm-up and the end of the run.
+Goal (issue #17): no 5xx and no lost request (every request answered) below the queue limit,
+and worker RSS growing less than 5% between the end of warm-up and the end of the run, on each
+CPU backend. Texts come in lengths from one sentence to past the model's 256 tokens, so the
+executions take many shapes (variable shapes are what make inference arenas grow).
 
 Then a burst of maximum-length texts (256 texts of 60,000 characters per request, within every
 default limit), reporting worker RSS before, at its peak during, and after the burst: the
@@ -118,7 +120,15 @@ def tiny_models(engines: Path) -> tuple[str, str]:
     return ensure_tiny_clip(engines), classifier
 
 
-def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
+RSS_GROWTH_LIMIT_PERCENT = 5.0
+
+
+def varied_texts(texts: list[str], rng: random.Random, count: int = 8) -> list[str]:
+    """`count` texts of 1 to 24 sentences each: from a few tokens to past the model's maximum."""
+    return [" ".join(rng.sample(texts, rng.randint(1, 24))) for _ in range(count)]
+
+
+def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = "auto") -> dict:
     from builder.verify import verification_images
 
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-soak-engines-"))
@@ -128,14 +138,16 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
     command = [
         str(Path(sys.executable).parent / "ingrain-serve"),
         *("--engines", str(engines), "--port", str(port), "--model-port", "none"),
-        *("--workers", "2", "--preload", MODEL, "--preload", clip, "--preload", classifier),
+        *("--workers", "2", "--backend", backend),
+        *("--preload", MODEL, "--preload", clip, "--preload", classifier),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     texts = sentences()
+    shapes = random.Random(0)
     images = [base64.b64encode(data).decode() for data in verification_images()[:3]]
     bodies = itertools.cycle(
-        [("/embed_text", {"name": MODEL, "text": texts[i : i + 8]}) for i in range(0, 400, 8)]
+        [("/embed_text", {"name": MODEL, "text": varied_texts(texts, shapes)}) for _ in range(50)]
         + [
             ("/embed_image", {"name": clip, "image": images}),
             ("/embed", {"name": clip, "text": texts[:4], "image": images[:1]}),
@@ -148,15 +160,17 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
     sent = 0
     try:
         wait_for(url + "/health", process)
-        warm_until = time.monotonic() + min(60.0, minutes * 60 / 5)
+        # A sixth of the run (at most 5 minutes): enough requests for the shapes to recur even
+        # on a busy machine.
+        warm_until = time.monotonic() + min(300.0, minutes * 60 / 6)
         end = time.monotonic() + minutes * 60
         rss: dict[str, dict[int, float]] = {"start": worker_rss_mb(process.pid)}
 
-        def client(seed: int) -> None:
+        def client(seed: int, until: float) -> None:
             nonlocal sent
             session = requests.Session()
             rng = random.Random(seed)
-            while time.monotonic() < end:
+            while time.monotonic() < until:
                 with lock:
                     route, body = next(bodies)
                     sent += 1
@@ -172,14 +186,15 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
                     session.close()
                     session = requests.Session()
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-        for thread in threads:
-            thread.start()
-        time.sleep(max(0.0, warm_until - time.monotonic()))
-        rss["after_warmup"] = worker_rss_mb(process.pid)
-        for thread in threads:
-            thread.join()
-        rss["end"] = worker_rss_mb(process.pid)
+        # RSS is read with no request in flight (after warm-up and at the end alike), so the
+        # growth compares kept memory, not one moment's activations with another's.
+        for stage, until in (("after_warmup", warm_until), ("end", end)):
+            threads = [threading.Thread(target=client, args=(i, until)) for i in range(concurrency)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rss[stage] = worker_rss_mb(process.pid)
         long_texts = long_text_burst(url, process.pid)
     finally:
         process.terminate()
@@ -189,19 +204,25 @@ def soak(minutes: float, concurrency: int, engines: Path | None) -> dict:
         pid: round(100 * (rss["end"].get(pid, 0) - mb) / mb, 1)
         for pid, mb in rss["after_warmup"].items()
     }
+    lost, server_errors = sent - answered, sum(v for k, v in statuses.items() if k >= 500 or k == 0)
     return {
         "minutes": minutes,
+        "backend": backend,
         "concurrency": concurrency,
         "sent": sent,
         "answered": answered,
-        "lost": sent - answered,
+        "lost": lost,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
-        "server_errors": sum(v for k, v in statuses.items() if k >= 500 or k == 0),
+        "server_errors": server_errors,
         "p50_ms": round(float(np.percentile(latencies, 50)), 1),
         "p99_ms": round(float(np.percentile(latencies, 99)), 1),
         "worker_rss_mb": {
             stage: {str(k): round(v, 1) for k, v in values.items()} for stage, values in rss.items()
         },
         "rss_growth_after_warmup_percent": {str(k): v for k, v in growth.items()},
+        "rss_growth_limit_percent": RSS_GROWTH_LIMIT_PERCENT,
+        "passed": lost == 0
+        and server_errors == 0
+        and max(growth.values(), default=0.0) < RSS_GROWTH_LIMIT_PERCENT,
         "long_texts": long_texts,
     }

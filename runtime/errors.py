@@ -46,3 +46,7 @@ class Overloaded(ServingError, RuntimeError):
 
 class QueueDeadline(Overloaded):
     """The request waited in the queue past the deadline and was dropped before execution."""
+
+
+class ClientGone(ServingError, ConnectionError):
+    """The client closed its connection before the request executed; nobody reads an answer."""

@@ -87,6 +87,12 @@ class PairEncoder:
     def logits(self, first: list[str], second: list[str] | None, truncate: bool) -> np.ndarray:
         """Logits per text or pair. With `truncate` false, an input past the model's maximum
         length is refused instead of cut."""
+        return self._infer(self._items(first, second, truncate))
+
+    def _infer(self, items: list[PairItem]) -> np.ndarray:
+        return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
+
+    def _items(self, first: list[str], second: list[str] | None, truncate: bool) -> list[PairItem]:
         started = time.perf_counter_ns()
         encodings = self.tokenizer.encode(first, second)
         self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)
@@ -98,19 +104,22 @@ class PairEncoder:
                         f"{self.tokenizer.spec.max_length} tokens; shorten it, or send "
                         '"truncate": true to let the model read only its first tokens'
                     )
-        items = [(encoding.ids, encoding.type_ids) for encoding in encodings]
-        return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
+        return [(encoding.ids, encoding.type_ids) for encoding in encodings]
 
     def warm_up(self) -> None:
         """The smallest input: one empty text (special tokens only)."""
         [encoding] = self.tokenizer.encode([""])
         self.tower.warm_up([(encoding.ids, encoding.type_ids)], lengths=[len(encoding.ids)])
 
-    def scores(self, query: str, texts: list[str], raw: bool, truncate: bool) -> np.ndarray:
+    def scores(
+        self, query: str, texts: list[str], raw: bool, truncate: bool
+    ) -> tuple[np.ndarray, int]:
         """One relevance score per text: the first logit of each (query, text) pair, through
-        the model's activation unless `raw`."""
-        logits = self.logits([query] * len(texts), texts, truncate)
-        return (logits if raw else activate(logits, self.activation))[:, 0]
+        the model's activation unless `raw`; and the tokens the model read."""
+        items = self._items([query] * len(texts), texts, truncate)
+        logits = self._infer(items)
+        scores = (logits if raw else activate(logits, self.activation))[:, 0]
+        return scores, sum(len(ids) for ids, _ in items)
 
 
 def load_pair_encoder(entry: Entry, tower: Callable[[Collate], Tower]) -> PairEncoder:

@@ -16,8 +16,9 @@ def relevance(
     pixels: np.ndarray | None,
     raw: bool = False,
     truncate: bool = True,
-) -> np.ndarray:
-    """One score per text (or image), in input order.
+) -> tuple[np.ndarray, int]:
+    """One score per text (or image), in input order, and the tokens the model read (what
+    Jina's and Cohere's rerank APIs report as usage).
 
     Cross-encoders: the model's score of each (query, text) pair (its logit when `raw`).
     Embedding models: the cosine between the query's embedding and each text's or image's.
@@ -40,14 +41,14 @@ def relevance(
             '"truncate": false is for cross-encoders; embedding models always read each '
             "text's first tokens"
         )
+    model.validate(texts=True, images=texts is None, n_dims=None)
+    rows = model.tokenize([query, *(texts or [])])
+    embeddings = model.embed_tokens(rows, normalize=True, n_dims=None)
+    tokens = sum(len(row.ids) for row in rows)
     if texts is not None:
-        model.validate(texts=True, images=False, n_dims=None)
-        embeddings = model.embed_text([query, *texts], normalize=True, n_dims=None)
-        return embeddings[1:] @ embeddings[0]
+        return embeddings[1:] @ embeddings[0], tokens
     assert pixels is not None
-    model.validate(texts=True, images=True, n_dims=None)
-    images = model.embed_images(pixels, normalize=True, n_dims=None)
-    return images @ model.embed_text([query], normalize=True, n_dims=None)[0]
+    return model.embed_images(pixels, normalize=True, n_dims=None) @ embeddings[0], tokens
 
 
 def classify_texts(model: Model, texts: list[str]) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import json
 import logging
 import shutil
 import socket
@@ -13,9 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.repository import slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
@@ -177,6 +180,91 @@ def test_keepalive_and_pipelined_requests_are_all_answered(hostile):
     with requests.Session() as session:
         for _ in range(20):
             assert session.post(hostile.url + "/embed_text", json=ONE_SENTENCE).ok
+
+
+def client_gone_drops(server) -> float:
+    text = requests.get(server.url + "/metrics/prometheus", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ingrain_client_gone_drops_total" and sample.labels == {
+                "model": MINILM,
+                "tower": "text_encoder",
+            }:
+                return sample.value
+    return 0.0
+
+
+def test_requests_whose_client_left_are_dropped_before_execution(hostile):
+    """A client that sends a request and closes the connection gets no execution: the batcher
+    asks the connection just before executing and counts the drop. Long requests keep the
+    executors busy meanwhile; they and later requests are answered."""
+    before, gone = client_gone_drops(hostile), 6
+    long_text = " ".join(["a long sentence about a cat that sits on a mat"] * 6)
+    busy = {"name": MINILM, "text": [f"{i} {long_text}" for i in range(32)]}
+    body = json.dumps(ONE_SENTENCE).encode()
+    request = b"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(hostile.post, "/embed_text", busy) for _ in range(2)]
+        for _ in range(gone):
+            with socket.create_connection(("127.0.0.1", port_of(hostile)), timeout=30) as c:
+                c.sendall(request + body)
+        assert [answer.result().status_code for answer in running] == [200, 200]
+    # Counted as each worker's executor reaches them; a request waiting for a thread comes last.
+    deadline = time.monotonic() + 60
+    while client_gone_drops(hostile) < before + gone and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client_gone_drops(hostile) == before + gone
+    assert requests.post(hostile.url + "/embed_text", json=ONE_SENTENCE, timeout=30).ok
+
+
+def drain(connection: socket.socket, timeout_s: float) -> int:
+    """Read until the server closes the connection; how many bytes came."""
+    connection.settimeout(timeout_s)
+    received = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := connection.recv(65536):
+            received += len(chunk)
+    return received
+
+
+def open_server_ends(server, connections: list[socket.socket]) -> int:
+    """How many of these connections the server still holds open (ESTABLISHED in Linux's
+    /proc/net/tcp); a connection it has closed is gone or in a closing state there."""
+    ports = {f"{connection.getsockname()[1]:04X}" for connection in connections}
+    local = f":{port_of(server):04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        ours, theirs, state = line.split()[1:4]
+        count += ours.endswith(local) and theirs.split(":")[1] in ports and state == "01"
+    return count
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off(hostile):
+    """Answers are written under the read timeout: clients that send requests and never read
+    the (large) answers lose their connections instead of holding the threads that write."""
+    texts = {"name": MINILM, "text": [f"text number {i}" for i in range(256)]}
+    answer_bytes = len(hostile.post("/embed_text", texts).content)
+    body = json.dumps(texts).encode()
+    one = b"POST /embed_text HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    pipelined, stalled = 4, []
+    try:
+        for _ in range(8):  # one per request thread of the server (2 workers x 4)
+            connection = socket.socket()
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.connect(("127.0.0.1", port_of(hostile)))
+            connection.sendall((one + body) * pipelined)
+            stalled.append(connection)
+        deadline = time.monotonic() + 300
+        while open_server_ends(hostile, stalled) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert open_server_ends(hostile, stalled) == 0
+        assert requests.post(hostile.url + "/embed_text", json=ONE_SENTENCE, timeout=60).ok
+        # What each connection still delivers is what the kernel had buffered, then its end.
+        for connection in stalled:
+            assert drain(connection, READ_TIMEOUT * 3) < pipelined * answer_bytes
+    finally:
+        for connection in stalled:
+            connection.close()
 
 
 # --- 2. drip-fed downloads ----------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_token_id_outside_the_vocabulary_names_its_index(client):
     assert "30522" in raised.value.body["message"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"truncate": "yes"}, "truncate"),
+        ({"truncation_direction": "up"}, "truncation_direction"),
+        ({"prompt": 5}, "prompt"),
+        ({"prompt_name": "no-such-prompt"}, "prompt_name"),
+        ({"prompt": "a", "prompt_name": "query"}, "prompt_name"),
+    ],
+)
+def test_bad_text_options_name_the_param(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.embeddings.create(model=MINILM, input="a cat", extra_body=extra)
+    assert raised.value.body["param"] == param
+
+
 def test_truncate_false_on_a_long_input_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as raised:
         client.embeddings.create(

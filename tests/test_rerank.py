@@ -141,13 +141,22 @@ def test_cohere_v2_client_reranks_through_v2_rerank(pair_server, cross_encoder):
     expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
     assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable"))
     assert all(abs(r.relevance_score - expected[r.index]) <= 1e-4 for r in answer.results)
+    assert answer.meta.tokens.input_tokens == pair_tokens(cross_encoder, TEXTS)
 
 
-def test_v1_rerank_takes_jina_style_document_objects(pair_server):
+def pair_tokens(cross_encoder, texts: list[str]) -> int:
+    """The tokens of every (query, text) pair, by the reference library's tokenizer."""
+    encoded = cross_encoder.tokenizer([QUERY] * len(texts), texts, truncation=True)
+    return sum(len(ids) for ids in encoded["input_ids"])
+
+
+def test_v1_rerank_takes_jina_style_document_objects(pair_server, cross_encoder):
     documents = [{"text": text} for text in TEXTS[:3]]
     body = {"model": RERANKER, "query": QUERY, "documents": documents, "top_n": 10}
     answer = pair_server.post("/v1/rerank", body).json()
-    assert answer["model"] == RERANKER and answer["usage"] == {"documents": 3}
+    tokens = pair_tokens(cross_encoder, TEXTS[:3])
+    assert answer["model"] == RERANKER
+    assert answer["usage"] == {"total_tokens": tokens, "documents": 3}
     assert sorted(r["index"] for r in answer["results"]) == [0, 1, 2]
     assert all("document" not in r for r in answer["results"])
     scores = [r["relevance_score"] for r in answer["results"]]

@@ -91,3 +91,38 @@ def test_cors_allows_only_the_configured_origin(guarded, server):
     assert "Access-Control-Allow-Origin" not in other.headers
     plain = requests.get(server.url + "/health", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in plain.headers  # off unless configured
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "/embed_text",
+        "/metrics",
+        "/loaded_models",
+        "/unload_model",
+        "/v1/models",
+        f"/v1/models/{MINILM}",
+    ],
+)
+def test_options_needs_no_key_but_does_no_work_and_tells_nothing(guarded, route):
+    """CORS preflights carry no credentials, so OPTIONS stays open; it must then answer from
+    the route table alone: no body, no model names, nothing run or changed."""
+    load = {"name": MINILM, "library": "sentence_transformers"}
+    assert call(guarded, "/load_model", "admin-key", load).status_code == 200
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    for headers in (preflight, {}):
+        answer = requests.request(
+            "OPTIONS", guarded.url + route, headers=headers, json={"name": MINILM}, timeout=30
+        )
+        assert answer.status_code == 200 and answer.content == b""
+        assert MINILM not in str(answer.headers)
+    loaded = call(guarded, "/loaded_models", "admin-key").json()
+    assert MINILM in str(loaded)  # the OPTIONS /unload_model with a name unloaded nothing
+
+
+@pytest.mark.parametrize("route", ["/no/such/route", "/v1/chat/completions", "/embed_text/x"])
+def test_options_on_a_route_that_does_not_exist_is_a_404(guarded, route):
+    answer = requests.request(
+        "OPTIONS", guarded.url + route, headers={"Origin": "https://app.example"}, timeout=30
+    )
+    assert answer.status_code == 404 and MINILM not in answer.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from runtime.precision import choose
 from runtime.repository.manifest import TowerSpec
 
 log = logging.getLogger(__name__)
+
+# OpenVINO's CPU plugin keeps the kernels it built for every input shape it has run, in oneDNN's
+# primitive cache (1024 by default) and in its own runtime cache (openvino.py): with texts of
+# every length a worker grew by about 1.5 MB per new (batch, length) shape. Read once, when
+# OpenVINO first builds a kernel, so set before any backend loads; a user's setting wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 BACKENDS = ("auto", "openvino", "onnxruntime", "tensorrt")
 

@@ -70,6 +70,9 @@ class OpenVinoBackend:
         properties: dict[str, object] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
+            # No kernels kept per input shape (memory grew with every new shape; see
+            # runtime/backends/__init__.py): shapes change between executions anyway.
+            "CPU_RUNTIME_CACHE_CAPACITY": 0,
         }
         if threads > 0:
             properties["INFERENCE_NUM_THREADS"] = threads

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from runtime.batching import BatchingConfig
+from runtime.batching.client import IsGone
 from runtime.batching.stats import RequestTimer, TowerStats
-from runtime.errors import ModelUnavailable, Overloaded, QueueDeadline
+from runtime.errors import ClientGone, ModelUnavailable, Overloaded, QueueDeadline
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Request:
     outputs: np.ndarray
     # Warm-up and readiness probes: run like any request, but outside the metrics.
     counted: bool = True
+    # Whether its client has closed the connection (None: cannot tell).
+    is_gone: IsGone | None = None
     timer: RequestTimer = field(default_factory=RequestTimer)
     taken: int = 0
     remaining: int = field(init=False)
@@ -173,6 +176,20 @@ class Batcher:
             executions.append(ordered[cut[end] : end])
             end = cut[end]
         return executions[::-1]
+
+    def wanted(self, execution: Batch) -> Batch:
+        """The items whose answer someone still waits for, checked just before they execute.
+        A request whose client has gone is dropped here (and counted); the items of a request
+        that has already failed or been dropped are finished without running."""
+        for request in {id(request): request for request, _ in execution}.values():
+            if request.error is None and request.is_gone is not None and request.is_gone():
+                self.stats.client_gone_drop()
+                request.error = ClientGone(
+                    "the client closed the connection before the request executed"
+                )
+        if unwanted := [item for item in execution if item[0].error is not None]:
+            self.finish(unwanted)
+        return [item for item in execution if item[0].error is None]
 
     def finish(self, execution: Batch) -> None:
         """Count `execution`'s items as done, waking each request whose last item it held."""

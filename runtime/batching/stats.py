@@ -50,6 +50,11 @@ QUEUE_DEADLINE_DROPS = Counter(
     "Requests dropped before execution: their queue wait passed --max-queue-wait-ms.",
     TOWER,
 )
+CLIENT_GONE_DROPS = Counter(
+    "ingrain_client_gone_drops",
+    "Requests dropped before execution: their client had closed the connection.",
+    TOWER,
+)
 LAST_INFERENCE = Gauge(
     "ingrain_last_inference_ms",
     "Milliseconds since the epoch of the last execution.",
@@ -96,6 +101,9 @@ class TowerStats:
 
     def queue_deadline_drop(self) -> None:
         QUEUE_DEADLINE_DROPS.labels(*self.labels).inc()
+
+    def client_gone_drop(self) -> None:
+        CLIENT_GONE_DROPS.labels(*self.labels).inc()
 
     def execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         EXECUTIONS.labels(*self.labels).inc()

@@ -19,6 +19,7 @@ import numpy as np
 from runtime.backends import Backend
 from runtime.batching import BatchingConfig
 from runtime.batching.batcher import Batch, Batcher, Request
+from runtime.batching.client import client_gone
 from runtime.batching.stats import BATCH_STATS, TowerStats
 from runtime.errors import Overloaded
 from runtime.repository.manifest import TowerSpec
@@ -56,7 +57,8 @@ class Tower:
         """One output row per item, in order. `lengths` (token counts) groups text by length.
 
         Raises Overloaded when the queue cannot take the items, QueueDeadline when they waited
-        longer than the batching config's max_queue_wait_s before execution.
+        longer than the batching config's max_queue_wait_s before execution, ClientGone when
+        the caller's client (the API's `client_gone` check) had left before they executed.
         """
         request = self._submit(items, lengths)
         request.done.wait()
@@ -96,7 +98,8 @@ class Tower:
         self, items: Sequence[Any], lengths: Sequence[int] | None, counted: bool = True
     ) -> Request:
         outputs = np.empty((len(items), self.spec.dim), np.float32)
-        request = Request(items, lengths, outputs, counted)
+        is_gone = client_gone.get() if counted else None
+        request = Request(items, lengths, outputs, counted, is_gone)
         self.batcher.put(request)
         return request
 
@@ -114,6 +117,8 @@ class Tower:
         self.stats.engine(None)
 
     def _execute(self, execution: Batch) -> None:
+        if not (execution := self.batcher.wanted(execution)):
+            return
         self.executing_since = time.monotonic()
         try:
             self._run_execution(execution)
