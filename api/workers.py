@@ -65,12 +65,16 @@ class DeadlineSocket(socket.socket):
     write_timeout: float | None = None
 
     def sendall(self, data, flags: int = 0) -> None:
+        """Send everything; the timeout bounds each send (no progress for that long), not the
+        whole answer, so a client reading a large answer slowly but steadily gets all of it."""
         if self.write_timeout is None:
             return super().sendall(data, flags)
         previous = self.gettimeout()
         self.settimeout(self.write_timeout)
         try:
-            return super().sendall(data, flags)
+            with memoryview(data) as view, view.cast("B") as left:
+                while left:
+                    left = left[self.send(left, flags) :]
         except TimeoutError:
             raise WriteTimeout() from None
         finally:
@@ -158,9 +162,11 @@ class Arriving:
 def has_left(conn) -> bool:
     """Whether the client has closed its side of the connection: the socket reads end-of-file
     and nothing it sent is still unread. Bytes waiting (a keep-alive or pipelined request), or
-    none yet, are no disconnect; a client that half-closes after pipelining still gets its
-    answers. Costs one non-blocking peek (while a request waits for the batcher, its thread
-    has the socket in blocking mode, without a timeout)."""
+    none yet, are no disconnect; requests already read behind it are answered first. A client
+    that half-closes (shutdown(SHUT_WR)) cannot be told from one that closed, so it counts as
+    gone, as nginx treats it (499); HTTP clients do not half-close. Costs one non-blocking
+    peek (while a request waits for the batcher, its thread has the socket in blocking mode,
+    without a timeout)."""
     unreader = getattr(conn.parser, "unreader", None)
     if unreader is not None and unreader.buf.getbuffer().nbytes:
         return False

@@ -5,6 +5,7 @@ servers at once, republish, corrupt objects, wrong credentials and an unreachabl
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import shutil
@@ -283,6 +284,53 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
     assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
     assert "missing" in answer.json()["error"]
     assert embed(manual.url) == serving[1]
+
+
+HOSTILE_MANIFESTS = {
+    "lacks the model": (lambda files: files.pop("text.onnx"), "lacks text.onnx"),
+    "a NUL in a name": (
+        lambda files: files.update({"a\x00b": files["tokenizer.json"]}),
+        "bad file",
+    ),
+    "file and folder": (
+        lambda files: files.update({"tokenizer.json/x": files["tokenizer.json"]}),
+        "both a file and a folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", [*HOSTILE_MANIFESTS, "files a list"])
+def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
+    s3_servers, engines, tmp_path, damage
+):
+    """A pointer and manifest that check out (digests match) but whose file list lacks a file
+    the model needs, or names one no file system can hold: refused before anything is
+    written, and the cached version keeps serving."""
+    _, manual, root = s3_servers
+    serving = embed(manual.url)
+    draft = S3Location(BUCKET, f"draft-{len(damage)}")
+    new = publish_copy(engines, tmp_path / "v", draft, None)
+    s3 = boto3.client("s3")
+    version = f"{new.slug}/versions/{new.version}"
+    raw = s3.get_object(Bucket=BUCKET, Key=f"{draft.prefix}/{version}/model.json")["Body"]
+    manifest = json.loads(raw.read())
+    if damage == "files a list":
+        manifest["files"], expected = list(manifest["files"]), "not a mapping"
+    else:
+        change, expected = HOSTILE_MANIFESTS[damage]
+        change(manifest["files"])
+    body = json.dumps(manifest).encode()
+    for key in keys(f"{draft.prefix}/{version}/"):
+        target = "serve/" + key.removeprefix(f"{draft.prefix}/")
+        s3.copy_object(Bucket=BUCKET, Key=target, CopySource={"Bucket": BUCKET, "Key": key})
+    s3.put_object(Bucket=BUCKET, Key=f"serve/{version}/model.json", Body=body)
+    pointer = replace(new, manifest_sha256=hashlib.sha256(body).hexdigest())
+    s3.put_object(Bucket=BUCKET, Key=f"serve/{new.slug}/current.json", Body=pointer.as_json())
+
+    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    assert answer.status_code == 502 and expected in answer.json()["error"], answer.text
+    assert embed(manual.url) == serving
+    assert not [path for path in root.rglob("*") if "\x00" in path.name or path.name == "x"]
 
 
 def test_wrong_credentials_and_an_unreachable_endpoint_fail_clearly(

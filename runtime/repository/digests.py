@@ -38,17 +38,32 @@ def file_digests(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def safe_relative(name: str) -> PurePosixPath:
-    """A manifest's file name as a path that stays inside the engine directory."""
+    """A manifest's file name as a path that stays inside the engine directory and that any
+    file system can hold: no control characters, no hidden or over-long parts, not the
+    manifest nor under it."""
     path = PurePosixPath(name)
     if (
         not name
+        or len(name.encode("utf-8", "surrogatepass")) > 1024
         or path.is_absolute()
         or any(part in ("", ".", "..") or part.startswith(".") for part in path.parts)
+        or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.parts)
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
         or path.as_posix() != name
-        or name == MANIFEST_FILE
+        or path.parts[0] == MANIFEST_FILE
     ):
         raise ManifestError(f"the manifest names a file {name!r} outside the engine directory")
     return path
+
+
+def check_layout(names: set[str], needed: set[str]) -> None:
+    """Raise ManifestError unless the file names can all be written (none is another's
+    folder) and include every file the model needs."""
+    folders = {str(parent) for name in names for parent in PurePosixPath(name).parents}
+    if clash := sorted(names & folders):
+        raise ManifestError(f"the manifest names {clash[0]!r} as both a file and a folder")
+    if missing := sorted(needed - names):
+        raise ManifestError(f"the manifest's file list lacks {', '.join(missing)}")
 
 
 def check_files(directory: Path, files: dict[str, dict[str, Any]]) -> None:

@@ -207,6 +207,15 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
+    def named_files(self) -> set[str]:
+        """The files the model needs besides the manifest: a copy lacking one cannot serve."""
+        named = {file for tower in self.towers.values() for file in (tower.onnx, tower.plan)}
+        if self.tokenizer is not None:
+            named.add(self.tokenizer.file)
+        if self.classifier is not None:
+            named |= {self.classifier.labels_file, self.classifier.class_embeddings}
+        return named - {None}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if data.get("schema_version") != SCHEMA_VERSION:
@@ -230,7 +239,7 @@ class Manifest:
                 classifier=_from_dict(ClassifierSpec, classifier) if classifier else None,
                 prompts=_from_dict(PromptSpec, prompts) if prompts else None,
                 build=data.get("build", {}),
-                files=data.get("files"),
+                files=_files(data.get("files")),
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ManifestError(f"malformed manifest: {error!r}") from error
@@ -266,6 +275,15 @@ def _tower_from_dict(data: dict[str, Any]) -> TowerSpec:
         output=_from_dict(TensorSpec, data["output"]),
         plan_info=PlanSpec.from_dict(plan_info) if plan_info else None,
     )
+
+
+def _files(value: Any) -> dict[str, dict[str, Any]] | None:
+    if value is not None and not (
+        isinstance(value, dict)
+        and all(isinstance(name, str) and isinstance(v, dict) for name, v in value.items())
+    ):
+        raise ManifestError("its files are not a mapping of file names to their digests")
+    return value
 
 
 def write_atomically(path: Path, text: str) -> None:

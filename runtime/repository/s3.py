@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime.repository import slugify
-from runtime.repository.digests import CHUNK_BYTES, check_files, file_digests, safe_relative
+from runtime.repository.digests import (
+    CHUNK_BYTES,
+    check_files,
+    check_layout,
+    file_digests,
+    safe_relative,
+)
 from runtime.repository.manifest import MANIFEST_FILE, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
@@ -210,6 +216,10 @@ class ObjectStore:
                 safe_relative(name)
             except (ManifestError, KeyError, TypeError, ValueError) as error:
                 raise BrokenVersion(f"{published.name}: bad file entry {name!r}: {error}") from None
+        try:
+            check_layout(set(manifest.files or {}), manifest.named_files())
+        except ManifestError as error:
+            raise BrokenVersion(f"{published.name}: {error}; publish it again") from None
         for size, name, digest in sorted(wanted):  # small files first: a broken one fails sooner
             path = target / safe_relative(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,7 +347,12 @@ class ObjectStore:
     def _calls(self, url: str, missing_ok: bool = False) -> Iterator[list[bool]]:
         """Turn botocore's errors into StoreErrors that name the object and what to check.
         With `missing_ok`, a missing object leaves the yielded flag list empty instead."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            FlexibleChecksumError,
+            NoCredentialsError,
+        )
 
         found = [True]
         try:
@@ -356,6 +371,11 @@ class ObjectStore:
             if code == "NoSuchKey":
                 raise BrokenVersion(f"{url}: the object is missing; publish again") from None
             raise StoreError(f"{url}: {_explain(code, status, error)}") from None
+        except FlexibleChecksumError as error:
+            raise BrokenVersion(
+                f"{url} does not match the checksum the store holds for it ({error}): it is "
+                "corrupt; publish the model again"
+            ) from None
         except BotoCoreError as error:
             endpoint = self.client.meta.endpoint_url
             raise StoreError(

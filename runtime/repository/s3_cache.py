@@ -55,6 +55,8 @@ class S3Cache:
                 self._sync(published)
             except StoreError as error:
                 log.error("cannot fetch %s: %s", published.name, error)
+            except Exception:  # one model's surprise must not stop the others' updates
+                log.exception("cannot fetch %s", published.name)
 
     def sync(self, name: str) -> None:
         """Bring `name` up to date, if the store publishes it."""
