@@ -116,7 +116,9 @@ def test_force_rebuild_replaces_and_a_failed_one_keeps_the_old_model(tmp_path, m
     assert sorted(p.name for p in engines.iterdir() if not p.name.startswith(".lock")) == ["tiny"]
 
 
-def test_a_build_stopped_with_sigterm_removes_its_staging_directory(tmp_path, minilm_source):
+def build_stopped_while_exporting(tmp_path, minilm_source, signum: int):
+    """Start ingrain-build on a tiny model and send it `signum` once it is exporting (its
+    staging directory exists then); the finished process, the engines and the command."""
     source, _ = tiny_sentence_transformer(tmp_path, minilm_source, "cls", False)
     engines = tmp_path / "engines"
     command = [str(BIN / "ingrain-build"), str(source), "--name", "tiny", "--engines", str(engines)]
@@ -124,24 +126,24 @@ def test_a_build_stopped_with_sigterm_removes_its_staging_directory(tmp_path, mi
     for line in process.stderr:
         if "Exporting" in line:
             assert any(p.name.startswith(".building-tiny-") for p in engines.iterdir())
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             break
-    assert process.wait(60) == 128 + signal.SIGTERM
+    process.wait(60)
+    return process, engines, command
+
+
+def test_a_build_stopped_with_sigterm_removes_its_staging_directory(tmp_path, minilm_source):
+    process, engines, _ = build_stopped_while_exporting(tmp_path, minilm_source, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM
     assert "Traceback" not in process.stderr.read()
     assert Repository(engines).entries() == []
     assert not any(p.name.startswith(".building") for p in engines.iterdir())
 
 
 def test_a_build_killed_midway_leaves_no_model_and_the_next_build_succeeds(tmp_path, minilm_source):
-    source, _ = tiny_sentence_transformer(tmp_path, minilm_source, "cls", False)
-    engines = tmp_path / "engines"
-    command = [str(BIN / "ingrain-build"), str(source), "--name", "tiny", "--engines", str(engines)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    for line in process.stderr:
-        if "Exporting" in line:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait()
+    process, engines, command = build_stopped_while_exporting(
+        tmp_path, minilm_source, signal.SIGKILL
+    )
     assert process.returncode == -signal.SIGKILL
     assert Repository(engines).entries() == []
     assert any(p.name.startswith(".building-tiny-") for p in engines.iterdir())
