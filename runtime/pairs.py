@@ -18,7 +18,7 @@ from tokenizers import Encoding, Tokenizer
 from runtime.batching.tower import Collate, Tower
 from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
-from runtime.preprocessing.tokenizer import open_tokenizer, readable_parts
+from runtime.preprocessing.tokenizer import longest_text, open_tokenizer, readable_parts
 from runtime.repository import Entry
 from runtime.repository.manifest import TokenizerSpec
 
@@ -107,7 +107,12 @@ class PairEncoder:
         return [(encoding.ids, encoding.type_ids) for encoding in encodings]
 
     def warm_up(self) -> None:
-        """The smallest input: one empty text (special tokens only)."""
+        """The largest execution the batcher forms, then the smallest input (one empty text,
+        the readiness probe), as text embedders warm up (runtime.text)."""
+        [longest] = self.tokenizer.encode([longest_text(self.tokenizer.spec.max_length)])
+        rows = self.tower.batcher.most_rows(len(longest.ids))
+        item = (longest.ids, longest.type_ids)
+        self.tower.run_once([item] * rows, lengths=[len(longest.ids)] * rows)
         [encoding] = self.tokenizer.encode([""])
         self.tower.warm_up([(encoding.ids, encoding.type_ids)], lengths=[len(encoding.ids)])
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.batching.tower import Tower
 from runtime.errors import InputError
-from runtime.preprocessing.tokenizer import TextTokenizer
+from runtime.preprocessing.tokenizer import TextTokenizer, longest_text
 from runtime.repository.manifest import PromptSpec
 
 TRUNCATION_SIDES = ("right", "left")
@@ -122,8 +122,14 @@ class TextEncoder:
         return self.tower.infer(rows, lengths=[len(row.ids) for row in rows])
 
     def warm_up(self) -> None:
-        """The smallest input: one empty text (special tokens only)."""
-        [(ids, _)] = self.tokenizer.encode([""], self.tokenizer.spec.truncation_side)
+        """The largest execution the batcher forms, then the smallest input (one empty text,
+        the readiness probe). The largest first, so that the engine's memory pools reach their
+        high-water mark before the model counts as ready, not later under load."""
+        side = self.tokenizer.spec.truncation_side
+        [(longest, _)] = self.tokenizer.encode([longest_text(self.max_length)], side)
+        rows = self.tower.batcher.most_rows(len(longest))
+        self.tower.run_once([TokenRow(longest)] * rows, lengths=[len(longest)] * rows)
+        [(ids, _)] = self.tokenizer.encode([""], side)
         self.tower.warm_up([TokenRow(ids)], lengths=[len(ids)])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import threading
+from functools import partial
 
 import numpy as np
 import pytest
@@ -22,16 +23,19 @@ from runtime.config import RuntimeConfig
 from runtime.errors import Overloaded
 from runtime.models import Model
 from runtime.repository import Repository
+from runtime.text import collate_rows
 from tests.conftest import MINILM, start_server, stop_server
 
 
 class Recording:
-    """The real backend, plus a record of batch sizes and an optional gate on executions."""
+    """The real backend, plus a record of batch sizes and input shapes, and an optional gate on
+    executions."""
 
     def __init__(self, backend: OnnxRuntimeBackend) -> None:
         self.backend = backend
         self.name, self.precision = backend.name, backend.precision
         self.sizes: list[int] = []
+        self.shapes: list[tuple[int, ...]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Semaphore(0)
@@ -40,6 +44,7 @@ class Recording:
         self.entered.release()
         self.gate.wait()
         self.sizes.append(len(next(iter(inputs.values()))))
+        self.shapes.append(next(iter(inputs.values())).shape)
         return self.backend.run(inputs)
 
     def close(self):
@@ -53,15 +58,17 @@ def minilm(engines):
     )
 
 
-def make_tower(minilm, recording, **batching) -> Tower:
+def make_tower(minilm, recording, rows=False, **batching) -> Tower:
+    """A tower of MiniLM's text graph on `recording`, for lists of token ids, or for the
+    TokenRows that TextEncoder sends with `rows`."""
     encoder = minilm.text
-    spec = encoder.tower.spec
     names = encoder.tower.input_names
+    collate = partial(collate_rows, encoder.tokenizer, names) if rows else None
     return Tower(
-        spec,
+        encoder.tower.spec,
         recording,
         TowerStats("batching-test", "text_encoder"),
-        lambda items: encoder.tokenizer.batch(items, names),
+        collate or (lambda items: encoder.tokenizer.batch(items, names)),
         BatchingConfig(**batching),
     )
 

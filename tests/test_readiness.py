@@ -19,6 +19,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository, slugify
+from runtime.text import TextEncoder
 from tests.conftest import CLIP, MINILM, start_server, stop_server
 from tests.test_batching import Recording, make_tower
 
@@ -53,6 +54,20 @@ def drops() -> float:
 def test_a_loaded_model_is_warm_and_ready(minilm):
     assert all(tower.warmed for tower in minilm.towers.values())
     assert minilm.not_ready(60.0, 3) is None
+
+
+def test_warm_up_runs_the_largest_execution_then_the_smallest(minilm):
+    """The largest execution the token budget allows (8 x 256 here), so that memory pools are
+    at their high-water mark before the model counts as ready; then one empty text, the input
+    that probes a failing tower (tested below)."""
+    recording = Recording(minilm.text.tower.backend)
+    tower = make_tower(minilm, recording, rows=True, max_tokens=2048)
+    try:
+        TextEncoder(tower, minilm.text.tokenizer, None).warm_up()
+        assert recording.shapes == [(8, 256), (1, 2)]
+        assert tower.check(60.0, 3) is None
+    finally:
+        tower.close()
 
 
 def test_a_tower_is_not_ready_until_warmed_up(minilm):

@@ -166,7 +166,7 @@ class Batcher:
         best, cut = [0.0], [0]
         for end in range(1, len(lengths) + 1):
             widest = lengths[end - 1]
-            most = max(1, min(self.max_batch, self.config.max_tokens // widest))
+            most = self.most_rows(widest)
             starts = range(max(0, end - most), end)
             start = min(starts, key=lambda s: best[s] + (end - s) * widest)
             cut.append(start)
@@ -176,6 +176,11 @@ class Batcher:
             executions.append(ordered[cut[end] : end])
             end = cut[end]
         return executions[::-1]
+
+    def most_rows(self, width: int) -> int:
+        """The most text rows of `width` tokens that one execution takes (at least one; never
+        more than the queue holds)."""
+        return max(1, min(self.max_batch, self.config.max_queue, self.config.max_tokens // width))
 
     def wanted(self, execution: Batch) -> Batch:
         """The items whose answer someone still waits for, checked just before they execute.

@@ -72,11 +72,15 @@ class Tower:
         first real request pays no first-execution cost; raise what the execution raised.
         The same input is the probe `check` re-runs after failures."""
         self._probe = (items, lengths)
+        self.run_once(items, lengths)
+        self.warmed = True
+
+    def run_once(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> None:
+        """One execution outside the metrics; raise what it raised."""
         request = self._submit(items, lengths, counted=False)
         request.done.wait()
         if request.error is not None:
             raise request.error
-        self.warmed = True
 
     def check(self, stuck_after_s: float, max_failures: int) -> str | None:
         """Why this tower cannot serve now, or None. After `max_failures` failed executions

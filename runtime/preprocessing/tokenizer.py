@@ -30,6 +30,12 @@ def open_tokenizer(
         raise ModelLoadError(f"cannot load {directory / spec.file}: {error}") from error
 
 
+def longest_text(max_length: int) -> str:
+    """A text of at least `max_length` tokens in any vocabulary (one word, at least one token,
+    per position): what warm-ups use to run a model's longest input."""
+    return " ".join(["a"] * max_length)
+
+
 class TextTokenizer:
     def __init__(self, directory: Path, spec: TokenizerSpec) -> None:
         self.spec = spec
