@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime.batching.stats import MODEL_LOADED
 from runtime.config import RuntimeConfig
-from runtime.errors import ModelLoadError, ModelNotLoaded, ModelUnavailable
+from runtime.errors import ModelLoadError, ModelNotFound, ModelNotLoaded, ModelUnavailable
 from runtime.models import Model
 from runtime.preprocessing.fetch import ImageFetcher
 from runtime.repository import Repository
@@ -85,6 +85,13 @@ class ModelRegistry:
         model = self._models.get(name)
         if model is not None:
             return model
+        model = self._open(name)
+        self._models[name] = model
+        MODEL_LOADED.labels(name).inc()
+        return model
+
+    def _open(self, name: str) -> Model:
+        """Load and warm up the repository's `name` (whether or not this worker holds it)."""
         entry = self.repository.find(name)
         started = time.perf_counter()
         identity = _identity(entry.directory)
@@ -98,8 +105,6 @@ class ModelRegistry:
             raise
         model.identity = identity
         log.info("loaded %s in %.2f s", name, time.perf_counter() - started)
-        self._models[name] = model
-        MODEL_LOADED.labels(name).inc()
         return model
 
     def _retire(self, name: str, why: str) -> None:
@@ -124,12 +129,29 @@ class ModelRegistry:
             self._allowed, self._stamp = allowed, stamp
 
     def refresh(self) -> None:
-        """Retire held models whose engine directory was rebuilt or removed, so the next
-        request loads what the repository holds now."""
-        with self._lock:
-            for name, model in list(self._models.items()):
-                if _identity(model.directory) != model.identity:
-                    self._retire(name, "reloading rebuilt")
+        """Follow rebuilds and removals of the held models' engine directories. A rebuilt
+        model is loaded and warmed up beside the version serving, which keeps serving until
+        the swap (so a republish costs requests nothing, at the price of both versions' memory
+        for the while); a removed model, or one whose new version cannot load, is retired, so
+        the next request reports why."""
+        for name, model in list(self._models.items()):
+            if _identity(model.directory) == model.identity:
+                continue
+            try:
+                fresh: Model | None = self._open(name)
+            except (ModelNotFound, ModelLoadError, ModelUnavailable) as error:
+                log.error("cannot load the new version of %s: %s", name, error)
+                fresh = None
+            with self._lock:
+                if self._models.get(name) is not model:  # unloaded or swapped meanwhile
+                    if fresh is not None:
+                        fresh.retire()
+                elif fresh is None:
+                    self._retire(name, "retired the removed or broken")
+                else:
+                    self._models[name] = fresh
+                    model.retire()
+                    log.info("swapped in the new version of %s", name)
 
     def follow(self, interval_s: float = 0.5) -> None:
         """Keep syncing in the background, so unloaded models free memory in idle workers and

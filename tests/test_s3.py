@@ -186,7 +186,16 @@ def test_republish_moves_servers_by_poll_and_by_load_model(
     assert before != after
     publish_copy(engines, tmp_path / "v2", published, "query")
 
-    wait_for(lambda: embed(polling.url) == after, "the polling server serves the new version")
+    # Each worker loads the new version beside the old one, which serves until the swap: the
+    # server stays ready throughout.
+    readiness = []
+
+    def moved() -> bool:
+        readiness.append(requests.get(polling.url + "/ready", timeout=30).status_code)
+        return all(embed(polling.url) == after for _ in range(6))
+
+    wait_for(moved, "both of the polling server's workers serve the new version")
+    assert set(readiness) == {200}
     assert embed(manual.url) == before  # no poll: still the version it fetched
     answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
     assert answer.status_code == 200, answer.text
@@ -211,6 +220,35 @@ def test_load_model_fetches_a_model_published_after_start(
         manual.post("/embed_text", body).json()["embeddings"]
         == (server.post("/embed_text", body).json()["embeddings"])
     )
+
+
+def test_a_model_removed_from_the_bucket_leaves_the_polling_server(
+    s3_servers, published, engines, tmp_path
+):
+    """`ingrain remove` on the bucket: the polling server drops its cached copy and answers
+    404 for the model, and /ready stays 200 (a deliberate removal must not take the server
+    out of its load balancer while it serves the other models)."""
+    polling, _, _ = s3_servers
+    copy_model(engines, CLIP, tmp_path)
+    (directory,) = list(tmp_path.iterdir())
+    ObjectStore(published).publish(directory)
+    loaded = requests.post(polling.model_url + "/load_model", json={"name": CLIP}, timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    body = {"name": CLIP, "text": TEXTS}
+    assert polling.post("/embed_text", body).status_code == 200
+
+    removed = ingrain("remove", CLIP, "--engines", str(published))
+    assert removed.returncode == 0, removed.stderr
+    wait_for(
+        lambda: all(polling.post("/embed_text", body).status_code == 404 for _ in range(6)),
+        "both workers of the polling server stop serving the removed model",
+    )
+    listed = requests.get(polling.model_url + "/repository_models", timeout=30).json()
+    assert CLIP not in json.dumps(listed)
+    ready = requests.get(polling.url + "/ready", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert [model["name"] for model in ready.json()["models"]] == [MINILM]
+    assert polling.post("/embed_text", {"name": MINILM, "text": TEXTS}).status_code == 200
 
 
 def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engines, tmp_path):

@@ -14,10 +14,12 @@ import fcntl
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.errors import ModelNotFound
+from runtime.repository import Repository
 from runtime.repository.s3 import BrokenVersion, ObjectStore, Published, S3Location, StoreError
 from runtime.repository.staging import entry_lock, staging_directory
 
@@ -47,8 +49,10 @@ class S3Cache:
 
     def sync_all(self) -> None:
         """Bring every published model up to date; those that cannot be are logged (their
-        cached version, if any, stays). Raises StoreError when the store cannot be listed."""
-        for published in self.store.published():
+        cached version, if any, stays), and drop the cached models that the store no longer
+        publishes. Raises StoreError when the store cannot be listed."""
+        everything = self.store.published()
+        for published in everything:
             if self._broken.get(published.slug) == published.version:
                 continue
             try:
@@ -57,6 +61,7 @@ class S3Cache:
                 log.error("cannot fetch %s: %s", published.name, error)
             except Exception:  # one model's surprise must not stop the others' updates
                 log.exception("cannot fetch %s", published.name)
+        self._drop_unpublished({published.slug for published in everything})
 
     def sync(self, name: str) -> None:
         """Bring `name` up to date, if the store publishes it."""
@@ -73,6 +78,22 @@ class S3Cache:
             except BlockingIOError:
                 return
             self.sync_all()
+
+    def _drop_unpublished(self, slugs: set[str]) -> None:
+        """Mirror `ingrain remove`: a model fetched from the store whose pointer is gone is
+        removed from the cache too, so that workers stop serving it (ModelRegistry.refresh).
+        Models put in the cache directory by other means are left alone."""
+        for version_file in self.root.glob(f"[!.]*/{VERSION_FILE}"):
+            slug = version_file.parent.name
+            if slug in slugs:
+                continue
+            with entry_lock(self.root, slug):
+                if self.store.pointer(slug) is not None:  # published again since the listing
+                    continue
+                with suppress(ModelNotFound, OSError, ValueError, KeyError):
+                    name = json.loads(version_file.read_text())["name"]
+                    Repository(self.root).remove(name)
+                    log.info("removed %s from the cache: the store no longer publishes it", name)
 
     def _sync(self, published: Published) -> None:
         try:
