@@ -10,7 +10,6 @@ prometheus_client is first imported, so `serve` sets it up before importing the 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from api import malloc
 from api.settings import ServerSettings
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet, Models
@@ -47,28 +47,8 @@ class GunicornServer(BaseApplication):
         return create_app(self.settings)
 
 
-# A request this large may leave freed memory in glibc's arenas: trimmed after it.
-LARGE_REQUEST_BYTES = 64 * 1024
-
-
-def _libc_malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-MALLOC_TRIM = _libc_malloc_trim()
-
-
-def _release_memory(worker, req, environ, resp) -> None:
-    """Give memory freed by a large request back to the system, so a worker's RSS returns near
-    its baseline after a burst of long inputs instead of staying at its peak."""
-    length = environ.get("CONTENT_LENGTH") or "0"
-    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-    large = chunked or (length.isdigit() and int(length) >= LARGE_REQUEST_BYTES)
-    if large and MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
+def _worker_started(worker) -> None:
+    malloc.trim_periodically()
 
 
 def _worker_exited(server, worker) -> None:
@@ -153,7 +133,7 @@ def serve(
                 "proc_name": "ingrain-serve",
                 "control_socket_disable": True,
                 "child_exit": _worker_exited,
-                "post_request": _release_memory,
+                "post_worker_init": _worker_started,
             },
         ).run()
     finally:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from api.malloc import TRIM_INTERVAL_S
 from bench.compare import MODEL, ensure_model, free_port, wait_for
 from bench.images import ensure_tiny_clip
 from bench.sentences import sentences
@@ -49,8 +50,9 @@ def long_text_burst(
     texts: int = 256,
     chars: int = 60_000,
 ) -> dict:
-    """Worker RSS (MB) before, at peak during and 5 s after `clients` x `per_client` requests
-    of `texts` texts of `chars` characters each, with their statuses and the slowest answer."""
+    """Worker RSS (MB) before, at peak during and after (past the workers' next trim)
+    `clients` x `per_client` requests of `texts` texts of `chars` characters each, with their
+    statuses and the slowest answer."""
     words = " ".join(sentences()[:400])
     body = {"name": MODEL, "text": [(words[i:] + words)[:chars] for i in range(texts)]}
     rss = {"before": worker_rss_mb(master_pid)}
@@ -88,7 +90,7 @@ def long_text_burst(
         thread.join()
     running.clear()
     sampler.join()
-    time.sleep(5)
+    time.sleep(TRIM_INTERVAL_S + 1)  # what the workers keep: after their next trim (api.malloc)
     rss["peak_during"] = peak
     rss["after"] = worker_rss_mb(master_pid)
     return {
@@ -186,14 +188,16 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
                     session.close()
                     session = requests.Session()
 
-        # RSS is read with no request in flight (after warm-up and at the end alike), so the
-        # growth compares kept memory, not one moment's activations with another's.
+        # RSS is read with no request in flight, after the workers' next trim (api.malloc), at
+        # the end of warm-up and of the run alike: the growth compares the memory they keep,
+        # not one moment's activations, or freed heap not yet given back, with another's.
         for stage, until in (("after_warmup", warm_until), ("end", end)):
             threads = [threading.Thread(target=client, args=(i, until)) for i in range(concurrency)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
+            time.sleep(TRIM_INTERVAL_S + 1)
             rss[stage] = worker_rss_mb(process.pid)
         long_texts = long_text_burst(url, process.pid)
     finally:

@@ -19,8 +19,14 @@ from tests.conftest import CLIP, MINILM, start_server, stop_server
 LONG = ["a sentence long enough to keep the engine busy for a while " * 20] * 16
 
 
+def wait_until(check, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_worker_killed_under_load_is_replaced_and_others_keep_serving(engines, tmp_path):
-    server = start_server(engines, tmp_path / "server.log", "--workers", "2")
+    server = start_server(engines, tmp_path / "server.log", "--workers", "2", "--preload", MINILM)
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -37,13 +43,15 @@ def test_a_worker_killed_under_load_is_replaced_and_others_keep_serving(engines,
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             for _ in range(4):
                 pool.submit(load)
-            time.sleep(2)
+            # Counted in answers, not seconds, so that a busy machine only makes it slower.
+            wait_until(lambda: len(statuses) >= 10)
             victim = server.kill_a_worker()
-            time.sleep(2)
+            killed_at = len(statuses)
+            wait_until(lambda: len(statuses) >= killed_at + 20)
             stop.set()
         failed = len([s for s in statuses if s != 200])
         assert victim not in server.worker_pids() and len(server.worker_pids()) == 2
-        assert len(statuses) > 20
+        assert len(statuses) >= killed_at + 20
         # Only what the killed worker held can fail: at most one request per client thread.
         assert failed <= 4, statuses
         assert server.post("/embed_text", {"name": MINILM, "text": "after"}).status_code == 200
