@@ -71,9 +71,13 @@ class ImageEncoder:
         return self.tower.infer(list(pixels))
 
     def warm_up(self) -> None:
-        """One blank image, through the same preprocessing as a real one."""
+        """The largest execution the batcher forms, then one image (the readiness probe), as
+        text towers warm up (runtime.text): blank images, through the same preprocessing as
+        real ones."""
         height, width = self.spec.size
-        self.tower.warm_up([preprocess(Image.new("RGB", (width, height)), self.spec)])
+        blank = preprocess(Image.new("RGB", (width, height)), self.spec)
+        self.tower.run_once([blank] * self.tower.batcher.most_items())
+        self.tower.warm_up([blank])
 
 
 class Model:

@@ -110,7 +110,7 @@ class PairEncoder:
         """The largest execution the batcher forms, then the smallest input (one empty text,
         the readiness probe), as text embedders warm up (runtime.text)."""
         [longest] = self.tokenizer.encode([longest_text(self.tokenizer.spec.max_length)])
-        rows = self.tower.batcher.most_rows(len(longest.ids))
+        rows = self.tower.batcher.most_items(len(longest.ids))
         item = (longest.ids, longest.type_ids)
         self.tower.run_once([item] * rows, lengths=[len(longest.ids)] * rows)
         [encoding] = self.tokenizer.encode([""])

@@ -127,7 +127,7 @@ class TextEncoder:
         high-water mark before the model counts as ready, not later under load."""
         side = self.tokenizer.spec.truncation_side
         [(longest, _)] = self.tokenizer.encode([longest_text(self.max_length)], side)
-        rows = self.tower.batcher.most_rows(len(longest))
+        rows = self.tower.batcher.most_items(len(longest))
         self.tower.run_once([TokenRow(longest)] * rows, lengths=[len(longest)] * rows)
         [(ids, _)] = self.tokenizer.encode([""], side)
         self.tower.warm_up([TokenRow(ids)], lengths=[len(ids)])

@@ -15,9 +15,11 @@ import requests
 from prometheus_client import REGISTRY
 
 from runtime.batching import BatchingConfig
+from runtime.batching.stats import TowerStats
+from runtime.batching.tower import Tower
 from runtime.config import RuntimeConfig
 from runtime.errors import QueueDeadline
-from runtime.models import Model
+from runtime.models import ImageEncoder, Model
 from runtime.repository import Repository, slugify
 from runtime.text import TextEncoder
 from tests.conftest import CLIP, MINILM, start_server, stop_server
@@ -68,6 +70,20 @@ def test_warm_up_runs_the_largest_execution_then_the_smallest(minilm):
         assert tower.check(60.0, 3) is None
     finally:
         tower.close()
+
+
+def test_an_image_tower_warms_up_with_a_full_batch_then_one_image(engines):
+    clip = Model.load(Repository(engines).find(CLIP), RuntimeConfig(backend="onnxruntime"))
+    real = clip.image.tower
+    recording = Recording(real.backend)
+    tower = Tower(real.spec, recording, TowerStats(CLIP, "image_encoder"), real.collate)
+    try:
+        ImageEncoder(tower, clip.image.spec, clip.image.fetcher, 10**6).warm_up()
+        height, width = clip.image.spec.size
+        assert recording.shapes == [(real.spec.max_batch, 3, height, width), (1, 3, height, width)]
+    finally:
+        tower.close()
+        clip.close()
 
 
 def test_a_tower_is_not_ready_until_warmed_up(minilm):

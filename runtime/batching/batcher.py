@@ -166,7 +166,7 @@ class Batcher:
         best, cut = [0.0], [0]
         for end in range(1, len(lengths) + 1):
             widest = lengths[end - 1]
-            most = self.most_rows(widest)
+            most = self.most_items(widest)
             starts = range(max(0, end - most), end)
             start = min(starts, key=lambda s: best[s] + (end - s) * widest)
             cut.append(start)
@@ -177,10 +177,11 @@ class Batcher:
             end = cut[end]
         return executions[::-1]
 
-    def most_rows(self, width: int) -> int:
-        """The most text rows of `width` tokens that one execution takes (at least one; never
-        more than the queue holds)."""
-        return max(1, min(self.max_batch, self.config.max_queue, self.config.max_tokens // width))
+    def most_items(self, width: int | None = None) -> int:
+        """The most items one execution takes: text rows of `width` tokens, or images (no
+        width); at least one, never more than the queue holds."""
+        most = min(self.max_batch, self.config.max_queue)
+        return most if width is None else max(1, min(most, self.config.max_tokens // width))
 
     def wanted(self, execution: Batch) -> Batch:
         """The items whose answer someone still waits for, checked just before they execute.
