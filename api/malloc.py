@@ -3,9 +3,9 @@ what it holds rather than the most it ever held.
 
 Executions of ever different shapes leave freed activation buffers scattered through glibc's
 heaps, which keep them (RSS grew 16% in 9 minutes of the soak on ONNX Runtime, and came back
-down with one `malloc_trim`). Trimming after every execution, or a fixed 128 KiB mmap threshold,
-would cost 13 to 45% throughput in page faults (measured in-process on ONNX Runtime); once per
-interval costs about 1% at 30 s.
+down with one `malloc_trim`). Trimming every second, or a fixed 128 KiB mmap threshold, cost
+13% and 45% throughput in pages faulted back in (measured in-process on ONNX Runtime); every
+30 s comes to about 1%.
 """
 
 from __future__ import annotations
