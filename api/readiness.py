@@ -50,11 +50,15 @@ class Readiness:
         """The models this server must serve: its loaded set (which starts as the --preload
         models, and follows /load_model and /unload_model) less the models removed from the
         repository since (a removal is deliberate, and must not take a server that serves
-        the others out of its load balancer); without a loaded set, the preloaded ones."""
+        the others out of its load balancer; a repository directory that is gone is not);
+        without a loaded set, the preloaded ones."""
         if self.registry.loaded_set is None:
             return list(self.preload)
+        loaded = list(self.registry.loaded_set.read())
         repository = self.registry.repository
-        return [name for name in self.registry.loaded_set.read() if repository.contains(name)]
+        if not repository.root.is_dir():  # unmounted or gone: not a deliberate removal
+            return loaded
+        return [name for name in loaded if repository.contains(name)]
 
     def problems(self, names: list[str]) -> dict[str, str]:
         """Why each of `names` is not ready in this worker (empty when all are)."""

@@ -34,7 +34,14 @@ class RemoteEngines:
                 description=f"cannot fetch model {name!r} from the object store: {error}. "
                 "Its previously fetched version, if any, keeps serving."
             ) from None
-        self.registry.refresh()  # this worker serves the new version from the next request
+        self.registry.refresh(name)  # this worker serves the new version from now on
+
+    def _forget(self, removed: list[str]) -> None:
+        """Models removed from the bucket leave the loaded set too (they no longer count
+        against --max-loaded-models, and a republish under the name is not loaded unasked)."""
+        loaded = self.registry.loaded_set
+        if removed and loaded is not None:
+            loaded.update(lambda models: {k: v for k, v in models.items() if k not in removed})
 
     def _start_polling(self, interval_s: float) -> None:
         location = self.cache.store.location
@@ -43,7 +50,7 @@ class RemoteEngines:
             while True:
                 time.sleep(interval_s)
                 try:
-                    self.cache.poll()
+                    self._forget(self.cache.poll())
                 except StoreError as error:  # the store is unreachable or refuses us: retried
                     log.error("cannot poll %s for new versions: %s", location, error)
                 except Exception:

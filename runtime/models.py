@@ -76,7 +76,7 @@ class ImageEncoder:
         real ones."""
         height, width = self.spec.size
         blank = preprocess(Image.new("RGB", (width, height)), self.spec)
-        self.tower.run_once([blank] * self.tower.batcher.most_items())
+        self.tower.run_largest(blank)
         self.tower.warm_up([blank])
 
 

@@ -109,10 +109,9 @@ class PairEncoder:
     def warm_up(self) -> None:
         """The largest execution the batcher forms, then the smallest input (one empty text,
         the readiness probe), as text embedders warm up (runtime.text)."""
-        [longest] = self.tokenizer.encode([longest_text(self.tokenizer.spec.max_length)])
-        rows = self.tower.batcher.most_items(len(longest.ids))
-        item = (longest.ids, longest.type_ids)
-        self.tower.run_once([item] * rows, lengths=[len(longest.ids)] * rows)
+        width = min(self.tokenizer.spec.max_length, self.tower.batcher.config.max_tokens)
+        [longest] = self.tokenizer.encode([longest_text(width)])
+        self.tower.run_largest((longest.ids[:width], longest.type_ids[:width]), width)
         [encoding] = self.tokenizer.encode([""])
         self.tower.warm_up([(encoding.ids, encoding.type_ids)], lengths=[len(encoding.ids)])
 

@@ -46,6 +46,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._stamp: tuple | None = None
         self._allowed: set[str] | None = None
+        self._refreshing = threading.Lock()
+        # name -> the identity of a new version that failed to load (not tried again).
+        self._unloadable: dict[str, tuple[int, int] | None] = {}
 
     @contextmanager
     def use(self, name: str) -> Iterator[Model]:
@@ -128,30 +131,44 @@ class ModelRegistry:
                 self._retire(name, "unloaded")
             self._allowed, self._stamp = allowed, stamp
 
-    def refresh(self) -> None:
-        """Follow rebuilds and removals of the held models' engine directories. A rebuilt
-        model is loaded and warmed up beside the version serving, which keeps serving until
-        the swap (so a republish costs requests nothing, at the price of both versions' memory
-        for the while); a removed model, or one whose new version cannot load, is retired, so
-        the next request reports why."""
-        for name, model in list(self._models.items()):
-            if _identity(model.directory) == model.identity:
-                continue
-            try:
-                fresh: Model | None = self._open(name)
-            except (ModelNotFound, ModelLoadError, ModelUnavailable) as error:
-                log.error("cannot load the new version of %s: %s", name, error)
-                fresh = None
-            with self._lock:
-                if self._models.get(name) is not model:  # unloaded or swapped meanwhile
-                    if fresh is not None:
-                        fresh.retire()
-                elif fresh is None:
-                    self._retire(name, "retired the removed or broken")
-                else:
-                    self._models[name] = fresh
-                    model.retire()
-                    log.info("swapped in the new version of %s", name)
+    def refresh(self, only: str | None = None) -> None:
+        """Follow rebuilds and removals of the held models' engine directories (or of `only`).
+
+        A rebuilt model is loaded and warmed up beside the version serving, which keeps serving
+        until the swap (so a republish costs requests nothing, at the price of both versions'
+        memory for the while). A removed model is retired, so requests for it get 404. A new
+        version that cannot load is logged and not tried again, and the serving version stays
+        (as a broken download leaves the cached version serving).
+        """
+        with self._refreshing:  # one at a time: the follow thread and /load_model's fetches
+            for name, model in list(self._models.items()):
+                if only is not None and name != only:
+                    continue
+                identity = _identity(model.directory)
+                tried = name in self._unloadable and self._unloadable[name] == identity
+                if identity == model.identity or tried:
+                    continue
+                try:
+                    fresh: Model | None = self._open(name)
+                except ModelUnavailable:  # replaced again while loading: the next round
+                    continue
+                except ModelNotFound:
+                    fresh = None
+                except ModelLoadError as error:
+                    log.error("%s: keeps serving; its new version cannot load: %s", name, error)
+                    self._unloadable[name] = identity
+                    continue
+                with self._lock:
+                    if self._models.get(name) is not model:  # unloaded meanwhile
+                        if fresh is not None:
+                            fresh.retire()
+                    elif fresh is None:
+                        self._retire(name, "retired the removed")
+                    else:
+                        self._models[name] = fresh
+                        model.retire()
+                        self._unloadable.pop(name, None)
+                        log.info("swapped in the new version of %s", name)
 
     def follow(self, interval_s: float = 0.5) -> None:
         """Keep syncing in the background, so unloaded models free memory in idle workers and

@@ -122,13 +122,14 @@ class TextEncoder:
         return self.tower.infer(rows, lengths=[len(row.ids) for row in rows])
 
     def warm_up(self) -> None:
-        """The largest execution the batcher forms, then the smallest input (one empty text,
-        the readiness probe). The largest first, so that the engine's memory pools reach their
-        high-water mark before the model counts as ready, not later under load."""
+        """The largest execution the batcher forms (texts of the model's maximum length, or of
+        the token budget where that is shorter, so that a 32k-token model's warm-up costs no
+        more than one budget's execution), then the smallest input: one empty text, the
+        readiness probe."""
         side = self.tokenizer.spec.truncation_side
-        [(longest, _)] = self.tokenizer.encode([longest_text(self.max_length)], side)
-        rows = self.tower.batcher.most_items(len(longest))
-        self.tower.run_once([TokenRow(longest)] * rows, lengths=[len(longest)] * rows)
+        width = min(self.max_length, self.tower.batcher.config.max_tokens)
+        [(longest, _)] = self.tokenizer.encode([longest_text(width)], side)
+        self.tower.run_largest(TokenRow(longest[:width]), width)
         [(ids, _)] = self.tokenizer.encode([""], side)
         self.tower.warm_up([TokenRow(ids)], lengths=[len(ids)])
 

@@ -367,6 +367,35 @@ def test_a_forced_rebuild_swaps_in_without_a_gap_and_workers_pick_it_up(
         stop_server(server)
     assert set(statuses) == {200}, statuses
     assert not list(root.glob(".*"))
+    # The old version's release did not blank out the engine the new one runs on.
+    [stats] = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
+    assert stats["backend"] is not None, stats
+
+
+def test_a_new_version_that_cannot_load_leaves_the_old_one_serving(engines, tmp_path):
+    root = tmp_path / "engines"
+    copy_model(engines, MINILM, root)
+    (entry,) = list(root.iterdir())
+    server = start_server(root, tmp_path / "log", "--workers", "2", "--preload", MINILM)
+    body = {"name": MINILM, "text": ["a cat", "a dog"]}
+    try:
+        before = server.post("/embed_text", body).json()["embeddings"]
+        broken = tmp_path / "broken"
+        shutil.copytree(entry, broken)
+        (broken / "text.onnx").write_bytes(b"\x08\x01garbage")
+        entry.rename(tmp_path / "old")
+        broken.rename(entry)
+        deadline = time.monotonic() + 60
+        while server.log.read_text().count("its new version cannot load") < 2:
+            assert time.monotonic() < deadline, "the workers did not try the new version"
+            time.sleep(0.2)
+        for _ in range(6):
+            answer = server.post("/embed_text", body)
+            assert answer.status_code == 200 and answer.json()["embeddings"] == before
+        assert requests.get(server.url + "/ready", timeout=30).status_code == 200
+        assert server.log.read_text().count("its new version cannot load") == 2  # not retried
+    finally:
+        stop_server(server)
 
 
 def test_escaped_log_lines_stay_one_line_and_valid_json():

@@ -21,7 +21,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import QueueDeadline
 from runtime.models import ImageEncoder, Model
 from runtime.repository import Repository, slugify
-from runtime.text import TextEncoder
+from runtime.text import TextEncoder, TextOptions
 from tests.conftest import CLIP, MINILM, start_server, stop_server
 from tests.test_batching import Recording, make_tower
 
@@ -58,16 +58,45 @@ def test_a_loaded_model_is_warm_and_ready(minilm):
     assert minilm.not_ready(60.0, 3) is None
 
 
-def test_warm_up_runs_the_largest_execution_then_the_smallest(minilm):
-    """The largest execution the token budget allows (8 x 256 here), so that memory pools are
-    at their high-water mark before the model counts as ready; then one empty text, the input
-    that probes a failing tower (tested below)."""
+@pytest.mark.parametrize(
+    ("max_tokens", "largest"),
+    [(2048, (8, 256)), (128, (1, 128))],
+    ids=["rows of the maximum length", "one row of the budget, shorter than the maximum"],
+)
+def test_warm_up_runs_the_largest_execution_then_the_smallest(minilm, max_tokens, largest):
+    """The largest execution the token budget allows, so that memory pools are at their
+    high-water mark before the model counts as ready; then one empty text, the input that
+    probes a failing tower (tested below)."""
     recording = Recording(minilm.text.tower.backend)
-    tower = make_tower(minilm, recording, rows=True, max_tokens=2048)
+    tower = make_tower(minilm, recording, rows=True, max_tokens=max_tokens)
     try:
         TextEncoder(tower, minilm.text.tokenizer, None).warm_up()
-        assert recording.shapes == [(8, 256), (1, 2)]
+        assert recording.shapes == [largest, (1, 2)]
         assert tower.check(60.0, 3) is None
+    finally:
+        tower.close()
+
+
+class ShortPlan(Recording):
+    """The real backend, refusing texts past 64 tokens as a TensorRT plan built for shorter
+    texts than the tokenizer allows refuses them (runtime.backends.tensorrt.plan)."""
+
+    def run(self, inputs):
+        width = next(iter(inputs.values())).shape[1]
+        if width > 64:
+            raise ValueError(f"no optimization profile takes sequence {width}")
+        return super().run(inputs)
+
+
+def test_a_largest_shape_the_engine_refuses_is_logged_and_the_model_still_serves(minilm, caplog):
+    tower = make_tower(minilm, ShortPlan(minilm.text.tower.backend), rows=True)
+    try:
+        encoder = TextEncoder(tower, minilm.text.tokenizer, None)
+        encoder.warm_up()
+        assert tower.check(60.0, 3) is None
+        assert "no optimization profile takes sequence 256" in caplog.text
+        assert "requests that large will fail" in caplog.text
+        assert encoder.embed(encoder.rows(["a short text"], TextOptions())).shape == (1, 384)
     finally:
         tower.close()
 

@@ -65,7 +65,8 @@ LAST_INFERENCE = Gauge(
 
 TOWER_ENGINE = Gauge(
     "ingrain_tower_engine",
-    "1 for the backend and precision each tower runs on in live workers.",
+    "Above 0 for the backend and precision each tower runs on in live workers (the engines "
+    "open per worker: 2 while a republished version is swapped in).",
     (*TOWER, "backend", "precision"),
     multiprocess_mode="livemax",
 )
@@ -88,12 +89,13 @@ class TowerStats:
         self._engine: tuple[str, str] | None = None
 
     def engine(self, backend: str | None, precision: str | None = None) -> None:
-        """Say which backend and precision the tower runs on now (None: released)."""
+        """Say which backend and precision the tower runs on now (None: released). Counted up
+        and down, not set: the two versions of a model being swapped share these labels."""
         if self._engine is not None:
-            TOWER_ENGINE.labels(*self.labels, *self._engine).set(0)
+            TOWER_ENGINE.labels(*self.labels, *self._engine).dec()
         self._engine = None if backend is None else (backend, precision or "")
         if self._engine is not None:
-            TOWER_ENGINE.labels(*self.labels, *self._engine).set(1)
+            TOWER_ENGINE.labels(*self.labels, *self._engine).inc()
 
     def preprocess(self, step: str, ns: int) -> None:
         PREPROCESS_COUNT.labels(*self.labels, step).inc()

@@ -8,6 +8,7 @@ the health readiness reads: warm-up, a running execution's age, failures in a ro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from runtime.batching.client import client_gone
 from runtime.batching.stats import BATCH_STATS, TowerStats
 from runtime.errors import Overloaded
 from runtime.repository.manifest import TowerSpec
+
+log = logging.getLogger(__name__)
 
 Collate = Callable[[list[Any]], dict[str, np.ndarray]]
 
@@ -72,11 +75,27 @@ class Tower:
         first real request pays no first-execution cost; raise what the execution raised.
         The same input is the probe `check` re-runs after failures."""
         self._probe = (items, lengths)
-        self.run_once(items, lengths)
+        self._run_once(items, lengths)
         self.warmed = True
 
-    def run_once(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> None:
-        """One execution outside the metrics; raise what it raised."""
+    def run_largest(self, item: Any, width: int | None = None) -> None:
+        """The largest execution the batcher forms: `item` (a text row of `width` tokens, or an
+        image) as many times as one execution takes, outside the metrics. Warm-ups run it
+        first, so that the engine's memory pools reach their high-water mark before the model
+        counts as ready. A shape the engine refuses (a TensorRT plan built for shorter texts
+        than the tokenizer allows) is logged, not raised: the model serves what it can."""
+        rows = self.batcher.most_items(width)
+        try:
+            self._run_once([item] * rows, None if width is None else [width] * rows)
+        except ValueError as error:
+            log.warning(
+                "%s: the largest input this model takes does not run on its engine (%s); "
+                "requests that large will fail",
+                "/".join(self.stats.labels),
+                error,
+            )
+
+    def _run_once(self, items: Sequence[Any], lengths: Sequence[int] | None) -> None:
         request = self._submit(items, lengths, counted=False)
         request.done.wait()
         if request.error is not None:

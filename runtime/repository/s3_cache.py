@@ -47,10 +47,11 @@ class S3Cache:
         # slug -> a version found broken: polls skip it (it cannot heal), /load_model retries.
         self._broken: dict[str, str] = {}
 
-    def sync_all(self) -> None:
+    def sync_all(self) -> list[str]:
         """Bring every published model up to date; those that cannot be are logged (their
-        cached version, if any, stays), and drop the cached models that the store no longer
-        publishes. Raises StoreError when the store cannot be listed."""
+        cached version, if any, stays). Drop the cached models that the store no longer
+        publishes, and return their names. Raises StoreError when the store cannot be
+        listed."""
         everything = self.store.published()
         for published in everything:
             if self._broken.get(published.slug) == published.version:
@@ -61,7 +62,7 @@ class S3Cache:
                 log.error("cannot fetch %s: %s", published.name, error)
             except Exception:  # one model's surprise must not stop the others' updates
                 log.exception("cannot fetch %s", published.name)
-        self._drop_unpublished({published.slug for published in everything})
+        return self._drop_unpublished({published.slug for published in everything})
 
     def sync(self, name: str) -> None:
         """Bring `name` up to date, if the store publishes it."""
@@ -69,31 +70,39 @@ class S3Cache:
         if published is not None:
             self._sync(published)
 
-    def poll(self) -> None:
-        """One round of sync_all, unless another worker of this server is running one."""
+    def poll(self) -> list[str]:
+        """One round of sync_all (the names of the models it dropped), unless another worker of
+        this server is running one."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".poll.lock", "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return
-            self.sync_all()
+                return []
+            return self.sync_all()
 
-    def _drop_unpublished(self, slugs: set[str]) -> None:
-        """Mirror `ingrain remove`: a model fetched from the store whose pointer is gone is
+    def _drop_unpublished(self, slugs: set[str]) -> list[str]:
+        """Mirror `ingrain remove`: a model fetched from this store whose pointer is gone is
         removed from the cache too, so that workers stop serving it (ModelRegistry.refresh).
-        Models put in the cache directory by other means are left alone."""
+        Models put in the cache directory by other means, or fetched from another store
+        sharing the directory, are left alone."""
+        dropped = []
         for version_file in self.root.glob(f"[!.]*/{VERSION_FILE}"):
             slug = version_file.parent.name
             if slug in slugs:
                 continue
             with entry_lock(self.root, slug):
+                record = self._record(slug)
+                if record is None or record.get("source") != str(self.store.location):
+                    continue
                 if self.store.pointer(slug) is not None:  # published again since the listing
                     continue
-                with suppress(ModelNotFound, OSError, ValueError, KeyError):
-                    name = json.loads(version_file.read_text())["name"]
+                name = record["name"]
+                with suppress(ModelNotFound, OSError):
                     Repository(self.root).remove(name)
-                    log.info("removed %s from the cache: the store no longer publishes it", name)
+                    dropped.append(name)
+                    log.info("removed %s: %s no longer publishes it", name, self.store.location)
+        return dropped
 
     def _sync(self, published: Published) -> None:
         try:
@@ -110,7 +119,8 @@ class S3Cache:
                 return
             with self._staged(published) as staging:
                 self.store.download(published, staging)
-                (staging / VERSION_FILE).write_text(published.as_json())
+                record = json.loads(published.as_json()) | {"source": str(self.store.location)}
+                (staging / VERSION_FILE).write_text(json.dumps(record))
         log.info("fetched %s version %s", published.name, published.version)
 
     @contextmanager
@@ -122,7 +132,13 @@ class S3Cache:
             raise StoreError(f"cannot write {published.name} into {self.root}: {error}") from None
 
     def _cached(self, slug: str) -> str | None:
+        record = self._record(slug)
+        return record.get("version") if record is not None else None
+
+    def _record(self, slug: str) -> dict | None:
+        """What the cached entry records of its store and version (VERSION_FILE), if any."""
         try:
-            return json.loads((self.root / slug / VERSION_FILE).read_text())["version"]
-        except (OSError, ValueError, KeyError, TypeError):
+            record = json.loads((self.root / slug / VERSION_FILE).read_text())
+        except (OSError, ValueError):
             return None
+        return record if isinstance(record, dict) and isinstance(record.get("name"), str) else None
