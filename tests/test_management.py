@@ -360,6 +360,9 @@ def test_a_forced_rebuild_swaps_in_without_a_gap_and_workers_pick_it_up(
             threading.Event().wait(0.5)
         else:
             raise AssertionError("the workers still serve the old model 30 s after the rebuild")
+        # The old version's release did not blank out the engine the new one runs on.
+        [stats] = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
+        assert stats["backend"] is not None, stats
     finally:
         stop.set()
         for thread in threads:
@@ -367,9 +370,6 @@ def test_a_forced_rebuild_swaps_in_without_a_gap_and_workers_pick_it_up(
         stop_server(server)
     assert set(statuses) == {200}, statuses
     assert not list(root.glob(".*"))
-    # The old version's release did not blank out the engine the new one runs on.
-    [stats] = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
-    assert stats["backend"] is not None, stats
 
 
 def test_a_new_version_that_cannot_load_leaves_the_old_one_serving(engines, tmp_path):

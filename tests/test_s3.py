@@ -18,8 +18,10 @@ import boto3
 import pytest
 import requests
 
+from runtime.repository import Repository
 from runtime.repository.manifest import Manifest, PromptSpec
 from runtime.repository.s3 import ObjectStore, S3Location
+from runtime.repository.s3_cache import S3Cache
 from tests.conftest import BIN, CLIP, MINILM, free_port, start_server, stop_server
 from tests.test_management import copy_model
 
@@ -249,6 +251,35 @@ def test_a_model_removed_from_the_bucket_leaves_the_polling_server(
     assert ready.status_code == 200, ready.text
     assert [model["name"] for model in ready.json()["models"]] == [MINILM]
     assert polling.post("/embed_text", {"name": MINILM, "text": TEXTS}).status_code == 200
+
+
+def test_stores_sharing_a_cache_directory_leave_each_other_s_models_alone(
+    s3_env, engines, tmp_path
+):
+    """Each cached model records the bucket and prefix it came from: a sync of one store
+    removes only its own unpublished models, never another store's or a local one."""
+    cache = tmp_path / "cache"
+    first, second = S3Location(BUCKET, "shared-a"), S3Location(BUCKET, "shared-b")
+    copy_model(engines, CLIP, tmp_path / "clip")
+    (clip,) = list((tmp_path / "clip").iterdir())
+    ObjectStore(first).publish(clip)
+    copy_model(engines, MINILM, tmp_path / "minilm")
+    (minilm,) = list((tmp_path / "minilm").iterdir())
+    ObjectStore(second).publish(minilm)
+    caches = [S3Cache(ObjectStore(location), cache) for location in (first, second)]
+    for each in caches:
+        assert each.sync_all() == []
+    copy_model(engines, CLIP, tmp_path / "local")
+    (local,) = list((tmp_path / "local").iterdir())
+    shutil.copytree(local, cache / "built-here")
+    assert caches[0].sync_all() == [] and caches[1].sync_all() == []
+    assert Repository(cache).contains(CLIP) and Repository(cache).contains(MINILM)
+
+    ObjectStore(first).remove(CLIP)
+    assert caches[1].sync_all() == []
+    assert caches[0].sync_all() == [CLIP]
+    assert Repository(cache).contains(MINILM)  # the other store's
+    assert (cache / "built-here" / "model.json").is_file()  # put there by hand
 
 
 def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engines, tmp_path):
