@@ -197,6 +197,10 @@ def start_server(engines: Path, log: Path, *args: str, env: dict | None = None) 
     command = [
         str(BIN / "ingrain-serve"),
         *("--engines", str(engines), "--port", str(port), "--model-port", str(model_port)),
+        # A quarter of the default token budget: every model load warms up with the largest
+        # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the
+        # suite starts dozens of servers. A test's own --max-batch-tokens comes later and wins.
+        *("--max-batch-tokens", "1024"),
         *args,
     ]
     # No model hub is reachable from tests: fail builds at once instead of after retries.
