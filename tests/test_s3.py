@@ -104,6 +104,13 @@ def publish_copy(
     return ObjectStore(location).publish(directory, **options)
 
 
+def publish_built(engines: Path, name: str, location: S3Location, scratch: Path) -> None:
+    """Publish the session's build of `name` as it is (copied under `scratch` first)."""
+    copy_model(engines, name, scratch)
+    (directory,) = list(scratch.iterdir())
+    ObjectStore(location).publish(directory)
+
+
 def embed(url: str, **options) -> list:
     body = {"name": MINILM, "text": TEXTS, **options}
     answer = requests.post(url + "/embed_text", json=body, timeout=60)
@@ -212,9 +219,7 @@ def test_load_model_fetches_a_model_published_after_start(
     s3_servers, server, published, engines, tmp_path
 ):
     _, manual, _ = s3_servers
-    copy_model(engines, CLIP, tmp_path)
-    (directory,) = list(tmp_path.iterdir())
-    ObjectStore(published).publish(directory)
+    publish_built(engines, CLIP, published, tmp_path)
     answer = requests.post(manual.model_url + "/load_model", json={"name": CLIP}, timeout=60)
     assert answer.status_code == 200, answer.text
     body = {"name": CLIP, "text": TEXTS}
@@ -231,9 +236,7 @@ def test_a_model_removed_from_the_bucket_leaves_the_polling_server(
     404 for the model, and /ready stays 200 (a deliberate removal must not take the server
     out of its load balancer while it serves the other models)."""
     polling, _, _ = s3_servers
-    copy_model(engines, CLIP, tmp_path)
-    (directory,) = list(tmp_path.iterdir())
-    ObjectStore(published).publish(directory)
+    publish_built(engines, CLIP, published, tmp_path)
     loaded = requests.post(polling.model_url + "/load_model", json={"name": CLIP}, timeout=60)
     assert loaded.status_code == 200, loaded.text
     body = {"name": CLIP, "text": TEXTS}
@@ -260,12 +263,8 @@ def test_stores_sharing_a_cache_directory_leave_each_other_s_models_alone(
     removes only its own unpublished models, never another store's or a local one."""
     cache = tmp_path / "cache"
     first, second = S3Location(BUCKET, "shared-a"), S3Location(BUCKET, "shared-b")
-    copy_model(engines, CLIP, tmp_path / "clip")
-    (clip,) = list((tmp_path / "clip").iterdir())
-    ObjectStore(first).publish(clip)
-    copy_model(engines, MINILM, tmp_path / "minilm")
-    (minilm,) = list((tmp_path / "minilm").iterdir())
-    ObjectStore(second).publish(minilm)
+    publish_built(engines, CLIP, first, tmp_path / "clip")
+    publish_built(engines, MINILM, second, tmp_path / "minilm")
     caches = [S3Cache(ObjectStore(location), cache) for location in (first, second)]
     for each in caches:
         assert each.sync_all() == []
