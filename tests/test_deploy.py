@@ -43,7 +43,7 @@ OVERLAYS = sorted(
 # Kubernetes versions the manifests must be valid for: the oldest release still in
 # maintenance when they were written, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
-# checkov findings accepted on purpose (README.md, "Running on Kubernetes", says why).
+# checkov findings accepted on purpose (docs/kubernetes.md, "Checks", says why).
 ACCEPTED_CHECKS = ("CKV_K8S_43",)
 CHECKOV = Path(os.environ.get("INGRAIN_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 
