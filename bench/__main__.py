@@ -130,7 +130,7 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
     type=click.Choice(["auto", "openvino", "onnxruntime"]),
     default="auto",
     show_default=True,
-    help="The server's backend (issue #17 asks for a run on each CPU backend).",
+    help="The server's backend (run the soak once on each CPU backend).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def soak(minutes: float, concurrency: int, engines: Path | None, backend: str, as_json: bool):

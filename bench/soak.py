@@ -1,7 +1,7 @@
 """Soak and stress: a 2-worker server on 127.0.0.1 under mixed text / image / classify load at
 saturation for a bounded time, reporting every answer by status, latency and worker memory.
 
-Goal (issue #17): no 5xx and no lost request (every request answered) below the queue limit,
+Goal: no 5xx and no lost request (every request answered) below the queue limit,
 and worker RSS growing less than 5% between the end of warm-up and the end of the run, on each
 CPU backend. Texts come in lengths from one sentence to past the model's 256 tokens, so the
 executions take many shapes (variable shapes are what make inference arenas grow).
