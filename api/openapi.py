@@ -386,6 +386,21 @@ SCHEMAS = {
     **RERANK_SCHEMAS,
 }
 
+
+def _page(summary: str) -> dict[str, Any]:
+    """A page for people: no key needed, HTML (or its files) out."""
+    return {
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {"description": "The page.", "content": {"text/html": {}}},
+            "404": {"description": "No such file.", **_json(_ref("Error"))},
+        },
+    }
+
+
+PAGE = _page("The playground: try each loaded model in the browser.")
+
 EMBED = _operation(
     "Embed texts and/or images with one model.", "TextAndImageEmbeddings", "EmbedRequest"
 )
@@ -485,6 +500,17 @@ PATHS = {
     "/loaded_models": {"get": _operation("The loaded set.", "LoadedModels")},
     "/repository_models": {"get": _operation("Every model in the repository.", "RepositoryModels")},
     "/openapi.json": {"get": _operation("This document.", "OpenAPI")},
+    "/": {"get": PAGE},
+    "/playground": {"get": PAGE},
+    "/docs": {"get": _page("This API reference (Swagger UI).")},
+    "/pages/{file}": {
+        "get": {
+            **_page("A script, style sheet or image of the pages."),
+            "parameters": [
+                {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        }
+    },
 }
 
 # Readiness answers 503 when not ready: the error names each model that is not, and why.
@@ -514,6 +540,8 @@ DOCUMENT = {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
+    # The key, where the server is given --api-key / --admin-key; /docs sends it once authorised.
+    "security": [{"bearer": []}, {}],
     "paths": PATHS,
 }
 
