@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 
+from api.auth import Access
 from api.resources import respond
 from runtime.repository.manifest import LIBRARIES
 
@@ -499,7 +500,7 @@ PATHS = {
     },
     "/loaded_models": {"get": _operation("The loaded set.", "LoadedModels")},
     "/repository_models": {"get": _operation("Every model in the repository.", "RepositoryModels")},
-    "/openapi.json": {"get": _operation("This document.", "OpenAPI")},
+    "/openapi.json": {"get": {**_operation("This document.", "OpenAPI"), "security": []}},
     "/": {"get": PAGE},
     "/playground": {"get": PAGE},
     "/docs": {"get": _page("This API reference (Swagger UI).")},
@@ -547,5 +548,9 @@ DOCUMENT = {
 
 
 class OpenAPI:
+    # Open like the pages: /docs must read it before a key is typed into Authorize. It
+    # describes routes only, never models or data.
+    access = Access.OPEN
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         respond(resp, DOCUMENT)

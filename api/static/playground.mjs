@@ -230,9 +230,9 @@ const PANELS = {
       const matrix = cosineMatrix(answer.embeddings);
       const nearest = el("ol", { className: "ranked nearest" });
       for (const { index, score } of nearestNeighbours(matrix, 0)) {
-        nearest.append(
-          el("li", {}, el("span", { className: "score", textContent: score.toFixed(4) }), items[index]),
-        );
+        const item = el("li", {}, el("span", { className: "score", textContent: score.toFixed(4) }), items[index]);
+        item.dataset.index = String(index);
+        nearest.append(item);
       }
       out.append(
         heatMap(matrix, items, items),
@@ -313,7 +313,9 @@ const PANELS = {
       const matrix = crossCosines(answer.imageEmbeddings, answer.textEmbeddings);
       const table = heatMap(matrix, image.map((_, i) => `image ${i + 1}`), text);
       matrix.forEach((row, i) => {
-        table.tBodies[0].rows[i].cells[1 + rankIndices(row)[0]].classList.add("best");
+        const cells = table.tBodies[0].rows[i].cells;
+        cells[0].prepend(el("img", { src: image[i], alt: "", className: "thumb" }));
+        cells[1 + rankIndices(row)[0]].classList.add("best");
       });
       out.append(table);
     });
