@@ -92,6 +92,9 @@ def test_every_page_file_is_served_and_nothing_else(pages_server):
         answer = requests.get(f"{pages_server.url}/pages/{name}", timeout=10)
         assert answer.status_code == 200 and answer.content == path.read_bytes(), name
         assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        again = {"If-None-Match": answer.headers["ETag"]}
+        unchanged = requests.get(f"{pages_server.url}/pages/{name}", headers=again, timeout=10)
+        assert unchanged.status_code == 304 and unchanged.content == b"", name
     assert (
         requests.get(pages_server.url + "/pages/docs.js")
         .headers["Content-Type"]
