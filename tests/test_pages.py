@@ -20,7 +20,16 @@ import requests
 from PIL import Image
 
 from api.pages import CONTENT_SECURITY_POLICY, STATIC, asset_paths
-from tests.conftest import BIN, CLIP, MINILM, RERANKER, TIMM, start_server, stop_server
+from tests.conftest import (
+    BIN,
+    CLIP,
+    MINILM,
+    RERANKER,
+    TEXT_CLASSIFIER,
+    TIMM,
+    start_server,
+    stop_server,
+)
 
 ODD = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 KEY = "pages-user-key"
@@ -41,7 +50,7 @@ def pages_engines(pair_engines, pair_sources, tmp_path_factory) -> Path:
     return root
 
 
-SERVED = (MINILM, CLIP, TIMM, RERANKER, ODD)
+SERVED = (MINILM, CLIP, TIMM, RERANKER, TEXT_CLASSIFIER, ODD)
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +371,7 @@ def test_the_playground_lists_the_models_and_shows_names_as_text(open_page, page
     assert rows[MINILM][:2] == ["text embedding", "text 384"]
     assert rows[CLIP][0] == "CLIP" and rows[TIMM][0] == "image classifier"
     assert rows[RERANKER][0] == rows[ODD][0] == "reranker"
+    assert rows[TEXT_CLASSIFIER][:2] == ["text classifier", "3 classes"]
     # The markup in the name is text in the table and the chooser, never elements.
     assert page.css("#models img, #models script, #model img, #model script") == []
     assert ODD in [page.text(option) for option in page.css("#model option")]
@@ -411,6 +421,22 @@ def test_the_playground_ranks_documents_as_rerank_does(open_page, pages_server):
     assert np.allclose([s for _, s in shown], [r["score"] for r in expected], rtol=0, atol=1e-9)
     assert curl_answer(page, "rerank")["results"] == expected
     page.screenshot("playground-rerank")
+    page.check_stayed_home()
+
+
+@pytest.mark.browser
+def test_the_playground_classifies_a_text_as_classify_text_does(open_page, pages_server):
+    text = "I loved this film, it was wonderful."
+    page = open_page(pages_server, "/playground")
+    choose(page, TEXT_CLASSIFIER)
+    fill(page.css("#panel-classify-text textarea")[0], text)
+    run_panel(page, "classify-text", ".bars li")
+    body = {"name": TEXT_CLASSIFIER, "text": [text], "top_k": 5}
+    expected = pages_server.post("/classify_text", body).json()["labels"][0]
+    shown = shown_bars(page, "classify-text")
+    assert [label for label, _ in shown] == [top["label"] for top in expected]
+    assert np.allclose([s for _, s in shown], [top["score"] for top in expected], atol=1e-9)
+    page.screenshot("playground-classify-text")
     page.check_stayed_home()
 
 
