@@ -12,6 +12,7 @@ from api.middleware import Observability
 from api.on_demand import OnDemandBuilds
 from api.openai_api import add_openai_routes
 from api.openapi import OpenAPI
+from api.pages import add_page_routes
 from api.readiness import ModelReady, Readiness, Ready
 from api.remote_engines import RemoteEngines
 from api.rerank import ClassifyText, CohereRerank, Rerank
@@ -43,6 +44,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/ready", Ready(readiness))
     app.add_route("/models/ready", ModelReady(readiness, settings.limits))
     app.add_route("/openapi.json", OpenAPI())
+    add_page_routes(app)
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
     embed = Embed(registry, settings.limits)

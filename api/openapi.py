@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 
+from api.auth import Access
 from api.resources import respond
 from runtime.repository.manifest import LIBRARIES
 
@@ -386,6 +387,21 @@ SCHEMAS = {
     **RERANK_SCHEMAS,
 }
 
+
+def _page(summary: str) -> dict[str, Any]:
+    """A page for people: no key needed, HTML (or its files) out."""
+    return {
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {"description": "The page.", "content": {"text/html": {}}},
+            "404": {"description": "No such file.", **_json(_ref("Error"))},
+        },
+    }
+
+
+PAGE = _page("The playground: try each loaded model in the browser.")
+
 EMBED = _operation(
     "Embed texts and/or images with one model.", "TextAndImageEmbeddings", "EmbedRequest"
 )
@@ -484,7 +500,18 @@ PATHS = {
     },
     "/loaded_models": {"get": _operation("The loaded set.", "LoadedModels")},
     "/repository_models": {"get": _operation("Every model in the repository.", "RepositoryModels")},
-    "/openapi.json": {"get": _operation("This document.", "OpenAPI")},
+    "/openapi.json": {"get": {**_operation("This document.", "OpenAPI"), "security": []}},
+    "/": {"get": PAGE},
+    "/playground": {"get": PAGE},
+    "/docs": {"get": _page("This API reference (Swagger UI).")},
+    "/pages/{file}": {
+        "get": {
+            **_page("A script, style sheet or image of the pages."),
+            "parameters": [
+                {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+        }
+    },
 }
 
 # Readiness answers 503 when not ready: the error names each model that is not, and why.
@@ -514,10 +541,16 @@ DOCUMENT = {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
+    # The key, where the server is given --api-key / --admin-key; /docs sends it once authorised.
+    "security": [{"bearer": []}, {}],
     "paths": PATHS,
 }
 
 
 class OpenAPI:
+    # Open like the pages: /docs must read it before a key is typed into Authorize. It
+    # describes routes only, never models or data.
+    access = Access.OPEN
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         respond(resp, DOCUMENT)
