@@ -1,521 +1,253 @@
-"""The OpenAPI 3 description of every route, served at GET /openapi.json.
+"""The OpenAPI 3.1 description of every route, served at GET /openapi.json: generated from the
+request and response types in api.schemas and the table of routes below.
 
-A test checks that every route of the app is described here and every described route exists.
+Tests check that every route of the app is described here, that every described route exists,
+and that real answers of every route validate against this document.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
+import msgspec
 
+from api import params, schemas
+from api.errors import OPENAI_PREFIX
 from api.resources import respond
-from runtime.repository.manifest import LIBRARIES
 
 JSON = "application/json"
-STRING_OR_LIST = {
-    "oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {"type": "string"}, "minItems": 1},
-    ]
-}
-NAME = {"type": "string", "minLength": 1, "description": "The model's name, as built."}
-NULLABLE_DIMS = {"type": ["integer", "null"], "minimum": 1}
-HEADERS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
+# A model's name, wherever one is asked for (bodies, the query, the path).
+NAME = msgspec.json.schema(schemas.ModelName)
 
 
-def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required}
+@dataclass(frozen=True)
+class Route:
+    path: str
+    method: str
+    summary: str
+    # The JSON body of a 200 answer (None: no JSON body), and of the request.
+    answer: type | None
+    body: type | None = None
+    # The model's name is the query parameter `name` (names hold '/', so not the path).
+    name_in_query: bool = False
+    # Other answers than the errors every route may give: status -> (description, body).
+    answers: tuple[tuple[str, str, type], ...] = ()
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+NOT_READY = "Not ready: the error names each model that is not, and why."
+BAD_GATEWAY = "s3:// engines: the object store failed or holds a broken version; it is named."
+ROUTES = (
+    Route("/health", "get", "Liveness of the inference (or model) server.", schemas.Message),
+    Route("/health", "head", "Liveness, headers only.", None),
+    Route(
+        "/ready",
+        "get",
+        "Every model this server must serve is loaded, warmed up and executing.",
+        schemas.Readiness,
+        answers=(("503", NOT_READY, schemas.Readiness),),
+    ),
+    Route(
+        "/models/ready",
+        "get",
+        "One model's readiness.",
+        schemas.OneModelReadiness,
+        name_in_query=True,
+        answers=(("503", NOT_READY, schemas.OneModelReadiness),),
+    ),
+    Route("/embed_text", "post", "Embed texts.", schemas.Embeddings, schemas.EmbedTextRequest),
+    Route("/embed_image", "post", "Embed images.", schemas.Embeddings, schemas.EmbedImageRequest),
+    *(
+        Route(
+            path,
+            "post",
+            "Embed texts and/or images with one model.",
+            schemas.TextAndImageEmbeddings,
+            schemas.EmbedRequest,
+        )
+        for path in ("/embed", "/infer")
+    ),
+    Route(
+        "/classify_image",
+        "post",
+        "Class probabilities per image.",
+        schemas.Probabilities,
+        schemas.ClassifyImageRequest,
+    ),
+    Route(
+        "/rerank",
+        "post",
+        "Texts (or images, with CLIP) by relevance to a query, highest first.",
+        schemas.Ranking,
+        schemas.RerankRequest,
+    ),
+    *(
+        Route(
+            path,
+            "post",
+            "Rerank in the Cohere (v1 and v2) / Jina API shape.",
+            schemas.CohereRanking,
+            schemas.CohereRerankRequest,
+        )
+        for path in ("/v1/rerank", "/v2/rerank")
+    ),
+    Route(
+        "/classify_text",
+        "post",
+        "Class probabilities and top labels per text.",
+        schemas.TextClasses,
+        schemas.ClassifyTextRequest,
+    ),
+    Route(
+        "/metrics",
+        "get",
+        "Execution statistics (JSON; Prometheus text on Accept).",
+        schemas.Metrics,
+    ),
+    Route("/metrics/prometheus", "get", "Execution statistics as Prometheus text.", str),
+    Route(
+        "/model_embedding_size",
+        "get",
+        "A model's embedding size.",
+        schemas.EmbeddingSize,
+        name_in_query=True,
+    ),
+    Route(
+        "/model_info",
+        "get",
+        "A model's towers, sizes, maximum length, prompts and calibration.",
+        schemas.ModelInfo,
+        name_in_query=True,
+    ),
+    Route(
+        "/model_classification_labels",
+        "get",
+        "A classifier's labels, in class order.",
+        schemas.Labels,
+        name_in_query=True,
+    ),
+    Route(
+        "/v1/embeddings",
+        "post",
+        "OpenAI's embeddings API.",
+        schemas.OpenAIEmbeddings,
+        schemas.OpenAIEmbeddingRequest,
+    ),
+    Route("/v1/models", "get", "OpenAI's model list: the repository.", schemas.OpenAIModels),
+    Route("/v1/models/{model}", "get", "One model, in OpenAI's shape.", schemas.OpenAIModel),
+    Route(
+        "/load_model",
+        "post",
+        "Add a model to the loaded set (building it if needed).",
+        schemas.Message,
+        schemas.LoadModelRequest,
+        answers=(("502", BAD_GATEWAY, schemas.Error),),
+    ),
+    Route(
+        "/unload_model",
+        "post",
+        "Remove a model from the loaded set.",
+        schemas.Message,
+        schemas.ModelRequest,
+    ),
+    Route(
+        "/delete_model",
+        "delete",
+        "Unload a model and delete it from the repository.",
+        schemas.Message,
+        schemas.ModelRequest,
+    ),
+    Route("/loaded_models", "get", "The loaded set.", schemas.LoadedModels),
+    Route("/repository_models", "get", "Every model in the repository.", schemas.RepositoryModels),
+    Route("/openapi.json", "get", "This document.", dict),
+)
+
+# The errors every route may answer, in the route family's shape (api.errors).
+ERRORS = (
+    ("400", "Invalid input; the message says how to fix it."),
+    ("401", "A key is required (when keys are configured)."),
+    ("404", "Unknown model or route."),
+    ("413", "Body, item count or item too large."),
+    ("415", "The body is not JSON."),
+    ("503", "Overloaded: retry after Retry-After seconds."),
+)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {JSON: {"schema": schema}}}
 
 
-def _errors(schema: str) -> dict[str, Any]:
-    return {
-        "400": {
-            "description": "Invalid input; the message says how to fix it.",
-            **_json(_ref(schema)),
-        },
-        "401": {
-            "description": "A key is required (when keys are configured).",
-            **_json(_ref(schema)),
-        },
-        "404": {"description": "Unknown model or route.", **_json(_ref(schema))},
-        "413": {"description": "Body, item count or item too large.", **_json(_ref(schema))},
-        "415": {"description": "The body is not JSON.", **_json(_ref(schema))},
-        "503": {
-            "description": "Overloaded: retry after Retry-After seconds.",
-            **_json(_ref(schema)),
-        },
+def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    error = refs[schemas.OpenAIError if route.path.startswith(OPENAI_PREFIX) else schemas.Error]
+    responses: dict[str, Any] = {
+        status: {"description": text, **_json(error)} for status, text in ERRORS
     }
-
-
-ERRORS = _errors("Error")
-# The /v1 routes answer errors in OpenAI's shape.
-OPENAI_ERRORS = _errors("OpenAIError")
-
-
-def _operation(
-    summary: str, answer: str, body: str | None = None, query: bool = False, openai: bool = False
-) -> dict:
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {
-            "200": {"description": "Success.", **_json(_ref(answer))},
-            **(OPENAI_ERRORS if openai else ERRORS),
-        },
-    }
-    if body is not None:
-        operation["requestBody"] = {"required": True, **_json(_ref(body))}
-    if query:
+    if route.answer is None:
+        responses["200"] = {"description": "Success."}
+    elif route.answer is str:
+        responses["200"] = {
+            "description": "Success.",
+            "content": {"text/plain": {"schema": refs[str]}},
+        }
+    else:
+        responses["200"] = {"description": "Success.", **_json(refs[route.answer])}
+    for status, text, kind in route.answers:
+        responses[status] = {"description": text, **_json(refs[kind])}
+    operation: dict[str, Any] = {"summary": route.summary, "responses": responses}
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, **_json(refs[route.body])}
+    if route.name_in_query:
         operation["parameters"] = [
             {"name": "name", "in": "query", "required": True, "schema": NAME}
+        ]
+    if "{model}" in route.path:
+        operation["parameters"] = [
+            {"name": "model", "in": "path", "required": True, "schema": NAME}
         ]
     return operation
 
 
-PRECISION = {
-    "enum": ["float32", "int8", "uint8", "binary", "ubinary", None],
-    "default": "float32",
-    "description": "Output precision, as sentence-transformers' quantize_embeddings: int8/uint8 "
-    "with the ranges calibrated at build time, binary/ubinary as packed sign bits.",
-}
-EMBED_OPTIONS = {
-    "normalize": {"type": ["boolean", "null"], "default": True},
-    "nDims": NULLABLE_DIMS,
-    "n_dims": NULLABLE_DIMS,
-    "precision": PRECISION,
-}
-NULLABLE_STRING = {"type": ["string", "null"]}
-DIRECTION = {"enum": ["right", "left", None], "default": "right"}
-TEXT_OPTIONS = {
-    "truncate": {
-        "type": ["boolean", "null"],
-        "default": True,
-        "description": "false: a text past the model's maximum length is a 400.",
-    },
-    "truncationDirection": DIRECTION,
-    "truncation_direction": DIRECTION,
-    "prompt": {**NULLABLE_STRING, "description": "A literal prefix for every text."},
-    "promptName": {**NULLABLE_STRING, "description": "One of the model's prompts (/model_info)."},
-    "prompt_name": NULLABLE_STRING,
-}
-TOKEN_IDS = {"type": "array", "items": {"type": "integer"}, "minItems": 1}
-OPENAI_INPUT = {
-    "oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        TOKEN_IDS,
-        {"type": "array", "items": TOKEN_IDS, "minItems": 1},
-    ]
-}
-IMAGE_OPTIONS = {"imageDownloadHeaders": HEADERS, "image_download_headers": HEADERS}
-EMBEDDINGS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
-TIMING = {"processingTimeMs": {"type": "number"}}
+def _with_other_spellings(components: dict[str, Any], kinds: set[type]) -> None:
+    """Each request field under both of the names it is accepted as (`nDims` and `n_dims`)."""
+    for kind in kinds:
+        properties = components[kind.__name__]["properties"]
+        for other, field in params.spellings(kind).items():
+            properties[other] = properties[field]
 
-OPENAI_MODEL = _object(
-    {
-        "id": {"type": "string"},
-        "object": {"const": "model"},
-        "created": {"type": "integer"},
-        "owned_by": {"type": "string"},
-    },
-    ["id", "object", "created", "owned_by"],
-)
-COUNT = {"type": ["integer", "null"], "minimum": 1}
-FLAG = {"type": ["boolean", "null"]}
-TEXT_LIST = {"type": "array", "items": {"type": "string"}, "minItems": 1}
-SCORE = {"type": "number"}
-RERANK_SCHEMAS = {
-    "RerankRequest": _object(
-        {
-            "name": NAME,
-            "query": {"type": "string"},
-            "texts": {**TEXT_LIST, "description": "Texts to rank (cross-encoder or embedding)."},
-            "images": {**TEXT_LIST, "description": "Images to rank instead (CLIP models)."},
-            "top_n": COUNT,
-            "return_text": FLAG,
-            "raw_scores": FLAG,
-            "truncate": FLAG,
-            **IMAGE_OPTIONS,
-        },
-        ["name", "query"],
-    ),
-    "Ranking": _object(
-        {
-            "results": {
-                "type": "array",
-                "items": _object(
-                    {"index": {"type": "integer"}, "score": SCORE, "text": {"type": "string"}},
-                    ["index", "score"],
-                ),
-            },
-            **TIMING,
-        },
-        ["results", "processingTimeMs"],
-    ),
-    "CohereRerankRequest": _object(
-        {
-            "model": NAME,
-            "query": {"type": "string"},
-            "documents": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "oneOf": [
-                        {"type": "string"},
-                        _object({"text": {"type": "string"}}, ["text"]),
-                    ]
-                },
-            },
-            "top_n": COUNT,
-            "return_documents": FLAG,
-        },
-        ["model", "query", "documents"],
-    ),
-    "CohereRanking": _object(
-        {
-            "id": {"type": "string"},
-            "model": {"type": "string"},
-            "results": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": {"type": "integer"},
-                        "relevance_score": SCORE,
-                        "document": _object({"text": {"type": "string"}}, ["text"]),
-                    },
-                    ["index", "relevance_score"],
-                ),
-            },
-            "usage": {"type": "object"},
-            "meta": {"type": "object"},
-        },
-        ["results", "model"],
-    ),
-    "ClassifyTextRequest": _object(
-        {"name": NAME, "text": STRING_OR_LIST, "top_k": COUNT}, ["name", "text"]
-    ),
-    "TextClasses": _object(
-        {
-            "probabilities": EMBEDDINGS,
-            "labels": {
-                "type": "array",
-                "items": {
-                    "type": "array",
-                    "items": _object({"label": {"type": "string"}, "score": SCORE}, ["label"]),
-                },
-            },
-            **TIMING,
-        },
-        ["probabilities", "labels", "processingTimeMs"],
-    ),
-}
 
-SCHEMAS = {
-    "Error": _object({"error": {"type": "string"}}, ["error"]),
-    "Message": _object({"message": {"type": "string"}}, ["message"]),
-    "EmbedTextRequest": _object(
-        {"name": NAME, "text": STRING_OR_LIST, **EMBED_OPTIONS, **TEXT_OPTIONS}, ["name", "text"]
-    ),
-    "EmbedImageRequest": _object(
-        {"name": NAME, "image": STRING_OR_LIST, **EMBED_OPTIONS, **IMAGE_OPTIONS},
-        ["name", "image"],
-    ),
-    "EmbedRequest": _object(
-        {
-            "name": NAME,
-            "text": STRING_OR_LIST,
-            "image": STRING_OR_LIST,
-            **EMBED_OPTIONS,
-            **TEXT_OPTIONS,
-            **IMAGE_OPTIONS,
+def document() -> dict[str, Any]:
+    kinds = [route.answer for route in ROUTES] + [route.body for route in ROUTES]
+    kinds += [kind for route in ROUTES for _, _, kind in route.answers]
+    kinds += [schemas.Error, schemas.OpenAIError]
+    named = list(dict.fromkeys(kind for kind in kinds if kind is not None))
+    found, components = msgspec.json.schema_components(
+        named, ref_template="#/components/schemas/{name}"
+    )
+    refs = dict(zip(named, found, strict=True))
+    _with_other_spellings(components, {route.body for route in ROUTES if route.body is not None})
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method] = _operation(route, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ingrain-server",
+            "version": "1",
+            "description": "Embedding, reranking and classification inference with the ingrain "
+            "API. Fields are accepted in camelCase and snake_case; a field sent as null is the "
+            'same as one not sent. Errors are {"error": "..."}, except on the /v1 routes, which '
+            "answer in OpenAI's error shape.",
         },
-        ["name"],
-    ),
-    "ClassifyRequest": _object(
-        {"name": NAME, "image": STRING_OR_LIST, **IMAGE_OPTIONS}, ["name", "image"]
-    ),
-    "ModelRequest": _object({"name": NAME}, ["name"]),
-    "LoadModelRequest": _object(
-        {"name": NAME, "library": {"enum": list(LIBRARIES)}},
-        ["name"],
-    ),
-    "Embeddings": _object({"embeddings": EMBEDDINGS, **TIMING}, ["embeddings", "processingTimeMs"]),
-    "TextAndImageEmbeddings": _object(
-        {"textEmbeddings": EMBEDDINGS, "imageEmbeddings": EMBEDDINGS, **TIMING},
-        ["processingTimeMs"],
-    ),
-    "Probabilities": _object(
-        {"probabilities": EMBEDDINGS, **TIMING}, ["probabilities", "processingTimeMs"]
-    ),
-    "Metrics": _object(
-        {"modelStats": {"type": "array", "items": {"type": "object"}}}, ["modelStats"]
-    ),
-    "ModelInfo": _object(
-        {
-            "name": {"type": "string"},
-            "library": {"type": "string"},
-            "task": {"type": "string"},
-            "towers": {
-                "type": "object",
-                "additionalProperties": _object(
-                    {"embeddingSize": {"type": "integer"}, "calibrated": {"type": "boolean"}},
-                    ["embeddingSize", "calibrated"],
-                ),
-            },
-            "maxLength": {"type": ["integer", "null"]},
-            "prompts": {"type": "object", "additionalProperties": {"type": "string"}},
-            "defaultPromptName": NULLABLE_STRING,
-            "poolingIncludesPrompt": {"type": "boolean"},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-        ["name", "library", "task", "towers", "maxLength", "prompts", "defaultPromptName"],
-    ),
-    "OpenAIError": _object(
-        {
-            "error": _object(
-                {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": NULLABLE_STRING,
-                    "code": NULLABLE_STRING,
-                },
-                ["message", "type", "param", "code"],
-            )
-        },
-        ["error"],
-    ),
-    "OpenAIEmbeddingRequest": _object(
-        {
-            "model": NAME,
-            "input": OPENAI_INPUT,
-            "encoding_format": {"enum": ["float", "base64"], "default": "float"},
-            "dimensions": {"type": "integer", "minimum": 1},
-            "user": {"type": "string"},
-            "truncate": TEXT_OPTIONS["truncate"],
-            "truncation_direction": DIRECTION,
-            "prompt": TEXT_OPTIONS["prompt"],
-            "prompt_name": TEXT_OPTIONS["promptName"],
-        },
-        ["model", "input"],
-    ),
-    "OpenAIEmbeddings": _object(
-        {
-            "object": {"const": "list"},
-            "data": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "object": {"const": "embedding"},
-                        "index": {"type": "integer"},
-                        "embedding": {
-                            "oneOf": [
-                                {"type": "array", "items": {"type": "number"}},
-                                {"type": "string", "description": "base64 little-endian f32"},
-                            ]
-                        },
-                    },
-                    ["object", "index", "embedding"],
-                ),
-            },
-            "model": {"type": "string"},
-            "usage": _object(
-                {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}},
-                ["prompt_tokens", "total_tokens"],
-            ),
-        },
-        ["object", "data", "model", "usage"],
-    ),
-    "OpenAIModel": OPENAI_MODEL,
-    "OpenAIModels": _object(
-        {"object": {"const": "list"}, "data": {"type": "array", "items": OPENAI_MODEL}},
-        ["object", "data"],
-    ),
-    "EmbeddingSize": _object({"embeddingSize": {"type": "integer"}}, ["embeddingSize"]),
-    "Labels": _object({"labels": {"type": "array", "items": {"type": "string"}}}, ["labels"]),
-    "LoadedModels": _object(
-        {
-            "models": {
-                "type": "array",
-                "items": _object(
-                    {"name": {"type": "string"}, "library": {"type": "string"}}, ["name", "library"]
-                ),
-            }
-        },
-        ["models"],
-    ),
-    "RepositoryModels": _object(
-        {
-            "models": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "name": {"type": "string"},
-                        "library": {"type": "string"},
-                        "state": {"enum": ["READY", "UNAVAILABLE"]},
-                    },
-                    ["name", "library", "state"],
-                ),
-            }
-        },
-        ["models"],
-    ),
-    "Readiness": _object(
-        {
-            "ready": {"type": "boolean"},
-            "models": {
-                "type": "array",
-                "items": _object(
-                    {"name": {"type": "string"}, "ready": {"type": "boolean"}},
-                    ["name", "ready"],
-                ),
-            },
-        },
-        ["ready", "models"],
-    ),
-    "ModelReadiness": _object(
-        {"name": {"type": "string"}, "ready": {"type": "boolean"}}, ["name", "ready"]
-    ),
-    "OpenAPI": {"type": "object"},
-    **RERANK_SCHEMAS,
-}
-
-EMBED = _operation(
-    "Embed texts and/or images with one model.", "TextAndImageEmbeddings", "EmbedRequest"
-)
-
-COHERE_RERANK = _operation(
-    "Rerank in the Cohere (v1 and v2) / Jina API shape.", "CohereRanking", "CohereRerankRequest"
-)
-
-PATHS = {
-    "/health": {
-        "get": _operation("Liveness of the inference (or model) server.", "Message"),
-        "head": {"summary": "Liveness, headers only.", "responses": {"200": {"description": "Up"}}},
-    },
-    "/ready": {
-        "get": {
-            "summary": "Every model this server must serve is loaded, warmed up and executing.",
-            "responses": {"200": {"description": "Ready.", **_json(_ref("Readiness"))}},
-        }
-    },
-    "/models/ready": {"get": _operation("One model's readiness.", "ModelReadiness", query=True)},
-    "/embed_text": {"post": _operation("Embed texts.", "Embeddings", "EmbedTextRequest")},
-    "/embed_image": {"post": _operation("Embed images.", "Embeddings", "EmbedImageRequest")},
-    "/embed": {"post": EMBED},
-    "/infer": {"post": EMBED},
-    "/classify_image": {
-        "post": _operation("Class probabilities per image.", "Probabilities", "ClassifyRequest")
-    },
-    "/rerank": {
-        "post": _operation(
-            "Texts (or images, with CLIP) by relevance to a query, highest first.",
-            "Ranking",
-            "RerankRequest",
-        )
-    },
-    "/v1/rerank": {"post": COHERE_RERANK},
-    "/v2/rerank": {"post": COHERE_RERANK},
-    "/classify_text": {
-        "post": _operation(
-            "Class probabilities and top labels per text.", "TextClasses", "ClassifyTextRequest"
-        )
-    },
-    "/metrics": {
-        "get": _operation("Execution statistics (JSON; Prometheus text on Accept).", "Metrics")
-    },
-    "/metrics/prometheus": {
-        "get": {
-            "summary": "Execution statistics as Prometheus text.",
-            "responses": {
-                "200": {
-                    "description": "Prometheus text exposition.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                **ERRORS,
-            },
-        }
-    },
-    "/model_embedding_size": {
-        "get": _operation("A model's embedding size.", "EmbeddingSize", query=True)
-    },
-    "/model_info": {
-        "get": _operation(
-            "A model's towers, sizes, maximum length, prompts and calibration.",
-            "ModelInfo",
-            query=True,
-        )
-    },
-    "/v1/embeddings": {
-        "post": _operation(
-            "OpenAI's embeddings API.", "OpenAIEmbeddings", "OpenAIEmbeddingRequest", openai=True
-        )
-    },
-    "/v1/models": {
-        "get": _operation("OpenAI's model list: the repository.", "OpenAIModels", openai=True)
-    },
-    "/v1/models/{model}": {
-        "get": {
-            **_operation("One model, in OpenAI's shape.", "OpenAIModel", openai=True),
-            "parameters": [{"name": "model", "in": "path", "required": True, "schema": NAME}],
-        }
-    },
-    "/model_classification_labels": {
-        "get": _operation("A classifier's labels, in class order.", "Labels", query=True)
-    },
-    "/load_model": {
-        "post": _operation(
-            "Add a model to the loaded set (building it if needed).", "Message", "LoadModelRequest"
-        )
-    },
-    "/unload_model": {
-        "post": _operation("Remove a model from the loaded set.", "Message", "ModelRequest")
-    },
-    "/delete_model": {
-        "delete": _operation(
-            "Unload a model and delete it from the repository.", "Message", "ModelRequest"
-        )
-    },
-    "/loaded_models": {"get": _operation("The loaded set.", "LoadedModels")},
-    "/repository_models": {"get": _operation("Every model in the repository.", "RepositoryModels")},
-    "/openapi.json": {"get": _operation("This document.", "OpenAPI")},
-}
-
-# Readiness answers 503 when not ready: the error names each model that is not, and why.
-for _route in ("/ready", "/models/ready"):
-    PATHS[_route]["get"]["responses"]["503"] = {
-        "description": "Not ready: the error names each model that is not, and why.",
-        **_json(_ref("Error")),
+        "paths": paths,
     }
 
-# Serving s3:// engines: the model's current version could not be fetched (the error names the
-# object); its previously fetched version keeps serving.
-PATHS["/load_model"]["post"]["responses"]["502"] = {
-    "description": "The object store failed or holds a broken version; the error names it.",
-    **_json(_ref("Error")),
-}
 
-DOCUMENT = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "ingrain-server",
-        "version": "1",
-        "description": "Embedding and image-classification inference with the ingrain API. "
-        'Keys are accepted in camelCase and snake_case. Errors are {"error": "..."}, except on '
-        "the OpenAI-compatible /v1 routes, which answer in OpenAI's error shape.",
-    },
-    "components": {
-        "schemas": SCHEMAS,
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-    },
-    "paths": PATHS,
-}
+DOCUMENT = document()
 
 
 class OpenAPI:

@@ -1,22 +1,26 @@
-"""Reading and validating request bodies.
+"""Reading request bodies and validating them against their types (api.schemas).
 
 Keys are accepted in camelCase (as documented: `nDims`) and snake_case (`n_dims`, which the
-`ingrain` Python client sends). Every failure is a 4xx whose message says how to fix the request.
+`ingrain` Python client sends). Every failure is a 4xx whose message says how to fix the request
+and names the field as the client spelled it.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
+import msgspec
 import orjson
 from gunicorn.http.errors import ParseException
 
 from api.settings import Limits
-from runtime.quantize import PRECISIONS
-from runtime.text import TRUNCATION_SIDES, TextOptions
+from runtime.text import TextOptions
+
+T = TypeVar("T")
 
 # RFC 9110 token (a header name) and field value (printable ASCII, spaces and tabs).
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -79,85 +83,117 @@ def _read(stream, limits: Limits) -> bytes:
         ) from None
 
 
-def get(body: dict[str, Any], camel: str, snake: str | None = None) -> Any:
-    """The value under the camelCase key or its snake_case twin (None when neither is given)."""
-    value = body.get(camel)
-    if value is None and snake is not None:
-        value = body.get(snake)
-    return value
+def decode(req: falcon.Request, kind: type[T], limits: Limits) -> T:
+    """The request's body as `kind` (an api.schemas type), or a 4xx that says how to fix it."""
+    return convert(read_json_object(req, limits), kind)
 
 
-def model_name(body: dict[str, Any], limits: Limits) -> str:
-    name = body.get("name")
-    if name is None:
-        raise falcon.HTTPBadRequest(description='"name" is required: the model to use')
-    if not isinstance(name, str) or not name.strip():
-        raise falcon.HTTPBadRequest(description='"name" must be a non-empty string')
-    if len(name) > limits.max_name_chars:
-        raise falcon.HTTPBadRequest(
-            description=f'"name" is longer than {limits.max_name_chars} characters'
+def convert(body: dict[str, Any], kind: type[T]) -> T:
+    """`body` as `kind`: each key in either spelling (`nDims`, `n_dims`), null as not sent."""
+    others = spellings(kind)
+    values = body
+    if not others.keys().isdisjoint(body) or None in body.values():
+        values = {}
+        for key, value in body.items():
+            if value is not None:
+                field = others.get(key, key)
+                if field == key or body.get(field) is None:  # both: the type's own one wins
+                    values[field] = value
+    try:
+        return msgspec.convert(values, kind)
+    except msgspec.ValidationError as error:
+        sent = {others[key]: key for key in body if key in others and body.get(others[key]) is None}
+        raise _explained(str(error), kind, values, sent) from None
+
+
+@functools.cache
+def spellings(kind: type) -> dict[str, str]:
+    """The other spelling of each field's JSON name (snake_case or camelCase) -> that name."""
+    spellings = {}
+    for field in msgspec.structs.fields(kind):
+        other = field.name if field.encode_name != field.name else _camel(field.name)
+        if other != field.encode_name:
+            spellings[other] = field.encode_name
+    return spellings
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+@functools.cache
+def _properties(kind: type) -> dict[str, Any]:
+    schema = msgspec.json.schema(kind)
+    return schema["$defs"][kind.__name__]["properties"]
+
+
+# msgspec's messages: "Expected `str | array`, got `int` - at `$.text`", "Object missing
+# required field `name`", "Expected `array` of length >= 1 - at `$.text`", "Invalid enum
+# value 'x' - at `$.precision`", "... - at `key` in `$.imageDownloadHeaders`".
+_MESSAGE = re.compile(r"(?P<what>.*?)(?: - at `(?P<path>[^`]*)`(?: in `(?P<outer>[^`]*)`)?)?")
+_PATH = re.compile(r"\$(?:\.(?P<field>\w+))?(?P<rest>.*)")
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]*)`(?:, got `(?P<got>[^`]*)`)?(?P<bound>.*)")
+_TYPES = {
+    "str": "a string",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
+    "array": "a list",
+    "object": "an object",
+}
+
+
+def _explained(
+    message: str, kind: type, values: dict[str, Any], sent: dict[str, str]
+) -> falcon.HTTPError:
+    """msgspec's validation message in words a client can act on, naming the field as sent."""
+    parts = _MESSAGE.fullmatch(message)
+    assert parts is not None  # the pattern matches any text
+    path = _PATH.fullmatch(parts["outer"] or parts["path"] or "$")
+    field, rest = (path["field"], path["rest"]) if path else (None, "")
+    if parts["outer"]:
+        rest += " keys"
+    rest = rest.replace("[...]", " values")
+    prop = _properties(kind).get(field, {}) if field else {}
+    where = f'"{sent.get(field, field)}"{rest}' if field else "the request body"
+    param = sent.get(field, field) if field else None
+    what = parts["what"]
+    if missing := re.fullmatch(r"Object missing required field `(\w+)`", what):
+        name = missing[1]
+        if field is None:
+            hint = _properties(kind).get(name, {}).get("description")
+            return field_error(name, f'"{name}" is required' + (f": {hint}" if hint else ""))
+        return field_error(param, f'{where} is missing "{name}"')
+    if enum := re.fullmatch(r"Invalid enum value (.*)", what):
+        choices = ", ".join(str(choice) for choice in _enum(prop))
+        return field_error(param, f"{where} must be one of {choices}, not {enum[1]:.40}")
+    expected = _EXPECTED.fullmatch(what)
+    if expected is None:
+        return field_error(param, f"{where}: {what}")
+    want = " or ".join(_TYPES.get(name, name) for name in expected["want"].split(" | "))
+    bound = expected["bound"].strip()
+    if expected["got"]:
+        got = (
+            _json_type(values[field])
+            if field and not rest
+            else _TYPES.get(expected["got"], expected["got"])
         )
-    return name
+        return field_error(param, f"{where} must be {want}, not {got}")
+    if bound == "of length >= 1":
+        if want == "a list":
+            return field_error(param, f"{where} is an empty list; send a non-empty list")
+        return field_error(param, f"{where} must be a non-empty string")
+    if least := re.fullmatch(r">= (\d+)", bound):
+        return field_error(param, f"{where} must be {want} of at least {least[1]}")
+    return field_error(param, f"{where} must be {want} {bound}")
 
 
-def texts(body: dict[str, Any], limits: Limits, required: bool = True) -> list[str] | None:
-    """`text` as a list: one string or a non-empty list of strings (empty strings allowed)."""
-    items = _string_items(body, "text", "a string", limits, required)
-    for index, item in enumerate(items or []):
-        if len(item) > limits.max_text_chars:
-            raise falcon.HTTPContentTooLarge(
-                description=f'"text"[{index}] has {len(item)} characters; the limit is '
-                f"{limits.max_text_chars} (the model reads only its first tokens anyway)"
-            )
-    return items
-
-
-def _string_items(
-    body: dict[str, Any], key: str, what: str, limits: Limits, required: bool
-) -> list[str] | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise falcon.HTTPBadRequest(description=f'"{key}" is required: {what} or a list')
-        return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise falcon.HTTPBadRequest(
-            description=f'"{key}" must be {what} or a list of them, not {_json_type(value)}'
-        )
-    if not items:
-        raise falcon.HTTPBadRequest(description=f'"{key}" is an empty list; send at least one')
-    if len(items) > limits.max_items:
-        raise falcon.HTTPContentTooLarge(
-            description=f'"{key}" has {len(items)} items; the limit is {limits.max_items} per '
-            "request, so split it into several requests"
-        )
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise falcon.HTTPBadRequest(
-                description=f'"{key}"[{index}] must be {what}, not {_json_type(item)}'
-            )
-    return items
-
-
-def normalize(body: dict[str, Any]) -> bool:
-    value = body.get("normalize")
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise falcon.HTTPBadRequest(
-            description=f'"normalize" must be true or false, not {_json_type(value)}'
-        )
-    return value
-
-
-def n_dims(body: dict[str, Any]) -> int | None:
-    value = get(body, "nDims", "n_dims")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise falcon.HTTPBadRequest(
-            description=f'"nDims" must be a whole number or null, not {_json_type(value)}'
-        )
-    return value
+def _enum(schema: dict[str, Any]) -> list[Any]:
+    if "enum" in schema:
+        return schema["enum"]
+    return [choice for option in schema.get("anyOf", []) for choice in _enum(option)]
 
 
 def _json_type(value: Any) -> str:
@@ -169,32 +205,8 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def images(body: dict[str, Any], limits: Limits, required: bool = True) -> list[str] | None:
-    """`image` as a list: one string or a non-empty list of URLs, data URIs or base64 strings."""
-    return _string_items(body, "image", "an image URL, data URI or base64 string", limits, required)
-
-
-def download_headers(body: dict[str, Any]) -> dict[str, str]:
-    value = get(body, "imageDownloadHeaders", "image_download_headers")
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise falcon.HTTPBadRequest(
-            description='"imageDownloadHeaders" must be an object of string header values'
-        )
-    for name, text in value.items():
-        if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(text):
-            raise falcon.HTTPBadRequest(
-                description=f'"imageDownloadHeaders" has an invalid header {name[:100]!r}: names '
-                "are letters, digits and !#$%&'*+-.^_`|~; values are printable ASCII"
-            )
-    return value
-
-
 def field_error(
-    field: str, description: str, kind: type[falcon.HTTPError] = falcon.HTTPBadRequest
+    field: str | None, description: str, kind: type[falcon.HTTPError] = falcon.HTTPBadRequest
 ) -> falcon.HTTPError:
     """A 4xx about one request field; the OpenAI routes name it in the error's `param`."""
     error = kind(description=description)
@@ -202,50 +214,81 @@ def field_error(
     return error
 
 
-def _sent_as(body: dict[str, Any], camel: str, snake: str) -> str:
-    """The spelling of a key the request used (camelCase when it used neither)."""
-    return snake if body.get(camel) is None and body.get(snake) is not None else camel
+# Checks of what the command line limits, made after decoding.
 
 
-def _optional(body: dict[str, Any], camel: str, snake: str, kind: type, what: str) -> Any:
-    value = get(body, camel, snake)
-    if value is not None and type(value) is not kind:
+def check_name(name: str, limits: Limits, field: str = "name") -> str:
+    if not name.strip():
+        raise field_error(field, f'"{field}" must be a non-empty string')
+    if len(name) > limits.max_name_chars:
+        raise field_error(field, f'"{field}" is longer than {limits.max_name_chars} characters')
+    return name
+
+
+def check_items(field: str, value: str | list[Any], limit: int) -> list[Any]:
+    """A field of one item or a list of them, as a list of at most `limit` items."""
+    items = [value] if isinstance(value, str) else value
+    if len(items) > limit:
         raise field_error(
-            _sent_as(body, camel, snake), f'"{camel}" must be {what}, not {_json_type(value)}'
-        )
-    return value
-
-
-def text_options(body: dict[str, Any], limits: Limits) -> TextOptions:
-    """`truncate`, `truncationDirection`, `prompt` and `promptName` for the text part."""
-    truncate = _optional(body, "truncate", "truncate", bool, "true or false")
-    direction = _optional(body, "truncationDirection", "truncation_direction", str, "a string")
-    if direction is not None and direction not in TRUNCATION_SIDES:
-        raise field_error(
-            _sent_as(body, "truncationDirection", "truncation_direction"),
-            f'"truncationDirection" must be "right" or "left", not {direction!r:.40}',
-        )
-    prompt = _optional(body, "prompt", "prompt", str, "a string")
-    if prompt is not None and len(prompt) > limits.max_text_chars:
-        raise field_error(
-            "prompt",
-            f'"prompt" has {len(prompt)} characters; the limit is {limits.max_text_chars}',
+            field,
+            f'"{field}" has {len(items)} items; the limit is {limit} per request, so split it '
+            "into several requests",
             falcon.HTTPContentTooLarge,
         )
-    return TextOptions(
-        truncate=True if truncate is None else truncate,
-        direction=direction,
-        prompt=prompt,
-        prompt_name=_optional(body, "promptName", "prompt_name", str, "a string"),
-    )
+    return items
 
 
-def precision(body: dict[str, Any]) -> str:
-    value = body.get("precision")
-    if value is None:
-        return "float32"
-    if value not in PRECISIONS:
-        raise falcon.HTTPBadRequest(
-            description=f'"precision" must be one of {", ".join(PRECISIONS)}, not {value!r:.40}'
+def check_length(field: str, text: str, limit: int, where: str = "", why: str = "") -> None:
+    if len(text) > limit:
+        raise field_error(
+            field,
+            f"{where or quoted(field)} has {len(text)} characters; the limit is {limit}{why}",
+            falcon.HTTPContentTooLarge,
         )
-    return value
+
+
+def check_chars(
+    field: str, texts: list[str], limit: int, why: str = "", as_json: bool = True
+) -> None:
+    """Each of `texts` (the items of `field`) within `limit` characters."""
+    for index, text in enumerate(texts):
+        if len(text) > limit:
+            where = quoted(field) if as_json else field
+            check_length(field, text, limit, f"{where}[{index}]", why)
+
+
+def quoted(field: str) -> str:
+    """A field's name as the messages write it."""
+    return f'"{field}"'
+
+
+def check_texts(field: str, value: str | list[str], limit: int, limits: Limits) -> list[str]:
+    """A text or a list of them, within the limits of items and characters."""
+    texts = check_items(field, value, limit)
+    check_chars(
+        field, texts, limits.max_text_chars, " (the model reads only its first tokens anyway)"
+    )
+    return texts
+
+
+def download_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, text in headers.items():
+        if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(text):
+            raise field_error(
+                "imageDownloadHeaders",
+                f'"imageDownloadHeaders" has an invalid header {name[:100]!r}: names are '
+                "letters, digits and !#$%&'*+-.^_`|~; values are printable ASCII",
+            )
+    return headers
+
+
+def text_options(request: Any, limits: Limits) -> TextOptions:
+    """`truncate`, `truncationDirection`, `prompt` and `promptName` of a decoded request."""
+    if request.prompt is not None:
+        check_length("prompt", request.prompt, limits.max_text_chars)
+    return TextOptions(
+        truncate=request.truncate,
+        direction=request.truncation_direction,
+        prompt=request.prompt,
+        prompt_name=request.prompt_name,
+    )

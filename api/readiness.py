@@ -16,9 +16,9 @@ import time
 
 import falcon
 
-from api import params
+from api import schemas
 from api.auth import Access
-from api.resources import respond
+from api.resources import model_in_query, respond
 from api.settings import Limits, ReadinessLimits
 from runtime.errors import ModelLoadError, ModelNotFound, ModelNotLoaded, ModelUnavailable
 from runtime.registry import ModelRegistry
@@ -114,15 +114,14 @@ class Ready:
         required = self.readiness.required()
         problems = self.readiness.problems(required)
         models = [
-            {"name": name, "ready": name not in problems}
-            | ({"reason": problems[name]} if name in problems else {})
+            schemas.ModelReadiness(name, name not in problems, problems.get(name))
             for name in required
         ]
         if problems:
             resp.status = falcon.HTTP_503
-            respond(resp, {"error": _summary(problems), "ready": False, "models": models})
+            respond(resp, schemas.Readiness(False, models, _summary(problems)))
             return
-        respond(resp, {"ready": True, "models": models})
+        respond(resp, schemas.Readiness(True, models))
 
 
 class ModelReady:
@@ -134,8 +133,7 @@ class ModelReady:
         self.limits = limits
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        name = params.model_name({"name": req.get_param("name")}, self.limits)
-        req.context.model = name
+        name = model_in_query(req, self.limits)
         registry = self.readiness.registry
         registry.repository.find(name)  # 404 when it is not even built
         if registry.loaded_set is not None and name not in self.readiness.required():
@@ -144,6 +142,6 @@ class ModelReady:
             reason = self.readiness.model_problem(name)
         if reason is not None:
             resp.status = falcon.HTTP_503
-            respond(resp, {"error": _summary({name: reason}), "name": name, "ready": False})
+            respond(resp, schemas.OneModelReadiness(name, False, _summary({name: reason})))
             return
-        respond(resp, {"name": name, "ready": True})
+        respond(resp, schemas.OneModelReadiness(name, True))

@@ -4,84 +4,34 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import falcon
 import numpy as np
 
-from api import params
+from api import params, schemas
 from api.resources import _ModelRoute, elapsed_ms, respond
 from api.settings import Limits
 from runtime.ranking import classify_texts, relevance
 
 
-def _flag(body: dict[str, Any], camel: str, snake: str, default: bool) -> bool:
-    value = params.get(body, camel, snake)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise falcon.HTTPBadRequest(description=f'"{snake}" must be true or false')
-    return value
-
-
-def _count(body: dict[str, Any], camel: str, snake: str) -> int | None:
-    """An optional whole number of at least 1 (a larger one than there are items means all)."""
-    value = params.get(body, camel, snake)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise falcon.HTTPBadRequest(
-            description=f'"{snake}" must be a whole number of at least 1, or null for all'
-        )
-    return value
-
-
-def _query(body: dict[str, Any], limits: Limits) -> str:
-    query = body.get("query")
-    if not isinstance(query, str):
-        raise falcon.HTTPBadRequest(description='"query" is required: the text to rank against')
-    if len(query) > limits.max_text_chars:
-        raise falcon.HTTPContentTooLarge(
-            description=f'"query" has {len(query)} characters; the limit is {limits.max_text_chars}'
-        )
-    return query
-
-
-def _documents(
-    body: dict[str, Any], key: str, limit: int, limits: Limits, objects: bool = False
-) -> list[str]:
-    """A non-empty list of strings (or, with `objects`, of {"text": string}) under `key`."""
-    value = body.get(key)
-    what = 'strings or {"text": string} objects' if objects else "strings"
-    if not isinstance(value, list) or not value:
-        raise falcon.HTTPBadRequest(description=f'"{key}" is required: a non-empty list of {what}')
-    if len(value) > limit:
-        raise falcon.HTTPContentTooLarge(
-            description=f'"{key}" has {len(value)} items; the limit is {limit} per request, so '
-            "split it into several requests"
-        )
-    items = []
-    for index, item in enumerate(value):
-        if objects and isinstance(item, dict):
-            item = item.get("text")
-        if not isinstance(item, str):
-            raise falcon.HTTPBadRequest(description=f'"{key}"[{index}] must be one of {what}')
-        if len(item) > limits.max_text_chars:
-            raise falcon.HTTPContentTooLarge(
-                description=f'"{key}"[{index}] has {len(item)} characters; the limit is '
-                f"{limits.max_text_chars}"
-            )
-        items.append(item)
-    return items
-
-
-def _check_total(query: str, texts: list[str], limits: Limits) -> None:
+def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str]:
+    """Texts to rank, within the limits of documents and characters (theirs and the query's)."""
+    texts = params.check_items(field, value, limits.max_documents)
+    params.check_chars(field, texts, limits.max_text_chars)
     total = len(query) + sum(map(len, texts))
     if total > limits.max_rerank_chars:
-        raise falcon.HTTPContentTooLarge(
-            description=f"the query and texts hold {total} characters; the limit is "
-            f"{limits.max_rerank_chars} per request, so send fewer or shorter texts"
+        raise params.field_error(
+            field,
+            f"the query and texts hold {total} characters; the limit is "
+            f"{limits.max_rerank_chars} per request, so send fewer or shorter texts",
+            falcon.HTTPContentTooLarge,
         )
+    return texts
+
+
+def _query(query: str, limits: Limits) -> str:
+    params.check_length("query", query, limits.max_text_chars)
+    return query
 
 
 def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
@@ -95,32 +45,33 @@ class Rerank(_ModelRoute):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        query = _query(body, self.limits)
+        request = self._request(req, schemas.RerankRequest)
+        query = _query(request.query, self.limits)
         texts = images = None
-        if body.get("images") is not None and body.get("texts") is not None:
+        if request.images is not None and request.texts is not None:
             raise falcon.HTTPBadRequest(description='send "texts" or "images" to rank, not both')
-        if body.get("images") is not None:
-            images = _documents(body, "images", self.limits.max_items, self.limits)
+        if request.images is not None:
+            images = params.check_items("images", request.images, self.limits.max_items)
+        elif request.texts is not None:
+            texts = _texts("texts", request.texts, query, self.limits)
         else:
-            texts = _documents(body, "texts", self.limits.max_documents, self.limits)
-            _check_total(query, texts, self.limits)
-        top_n = _count(body, "topN", "top_n")
-        return_text = _flag(body, "returnText", "return_text", False)
-        raw = _flag(body, "rawScores", "raw_scores", False)
-        truncate = _flag(body, "truncate", "truncate", True)
-        headers = params.download_headers(body)
+            raise params.field_error(
+                "texts", '"texts" is required: a non-empty list of strings (or "images")'
+            )
+        headers = params.download_headers(request.image_download_headers)
         req.context.items = len(texts or images or [])
-        with self.registry.use(name) as model:
+        with self.registry.use(request.name) as model:
             pixels = model.load_images(images, headers) if images is not None else None
-            scores, _ = relevance(model, query, texts, pixels, raw, truncate)
-        results = []
-        for index in ranked(scores, top_n):
-            result: dict[str, Any] = {"index": index, "score": float(scores[index])}
-            if return_text and texts is not None:
-                result["text"] = texts[index]
-            results.append(result)
-        respond(resp, {"results": results, "processingTimeMs": elapsed_ms(started)})
+            scores, _ = relevance(model, query, texts, pixels, request.raw_scores, request.truncate)
+        results = [
+            schemas.Ranked(
+                index,
+                float(scores[index]),
+                texts[index] if request.return_text and texts is not None else None,
+            )
+            for index in ranked(scores, request.top_n)
+        ]
+        respond(resp, schemas.Ranking(results, elapsed_ms(started)))
 
 
 class CohereRerank(_ModelRoute):
@@ -128,39 +79,24 @@ class CohereRerank(_ModelRoute):
     LlamaIndex's rerankers (and the cohere SDK) send; `model` names the model."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = params.read_json_object(req, self.limits)
-        if body.get("model") is None:
-            raise falcon.HTTPBadRequest(description='"model" is required: the model to rank with')
-        name = params.model_name({"name": body["model"]}, self.limits)
-        req.context.model = name
-        query = _query(body, self.limits)
-        documents = _documents(body, "documents", self.limits.max_documents, self.limits, True)
-        _check_total(query, documents, self.limits)
-        top_n = _count(body, "topN", "top_n")
-        return_documents = _flag(body, "returnDocuments", "return_documents", False)
+        request = self._request(req, schemas.CohereRerankRequest, "model")
+        query = _query(request.query, self.limits)
+        given = [item if isinstance(item, str) else item.text for item in request.documents]
+        documents = _texts("documents", given, query, self.limits)
         req.context.items = len(documents)
-        with self.registry.use(name) as model:
+        with self.registry.use(request.model) as model:
             scores, tokens = relevance(model, query, documents, None)
-        results = []
-        for index in ranked(scores, top_n):
-            result: dict[str, Any] = {"index": index, "relevance_score": float(scores[index])}
-            if return_documents:
-                result["document"] = {"text": documents[index]}
-            results.append(result)
-        respond(
-            resp,
-            {
-                "id": str(uuid.uuid4()),
-                "results": results,
-                "model": name,
-                # Jina's usage, and Cohere's (meta.tokens) as its SDKs read it.
-                "usage": {"total_tokens": tokens, "documents": len(documents)},
-                "meta": {
-                    "billed_units": {"search_units": 1},
-                    "tokens": {"input_tokens": tokens, "output_tokens": 0},
-                },
-            },
-        )
+        results = [
+            schemas.CohereRanked(
+                index,
+                float(scores[index]),
+                schemas.Document(documents[index]) if request.return_documents else None,
+            )
+            for index in ranked(scores, request.top_n)
+        ]
+        meta = schemas.CohereMeta(schemas.CohereBilled(1), schemas.CohereTokens(tokens, 0))
+        usage = schemas.CohereUsage(total_tokens=tokens, documents=len(documents))
+        respond(resp, schemas.CohereRanking(str(uuid.uuid4()), results, request.model, usage, meta))
 
 
 class ClassifyText(_ModelRoute):
@@ -168,16 +104,14 @@ class ClassifyText(_ModelRoute):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        texts = params.texts(body, self.limits)
-        top_k = _count(body, "topK", "top_k")
+        request = self._request(req, schemas.ClassifyTextRequest)
+        texts = params.check_texts("text", request.text, self.limits.max_items, self.limits)
         req.context.items = len(texts)
-        with self.registry.use(name) as model:
+        with self.registry.use(request.name) as model:
             probabilities = classify_texts(model, texts)
             labels = model.classifier.labels
         top = [
-            [{"label": labels[i], "score": float(row[i])} for i in ranked(row, top_k)]
+            [schemas.Label(labels[i], float(row[i])) for i in ranked(row, request.top_k)]
             for row in probabilities
         ]
-        answer = {"probabilities": probabilities, "labels": top}
-        respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
+        respond(resp, schemas.TextClasses(probabilities, top, elapsed_ms(started)))

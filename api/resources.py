@@ -7,13 +7,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
+import msgspec
 import numpy as np
 import orjson
 
-from api import params
+from api import params, schemas
 from api.auth import Access, request_port
 from api.settings import Limits
 from runtime.classifier import read_labels
@@ -23,11 +24,21 @@ from runtime.registry import ModelRegistry
 from runtime.repository import Entry, Repository
 from runtime.text import POOLING_MASK
 
+T = TypeVar("T")
 
-def respond(resp: falcon.Response, payload: dict[str, Any]) -> None:
-    """JSON out; orjson writes numpy float32 arrays directly."""
+
+def _write_numpy(value: Any) -> msgspec.Raw:
+    """numpy arrays and scalars, written by orjson (which writes them fastest)."""
+    return msgspec.Raw(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_write_numpy)
+
+
+def respond(resp: falcon.Response, payload: msgspec.Struct | dict[str, Any]) -> None:
+    """JSON out: a response type of api.schemas (or a dict), numpy arrays included."""
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    resp.data = _ENCODER.encode(payload)
 
 
 def elapsed_ms(started: float) -> float:
@@ -45,7 +56,7 @@ class Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         port = request_port(req)
         server = "model" if port is not None and port == self.model_port else "inference"
-        respond(resp, {"message": f"The {server} server is running."})
+        respond(resp, schemas.Message(f"The {server} server is running."))
 
     on_head = on_get
 
@@ -55,19 +66,19 @@ class _ModelRoute:
         self.registry = registry
         self.limits = limits
 
-    def _request(self, req: falcon.Request) -> tuple[dict[str, Any], str]:
-        body = params.read_json_object(req, self.limits)
-        name = params.model_name(body, self.limits)
-        req.context.model = name
-        return body, name
+    def _request(self, req: falcon.Request, kind: type[T], field: str = "name") -> T:
+        """The body as `kind`, with the model it names checked and logged."""
+        request = params.decode(req, kind, self.limits)
+        req.context.model = params.check_name(getattr(request, field), self.limits, field)
+        return request
 
 
 class _Output:
     """One tower's post-processing and output precision, checked before any work is done."""
 
-    def __init__(self, model: Model, tower: str, body: dict[str, Any]) -> None:
-        self.normalize, self.n_dims = params.normalize(body), params.n_dims(body)
-        self.precision = params.precision(body)
+    def __init__(self, model: Model, tower: str, request: Any) -> None:
+        self.normalize, self.n_dims = request.normalize, request.n_dims
+        self.precision = request.precision
         model.validate(texts=tower == "text", images=tower == "image", n_dims=self.n_dims)
         encoder = model.text if tower == "text" else model.image
         assert encoder is not None
@@ -81,27 +92,27 @@ class _Output:
 class EmbedText(_ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        texts = params.texts(body, self.limits)
-        options = params.text_options(body, self.limits)
+        request = self._request(req, schemas.EmbedTextRequest)
+        texts = params.check_texts("text", request.text, self.limits.max_items, self.limits)
+        options = params.text_options(request, self.limits)
         req.context.items = len(texts)
-        with self.registry.use(name) as model:
-            output = _Output(model, "text", body)
+        with self.registry.use(request.name) as model:
+            output = _Output(model, "text", request)
             embeddings = output.run(model.embed_tokens, model.tokenize(texts, options))
-        respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
+        respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
 
 
 class EmbedImage(_ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        sources = params.images(body, self.limits)
-        headers = params.download_headers(body)
+        request = self._request(req, schemas.EmbedImageRequest)
+        sources = params.check_items("image", request.image, self.limits.max_items)
+        headers = params.download_headers(request.image_download_headers)
         req.context.items = len(sources)
-        with self.registry.use(name) as model:
-            output = _Output(model, "image", body)
+        with self.registry.use(request.name) as model:
+            output = _Output(model, "image", request)
             embeddings = output.run(model.embed_images, model.load_images(sources, headers))
-        respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
+        respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
 
 
 class Embed(_ModelRoute):
@@ -113,43 +124,50 @@ class Embed(_ModelRoute):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        texts = params.texts(body, self.limits, required=False)
-        sources = params.images(body, self.limits, required=False)
-        if texts is None and sources is None:
+        request = self._request(req, schemas.EmbedRequest)
+        if request.text is None and request.image is None:
             raise falcon.HTTPBadRequest(description='send "text", "image" or both')
-        headers = params.download_headers(body)
-        options = params.text_options(body, self.limits)
+        limit = self.limits.max_items
+        texts = (
+            None
+            if request.text is None
+            else params.check_texts("text", request.text, limit, self.limits)
+        )
+        sources = (
+            None if request.image is None else params.check_items("image", request.image, limit)
+        )
+        headers = params.download_headers(request.image_download_headers)
+        options = params.text_options(request, self.limits)
         req.context.items = len(texts or []) + len(sources or [])
-        with self.registry.use(name) as model:
+        with self.registry.use(request.name) as model:
             jobs = {}
             if texts is not None:
-                output, rows = _Output(model, "text", body), model.tokenize(texts, options)
-                jobs["textEmbeddings"] = partial(output.run, model.embed_tokens, rows)
+                output, rows = _Output(model, "text", request), model.tokenize(texts, options)
+                jobs["text_embeddings"] = partial(output.run, model.embed_tokens, rows)
             if sources is not None:
-                output = _Output(model, "image", body)
+                output = _Output(model, "image", request)
                 # Every image is fetched and decoded before any tower runs: a bad one stops all.
                 pixels = model.load_images(sources, headers)
-                jobs["imageEmbeddings"] = partial(output.run, model.embed_images, pixels)
+                jobs["image_embeddings"] = partial(output.run, model.embed_images, pixels)
             # In this request's context: the batcher asks it whether the client has gone.
             running = {
                 key: self._towers.submit(copy_context().run, job) for key, job in jobs.items()
             }
             answer = {key: job.result() for key, job in running.items()}
-        respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
+        respond(resp, schemas.TextAndImageEmbeddings(elapsed_ms(started), **answer))
 
 
 class ClassifyImage(_ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
-        body, name = self._request(req)
-        sources = params.images(body, self.limits)
-        headers = params.download_headers(body)
+        request = self._request(req, schemas.ClassifyImageRequest)
+        sources = params.check_items("image", request.image, self.limits.max_items)
+        headers = params.download_headers(request.image_download_headers)
         req.context.items = len(sources)
-        with self.registry.use(name) as model:
+        with self.registry.use(request.name) as model:
             model.validate_classification()
             probabilities = model.classify(model.load_images(sources, headers))
-        respond(resp, {"probabilities": probabilities, "processingTimeMs": elapsed_ms(started)})
+        respond(resp, schemas.Probabilities(probabilities, elapsed_ms(started)))
 
 
 class ModelInfo:
@@ -161,8 +179,7 @@ class ModelInfo:
         self.limits = limits
 
     def _entry(self, req: falcon.Request) -> Entry:
-        name = params.model_name({"name": req.get_param("name")}, self.limits)
-        req.context.model = name
+        name = model_in_query(req, self.limits)
         return self.repository.find(name)
 
     def on_get_embedding_size(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -172,7 +189,7 @@ class ModelInfo:
                 description=f"model {manifest.name!r} is a classifier; it has no embedding size"
             )
         tower = manifest.towers.get("text") or manifest.towers["image"]
-        respond(resp, {"embeddingSize": tower.dim})
+        respond(resp, schemas.EmbeddingSize(tower.dim))
 
     def on_get_labels(self, req: falcon.Request, resp: falcon.Response) -> None:
         entry = self._entry(req)
@@ -181,27 +198,35 @@ class ModelInfo:
                 description=f"model {entry.name!r} has no class labels; build a CLIP model with "
                 "ingrain-build SOURCE --labels FILE, or use a timm classifier"
             )
-        respond(resp, {"labels": read_labels(entry.directory, entry.manifest.classifier)})
+        respond(resp, schemas.Labels(read_labels(entry.directory, entry.manifest.classifier)))
 
     def on_get_info(self, req: falcon.Request, resp: falcon.Response) -> None:
         """What a client needs to call the model: towers, sizes, prompts, precisions."""
         manifest = self._entry(req).manifest
         text = manifest.towers.get("text")
         prompts = manifest.prompts
-        respond(
-            resp,
-            {
-                "name": manifest.name,
-                "library": manifest.library,
-                "task": manifest.task,
-                "towers": {
-                    key: {"embeddingSize": tower.dim, "calibrated": tower.quantization is not None}
-                    for key, tower in manifest.towers.items()
-                },
-                "maxLength": manifest.tokenizer.max_length if manifest.tokenizer else None,
-                "prompts": prompts.prompts if prompts else {},
-                "defaultPromptName": prompts.default if prompts else None,
-                "poolingIncludesPrompt": text is None
-                or POOLING_MASK not in [tensor.name for tensor in text.inputs],
-            },
+        towers = {
+            key: schemas.TowerInfo(tower.dim, tower.quantization is not None)
+            for key, tower in manifest.towers.items()
+        }
+        info = schemas.ModelInfo(
+            name=manifest.name,
+            library=manifest.library,
+            task=manifest.task,
+            towers=towers,
+            max_length=manifest.tokenizer.max_length if manifest.tokenizer else None,
+            prompts=prompts.prompts if prompts else {},
+            default_prompt_name=prompts.default if prompts else None,
+            pooling_includes_prompt=text is None
+            or POOLING_MASK not in [tensor.name for tensor in text.inputs],
         )
+        respond(resp, info)
+
+
+def model_in_query(req: falcon.Request, limits: Limits) -> str:
+    """The `name` query parameter of the GET routes about one model (names hold '/')."""
+    name = req.get_param("name")
+    if name is None:
+        raise params.field_error("name", '"name" is required: the model, as ?name=')
+    req.context.model = params.check_name(name, limits)
+    return name

@@ -26,6 +26,9 @@ from api.settings import ServerSettings
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet, Models
 
+# gunicorn's largest request line (its default is 4094): paths up to it reach the app, which
+# answers a name too long in the route family's error shape instead of gunicorn's HTML 414.
+MAX_REQUEST_LINE = 8190
 # On SIGTERM, workers stop accepting and in-flight requests get this long to finish
 # (the pods in deploy/kubernetes get this plus their preStop pause as termination grace).
 GRACEFUL_TIMEOUT_S = 30
@@ -129,6 +132,7 @@ def serve(
                 "timeout": timeout,
                 "graceful_timeout": GRACEFUL_TIMEOUT_S,
                 "keepalive": 5,
+                "limit_request_line": MAX_REQUEST_LINE,
                 "preload_app": False,
                 "proc_name": "ingrain-serve",
                 "control_socket_disable": True,
