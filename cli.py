@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 # The settings' dataclasses are the one source of every default; the options below read them.
-from api.on_demand import BuildSettings
+from api.services.on_demand import BuildSettings
 from api.settings import Limits, ReadinessLimits, ServerSettings
 from builder.command import build_command, engines_option
 from runtime.backends import BACKENDS, openvino_unavailable, select
@@ -391,8 +391,8 @@ def serve_command(
     log_format: str,
 ) -> None:
     """Serve the models in the engine repository with the ingrain HTTP API."""
-    from api.logs import configure_logging
-    from api.server import PortUnavailable, serve
+    from api.server.logs import configure_logging
+    from api.server.server import PortUnavailable, serve
 
     if model_port.lower() == "none":
         model_port_number = None
@@ -485,7 +485,7 @@ def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
     """Bring the cache of `location` up to date before serving it. A model that cannot be
     fetched keeps its cached version (logged); an unreachable store is fatal only with an
     empty cache."""
-    from api.logs import configure_logging
+    from api.server.logs import configure_logging
 
     configure_logging()
     try:

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from api.app import create_app
-from api.openapi import DOCUMENT
+from api.routes.openapi import DOCUMENT
 from api.settings import ServerSettings
 from builder.verify import verification_images
 from runtime.batching import BatchingConfig

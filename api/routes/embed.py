@@ -14,8 +14,8 @@ import msgspec
 import numpy as np
 import orjson
 
-from api import params, schemas
 from api.auth import Access, request_port
+from api.routes import params, schemas
 from api.settings import Limits
 from runtime.classifier import read_labels
 from runtime.models import Model
@@ -36,7 +36,7 @@ _ENCODER = msgspec.json.Encoder(enc_hook=_write_numpy)
 
 
 def respond(resp: falcon.Response, payload: msgspec.Struct | dict[str, Any]) -> None:
-    """JSON out: a response type of api.schemas (or a dict), numpy arrays included."""
+    """JSON out: a response type of api.routes.schemas (or a dict), numpy arrays included."""
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _ENCODER.encode(payload)
 

@@ -1,10 +1,10 @@
-"""Every request and response body, declared once: `api.params` validates requests against these
-types and `api.openapi` publishes them as /openapi.json.
+"""Every request and response body, declared once: `api.routes.params` validates requests
+against these types and `api.routes.openapi` publishes them as /openapi.json.
 
 ingrain's own routes name their fields in camelCase (`nDims`), OpenAI's and Cohere's in
 snake_case (`encoding_format`); every field is also accepted in the other spelling, and a
-field sent as null counts as not sent (`api.params`). The limits set on the command line
-(items, characters, name length) are checked after decoding, in `api.params`.
+field sent as null counts as not sent (`api.routes.params`). The limits set on the command line
+(items, characters, name length) are checked after decoding, in `api.routes.params`.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class OpenAIEmbeddingRequest(Struct, kw_only=True):
     prompt_name: PromptName | None = None
 
 
-# Responses. Embeddings and probabilities are numpy arrays when answered (api.resources.respond
+# Responses. Embeddings and probabilities are numpy arrays when answered (api.routes.embed.respond
 # writes them); the types here say what the JSON holds.
 
 Matrix = list[list[float]]

@@ -1,4 +1,4 @@
-"""Reading request bodies and validating them against their types (api.schemas).
+"""Reading request bodies and validating them against their types (api.routes.schemas).
 
 Keys are accepted in camelCase (as documented: `nDims`) and snake_case (`n_dims`, which the
 `ingrain` Python client sends). Every failure is a 4xx whose message says how to fix the request
@@ -84,7 +84,7 @@ def _read(stream, limits: Limits) -> bytes:
 
 
 def decode(req: falcon.Request, kind: type[T], limits: Limits) -> T:
-    """The request's body as `kind` (an api.schemas type), or a 4xx that says how to fix it."""
+    """The request's body as `kind` (an api.routes.schemas type), or a 4xx saying how to fix it."""
     return convert(read_json_object(req, limits), kind)
 
 

@@ -15,8 +15,8 @@ import time
 import falcon
 import numpy as np
 
-from api import params, schemas
-from api.resources import respond
+from api.routes import params, schemas
+from api.routes.embed import respond
 from api.settings import Limits
 from runtime.errors import InputError
 from runtime.models import Model

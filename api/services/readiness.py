@@ -16,9 +16,9 @@ import time
 
 import falcon
 
-from api import schemas
 from api.auth import Access
-from api.resources import model_in_query, respond
+from api.routes import schemas
+from api.routes.embed import model_in_query, respond
 from api.settings import Limits, ReadinessLimits
 from runtime.errors import ModelLoadError, ModelNotFound, ModelNotLoaded, ModelUnavailable
 from runtime.registry import ModelRegistry

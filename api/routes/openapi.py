@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 description of every route, served at GET /openapi.json: generated from the
-request and response types in api.schemas and the table of routes below.
+request and response types in api.routes.schemas and the table of routes below.
 
 Tests check that every route of the app is described here, that every described route exists,
 and that real answers of every route validate against this document.
@@ -13,9 +13,9 @@ from typing import Any
 import falcon
 import msgspec
 
-from api import params, schemas
 from api.errors import OPENAI_PREFIX
-from api.resources import respond
+from api.routes import params, schemas
+from api.routes.embed import respond
 
 JSON = "application/json"
 # A model's name, wherever one is asked for (bodies, the query, the path).

@@ -1,5 +1,5 @@
-"""Run the app under gunicorn with gthread workers (api.workers: requests are read whole, under
-a deadline, before a thread serves them).
+"""Run the app under gunicorn with gthread workers (api.server.workers: requests are read
+whole, under a deadline, before a thread serves them).
 
 The app is created in each worker after fork (never preloaded in the master), so every worker
 owns its engines and execution contexts, and CUDA is never initialised before fork.
@@ -21,7 +21,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from api import malloc
+from api.server import malloc
 from api.settings import ServerSettings
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet, Models
@@ -127,7 +127,7 @@ def serve(
                 "bind": binds,
                 "workers": workers,
                 "threads": threads,
-                "worker_class": "api.workers.GatheringWorker",
+                "worker_class": "api.server.workers.GatheringWorker",
                 "worker_connections": settings.limits.max_connections,
                 "timeout": timeout,
                 "graceful_timeout": GRACEFUL_TIMEOUT_S,

@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import falcon
 
-from api import params, schemas
 from api.auth import Access
-from api.on_demand import OnDemandBuilds
-from api.remote_engines import RemoteEngines
-from api.resources import respond
+from api.routes import params, schemas
+from api.routes.embed import respond
+from api.services.on_demand import OnDemandBuilds
+from api.services.remote_engines import RemoteEngines
 from api.settings import ServerSettings
 from runtime.errors import ModelNotFound
 from runtime.registry import ModelRegistry

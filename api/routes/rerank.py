@@ -8,8 +8,8 @@ import uuid
 import falcon
 import numpy as np
 
-from api import params, schemas
-from api.resources import _ModelRoute, elapsed_ms, respond
+from api.routes import params, schemas
+from api.routes.embed import _ModelRoute, elapsed_ms, respond
 from api.settings import Limits
 from runtime.ranking import classify_texts, relevance
 

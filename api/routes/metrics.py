@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from api import schemas
-from api.resources import respond
+from api.routes import schemas
+from api.routes.embed import respond
 from runtime.batching.stats import BATCH_STATS, MODEL_LOADED, STATS
 from runtime.repository import Repository
 
