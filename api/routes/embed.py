@@ -1,4 +1,4 @@
-"""Route handlers: parse the request, call the runtime, shape the answer. Nothing else."""
+"""POST /embed_text, /embed_image, /embed (and /infer) and /classify_image."""
 
 from __future__ import annotations
 
@@ -7,70 +7,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import falcon
-import msgspec
 import numpy as np
-import orjson
 
-from api.auth import Access, request_port
 from api.routes import params, schemas
+from api.routes.common import ModelRoute, elapsed_ms, respond
 from api.settings import Limits
-from runtime.classifier import read_labels
 from runtime.models import Model
 from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
-from runtime.repository import Entry, Repository
-from runtime.text import POOLING_MASK
-
-T = TypeVar("T")
-
-
-def _write_numpy(value: Any) -> msgspec.Raw:
-    """numpy arrays and scalars, written by orjson (which writes them fastest)."""
-    return msgspec.Raw(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
-
-
-_ENCODER = msgspec.json.Encoder(enc_hook=_write_numpy)
-
-
-def respond(resp: falcon.Response, payload: msgspec.Struct | dict[str, Any]) -> None:
-    """JSON out: a response type of api.routes.schemas (or a dict), numpy arrays included."""
-    resp.content_type = falcon.MEDIA_JSON
-    resp.data = _ENCODER.encode(payload)
-
-
-def elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)
-
-
-class Health:
-    """One app answers both ports; the port a request came in on says which server it asks."""
-
-    def __init__(self, model_port: int | None) -> None:
-        self.model_port = model_port
-
-    access = Access.OPEN
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        port = request_port(req)
-        server = "model" if port is not None and port == self.model_port else "inference"
-        respond(resp, schemas.Message(f"The {server} server is running."))
-
-    on_head = on_get
-
-
-class _ModelRoute:
-    def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
-        self.registry = registry
-        self.limits = limits
-
-    def _request(self, req: falcon.Request, kind: type[T], field: str = "name") -> T:
-        """The body as `kind`, with the model it names checked and logged."""
-        request = params.decode(req, kind, self.limits)
-        req.context.model = params.check_name(getattr(request, field), self.limits, field)
-        return request
 
 
 class _Output:
@@ -89,7 +36,7 @@ class _Output:
         return quantize(embeddings, self.precision, self.ranges)
 
 
-class EmbedText(_ModelRoute):
+class EmbedText(ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.EmbedTextRequest)
@@ -102,7 +49,7 @@ class EmbedText(_ModelRoute):
         respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
 
 
-class EmbedImage(_ModelRoute):
+class EmbedImage(ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.EmbedImageRequest)
@@ -115,7 +62,7 @@ class EmbedImage(_ModelRoute):
         respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
 
 
-class Embed(_ModelRoute):
+class Embed(ModelRoute):
     """Text and/or images in one request; the two towers run at the same time."""
 
     def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
@@ -157,7 +104,7 @@ class Embed(_ModelRoute):
         respond(resp, schemas.TextAndImageEmbeddings(elapsed_ms(started), **answer))
 
 
-class ClassifyImage(_ModelRoute):
+class ClassifyImage(ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.ClassifyImageRequest)
@@ -168,65 +115,3 @@ class ClassifyImage(_ModelRoute):
             model.validate_classification()
             probabilities = model.classify(model.load_images(sources, headers))
         respond(resp, schemas.Probabilities(probabilities, elapsed_ms(started)))
-
-
-class ModelInfo:
-    """GET /model_embedding_size and /model_classification_labels: read from the manifest, so
-    answering never loads the model."""
-
-    def __init__(self, repository: Repository, limits: Limits) -> None:
-        self.repository = repository
-        self.limits = limits
-
-    def _entry(self, req: falcon.Request) -> Entry:
-        name = model_in_query(req, self.limits)
-        return self.repository.find(name)
-
-    def on_get_embedding_size(self, req: falcon.Request, resp: falcon.Response) -> None:
-        manifest = self._entry(req).manifest
-        if manifest.task != "embedding":
-            raise falcon.HTTPBadRequest(
-                description=f"model {manifest.name!r} is a classifier; it has no embedding size"
-            )
-        tower = manifest.towers.get("text") or manifest.towers["image"]
-        respond(resp, schemas.EmbeddingSize(tower.dim))
-
-    def on_get_labels(self, req: falcon.Request, resp: falcon.Response) -> None:
-        entry = self._entry(req)
-        if entry.manifest.classifier is None:
-            raise falcon.HTTPBadRequest(
-                description=f"model {entry.name!r} has no class labels; build a CLIP model with "
-                "ingrain-build SOURCE --labels FILE, or use a timm classifier"
-            )
-        respond(resp, schemas.Labels(read_labels(entry.directory, entry.manifest.classifier)))
-
-    def on_get_info(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """What a client needs to call the model: towers, sizes, prompts, precisions."""
-        manifest = self._entry(req).manifest
-        text = manifest.towers.get("text")
-        prompts = manifest.prompts
-        towers = {
-            key: schemas.TowerInfo(tower.dim, tower.quantization is not None)
-            for key, tower in manifest.towers.items()
-        }
-        info = schemas.ModelInfo(
-            name=manifest.name,
-            library=manifest.library,
-            task=manifest.task,
-            towers=towers,
-            max_length=manifest.tokenizer.max_length if manifest.tokenizer else None,
-            prompts=prompts.prompts if prompts else {},
-            default_prompt_name=prompts.default if prompts else None,
-            pooling_includes_prompt=text is None
-            or POOLING_MASK not in [tensor.name for tensor in text.inputs],
-        )
-        respond(resp, info)
-
-
-def model_in_query(req: falcon.Request, limits: Limits) -> str:
-    """The `name` query parameter of the GET routes about one model (names hold '/')."""
-    name = req.get_param("name")
-    if name is None:
-        raise params.field_error("name", '"name" is required: the model, as ?name=')
-    req.context.model = params.check_name(name, limits)
-    return name

@@ -14,7 +14,7 @@ import falcon
 
 from api.auth import Access
 from api.routes import params, schemas
-from api.routes.embed import respond
+from api.routes.common import respond
 from api.services.on_demand import OnDemandBuilds
 from api.services.remote_engines import RemoteEngines
 from api.settings import ServerSettings

@@ -16,7 +16,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.routes import schemas
-from api.routes.embed import respond
+from api.routes.common import respond
 from runtime.batching.stats import BATCH_STATS, MODEL_LOADED, STATS
 from runtime.repository import Repository
 

@@ -16,7 +16,7 @@ import falcon
 import numpy as np
 
 from api.routes import params, schemas
-from api.routes.embed import respond
+from api.routes.common import respond
 from api.settings import Limits
 from runtime.errors import InputError
 from runtime.models import Model

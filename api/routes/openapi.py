@@ -15,7 +15,7 @@ import msgspec
 
 from api.errors import OPENAI_PREFIX
 from api.routes import params, schemas
-from api.routes.embed import respond
+from api.routes.common import respond
 
 JSON = "application/json"
 # A model's name, wherever one is asked for (bodies, the query, the path).

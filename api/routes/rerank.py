@@ -9,7 +9,7 @@ import falcon
 import numpy as np
 
 from api.routes import params, schemas
-from api.routes.embed import _ModelRoute, elapsed_ms, respond
+from api.routes.common import ModelRoute, elapsed_ms, respond
 from api.settings import Limits
 from runtime.ranking import classify_texts, relevance
 
@@ -39,7 +39,7 @@ def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[:top_n]]
 
 
-class Rerank(_ModelRoute):
+class Rerank(ModelRoute):
     """`texts` against `query` with a cross-encoder or an embedding model, or `images` against
     it with a CLIP model."""
 
@@ -74,7 +74,7 @@ class Rerank(_ModelRoute):
         respond(resp, schemas.Ranking(results, elapsed_ms(started)))
 
 
-class CohereRerank(_ModelRoute):
+class CohereRerank(ModelRoute):
     """The request and answer shape of Cohere's and Jina's rerank APIs, which LangChain's and
     LlamaIndex's rerankers (and the cohere SDK) send; `model` names the model."""
 
@@ -99,7 +99,7 @@ class CohereRerank(_ModelRoute):
         respond(resp, schemas.CohereRanking(str(uuid.uuid4()), results, request.model, usage, meta))
 
 
-class ClassifyText(_ModelRoute):
+class ClassifyText(ModelRoute):
     """Class probabilities per text, and the top_k labels by probability."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
