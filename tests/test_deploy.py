@@ -103,7 +103,7 @@ PROBES = {"startupProbe": "/health", "readinessProbe": "/ready", "livenessProbe"
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_use_routes_the_server_has_and_termination_covers_the_drain(overlay, tmp_path):
     from api.app import create_app
-    from api.server import GRACEFUL_TIMEOUT_S
+    from api.server.server import GRACEFUL_TIMEOUT_S
     from api.settings import ServerSettings
     from tests.test_openapi import app_routes
 
