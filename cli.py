@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from api.on_demand import BuildSettings
 from api.settings import Limits, ReadinessLimits, ServerSettings
 from builder.command import build_command, engines_option
-from runtime.backends import BACKENDS, openvino_unavailable, select
+from runtime.backends import BACKENDS, engine_summary, int8_missing, openvino_unavailable
 from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
@@ -73,16 +73,18 @@ main.add_command(build_command)
     type=click.Choice(BACKENDS),
     default=RuntimeConfig.backend,
     show_default=True,
-    help="auto: TensorRT where the model has a plan for this GPU, else OpenVINO, else ONNX "
-    "Runtime.",
+    help="auto: TensorRT where the model has a plan for this GPU, else the CPU backend and "
+    "lossless precision measured fastest for each tower on this host (ONNX Runtime or OpenVINO, "
+    "f32 or a verified bf16; cached, see --state-dir).",
 )
 @click.option(
     "--precision",
     type=click.Choice(SERVE_PRECISIONS),
     default=RuntimeConfig.precision,
     show_default=True,
-    help="CPU precision. auto: bf16 where the CPU reports BF16 and ingrain-build verified it for "
-    "the model, else f32.",
+    help="CPU precision. auto: the faster of f32 and bf16 (where the CPU reports BF16 and "
+    "ingrain-build verified it for the model), as measured here. int8: the model's verified "
+    "int8 variant (ingrain-build --int8), on ONNX Runtime; never chosen by auto.",
 )
 @click.option(
     "--model-precision",
@@ -104,6 +106,15 @@ main.add_command(build_command)
     envvar="INGRAIN_COMPILE_CACHE",
     help=f"Where OpenVINO keeps compiled models: {CACHE_IN_ENGINE!r} (a .ov-cache folder in each "
     f"engine directory), {CACHE_OFF!r}, or a writable directory (for read-only engines).",
+)
+@click.option(
+    "--state-dir",
+    default=CACHE_IN_ENGINE,
+    show_default=True,
+    envvar="INGRAIN_STATE_DIR",
+    help=f"Where `--backend auto` keeps the backend choice it measured per tower and host: "
+    f"{CACHE_IN_ENGINE!r} (a .ingrain-state folder in each engine directory), {CACHE_OFF!r} "
+    "(measure at every load), or a writable directory.",
 )
 @click.option(
     "--preload",
@@ -358,6 +369,7 @@ def serve_command(
     model_precisions: tuple[str, ...],
     intra_op_threads: int | None,
     compile_cache: str,
+    state_dir: str,
     preload: tuple[str, ...],
     timeout: int,
     read_timeout: float,
@@ -419,6 +431,7 @@ def serve_command(
             raise click.ClickException(
                 f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
+    refuse_int8_without_variant(repository, precision, model_precision, preload)
     configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
@@ -429,6 +442,7 @@ def serve_command(
             model_precision=model_precision,
             threads=intra_op_threads,
             compile_cache=compile_cache,
+            state_dir=state_dir,
             batching=BatchingConfig(
                 max_delay_s=max_batch_delay_ms / 1000.0,
                 max_tokens=max_batch_tokens,
@@ -497,6 +511,23 @@ def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
     return cache_dir
 
 
+def refuse_int8_without_variant(
+    repository: Repository,
+    precision: str,
+    model_precision: tuple[tuple[str, str], ...],
+    preload: tuple[str, ...],
+) -> None:
+    """int8 asked for a model (by --model-precision, or --precision for a preloaded one) that
+    has no verified int8 variant: say how to build one before starting."""
+    asked = dict(model_precision)
+    for name in dict.fromkeys([*asked, *preload]):
+        if asked.get(name, precision) != "int8":
+            continue
+        manifest = repository.find(name).manifest
+        if not any(tower.int8 for tower in manifest.towers.values()):
+            raise click.ClickException(int8_missing(name))
+
+
 def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     pairs = []
     for value in values:
@@ -533,7 +564,11 @@ def list_command(engines: Path | S3Location) -> None:
         towers = entry.manifest.towers
         backends = set(cpu) | {"tensorrt" for tower in towers.values() if tower.plan}
         # What `ingrain-serve` with its defaults would run each tower on, on this host.
-        runs = [select(tower, RuntimeConfig(), entry.name) for tower in towers.values()]
+        directory = getattr(entry, "directory", None)
+        runs = [
+            engine_summary(tower, RuntimeConfig(), entry.name, directory)
+            for tower in towers.values()
+        ]
         rows.append(
             (
                 entry.name,
@@ -541,7 +576,7 @@ def list_command(engines: Path | S3Location) -> None:
                 ",".join(towers),
                 ",".join(str(tower.dim) for tower in towers.values()),
                 ",".join(sorted(backends)),
-                ",".join(f"{run.backend}/{run.precision}" for run in runs),
+                ",".join(_run_label(run) for run in runs),
                 f"{entry.size_bytes() / 1e6:.1f} MB",
             )
         )
@@ -550,6 +585,16 @@ def list_command(engines: Path | S3Location) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _run_label(run: dict) -> str:
+    """backend/precision, marked `(measured)` where `auto` chose it by measuring on this host
+    and `?` where it will measure at the first load."""
+    if run["backend"] is None:
+        return "unavailable"
+    mark = {"measured": " (measured)", "not measured yet": "?"}.get(run["chosenBy"], "")
+    int8 = run["probe"] and run["probe"].get("onnxruntime/int8")
+    return f"{run['backend']}/{run['precision']}{mark}" + (" +int8" if int8 else "")
 
 
 @main.command("remove")

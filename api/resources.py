@@ -16,7 +16,9 @@ import orjson
 from api import params
 from api.auth import Access, request_port
 from api.settings import Limits
+from runtime.backends import engine_summary
 from runtime.classifier import read_labels
+from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
@@ -156,9 +158,10 @@ class ModelInfo:
     """GET /model_embedding_size and /model_classification_labels: read from the manifest, so
     answering never loads the model."""
 
-    def __init__(self, repository: Repository, limits: Limits) -> None:
+    def __init__(self, repository: Repository, limits: Limits, runtime: RuntimeConfig) -> None:
         self.repository = repository
         self.limits = limits
+        self.runtime = runtime
 
     def _entry(self, req: falcon.Request) -> Entry:
         name = params.model_name({"name": req.get_param("name")}, self.limits)
@@ -185,7 +188,8 @@ class ModelInfo:
 
     def on_get_info(self, req: falcon.Request, resp: falcon.Response) -> None:
         """What a client needs to call the model: towers, sizes, prompts, precisions."""
-        manifest = self._entry(req).manifest
+        entry = self._entry(req)
+        manifest = entry.manifest
         text = manifest.towers.get("text")
         prompts = manifest.prompts
         respond(
@@ -195,7 +199,14 @@ class ModelInfo:
                 "library": manifest.library,
                 "task": manifest.task,
                 "towers": {
-                    key: {"embeddingSize": tower.dim, "calibrated": tower.quantization is not None}
+                    key: {
+                        "embeddingSize": tower.dim,
+                        "calibrated": tower.quantization is not None,
+                        "int8": tower.int8,
+                        "engine": engine_summary(
+                            tower, self.runtime, manifest.name, entry.directory
+                        ),
+                    }
                     for key, tower in manifest.towers.items()
                 },
                 "maxLength": manifest.tokenizer.max_length if manifest.tokenizer else None,
