@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import time
@@ -224,7 +225,7 @@ def probe_key(
         "onnxruntime": _version("onnxruntime"),
         "openvino": _version("openvino"),
         "files": {path.name: file_digest(path) for path in files},
-        "threads": threads,
+        "threads": threads or os.cpu_count(),  # 0: every core
         "candidates": [candidate.label for candidate in candidates],
         "shapes": [shape_label(*shape) for shape in probe_shapes(tower)],
     }
