@@ -589,12 +589,13 @@ def list_command(engines: Path | S3Location) -> None:
 
 def _run_label(run: dict) -> str:
     """backend/precision, marked `(measured)` where `auto` chose it by measuring on this host
-    and `?` where it will measure at the first load."""
+    and `(unmeasured)` where it will measure at the first load (no spaces: one column)."""
     if run["backend"] is None:
         return "unavailable"
-    mark = {"measured": " (measured)", "not measured yet": "?"}.get(run["chosenBy"], "")
+    marks = {"measured": "(measured)", "not measured yet": "(unmeasured)"}
+    mark = marks.get(run["chosenBy"], "")
     int8 = run["probe"] and run["probe"].get("onnxruntime/int8")
-    return f"{run['backend']}/{run['precision']}{mark}" + (" +int8" if int8 else "")
+    return f"{run['backend']}/{run['precision']}{mark}" + ("+int8" if int8 else "")
 
 
 @main.command("remove")

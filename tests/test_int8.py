@@ -1,0 +1,114 @@
+"""The opt-in int8 tier: `ingrain-build --int8` verifies an int8 variant against
+sentence-transformers on held-out texts (or writes none), and the server runs it only when
+asked."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import requests
+
+from builder import BuildOptions, Progress, build_model
+from builder.options import Int8Thresholds
+from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
+from runtime.models import Model, ModelLoadError
+from runtime.repository import Repository
+from tests.conftest import MINILM, cosines, start_server, stop_server
+from tests.models import tiny_sentence_transformer
+from tests.test_cli import run
+
+SENTENCES = [
+    "A man is playing a guitar on the street.",
+    "The new movie is awesome and everyone loved it.",
+    "A woman is slicing an onion in the kitchen.",
+    "Stock markets fell sharply after the announcement.",
+    "The cat sleeps on the warm windowsill.",
+    "How do I reset my password?",
+    "Quantum computers use qubits instead of bits.",
+    "The train to Berlin leaves at eight in the morning.",
+]
+
+
+@pytest.fixture(scope="module")
+def int8_engines(tmp_path_factory, minilm_source):
+    root = tmp_path_factory.mktemp("int8-engines")
+    options = BuildOptions(int8=Int8Thresholds())
+    build_model(minilm_source, root, name=MINILM, options=options, progress=Progress(quiet=True))
+    return root
+
+
+def int8_of(root):
+    entry = Repository(root).find(MINILM)
+    return entry, entry.manifest.towers["text"].int8
+
+
+def test_the_build_records_its_figures_and_the_layers_kept_f32(int8_engines):
+    entry, int8 = int8_of(int8_engines)
+    assert int8 is not None
+    assert int8["min_cosine"] >= 0.99 and int8["top10_overlap"] >= 0.9
+    assert int8["min_cosine"] <= int8["mean_cosine"] <= 1.0
+    assert int8["thresholds"] == {"min_cosine": 0.99, "top10_overlap": 0.9}
+    assert int8["items"] > 200 and int8["verified_on"] is not None
+    # The file is part of the model (its digest recorded) and really is int8 where it says.
+    assert int8["onnx"] in entry.manifest.files
+    graph = onnx.load(str(entry.directory / int8["onnx"])).graph
+    f32_matmuls = {node.name for node in graph.node if node.op_type == "MatMul"}
+    assert set(int8["kept_f32"]) <= f32_matmuls
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) > 0
+
+
+def test_a_request_served_in_int8_matches_sentence_transformers(int8_engines, reference, tmp_path):
+    _, int8 = int8_of(int8_engines)
+    log = tmp_path / "server.log"
+    server = start_server(int8_engines, log, "--model-precision", f"{MINILM}=int8")
+    try:
+        response = server.post("/embed_text", {"name": MINILM, "text": SENTENCES})
+        assert response.ok, response.text
+        served = response.json()["embeddings"]
+        stats = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
+    finally:
+        stop_server(server)
+    expected = reference.encode(SENTENCES, normalize_embeddings=True)
+    assert cosines(served, expected).min() >= int8["min_cosine"]
+    (entry,) = [tower for tower in stats if tower["name"] == MINILM]
+    assert (entry["backend"], entry["precision"]) == ("onnxruntime", "int8")
+
+
+def test_auto_measures_int8_beside_f32_but_serves_a_lossless_precision(int8_engines, tmp_path):
+    runtime = RuntimeConfig(state_dir=str(tmp_path), batching=BatchingConfig(max_tokens=512))
+    model = Model.load(Repository(int8_engines).find(MINILM), runtime)
+    try:
+        backend = model.text.tower.backend
+        assert "onnxruntime/int8" in backend.decision.figures
+        assert backend.precision != "int8"
+    finally:
+        model.close()
+
+
+def test_an_unreachable_threshold_leaves_no_int8_variant_and_says_so(
+    tmp_path, minilm_source, capsys
+):
+    source, _ = tiny_sentence_transformer(tmp_path / "tiny", minilm_source, "mean", False)
+    root = tmp_path / "engines"
+    options = BuildOptions(int8=Int8Thresholds(min_cosine=1.0))
+    build_model(str(source), root, name="tiny", options=options, progress=Progress())
+    entry = Repository(root).find("tiny")
+    assert entry.manifest.towers["text"].int8 is None
+    assert not list(entry.directory.glob("*.int8.onnx"))
+    assert entry.manifest.build["int8"].startswith("no int8 variant")
+    assert "no int8 variant: no mix of int8 and f32 MatMuls reached" in capsys.readouterr().err
+
+
+def test_int8_without_a_verified_variant_is_refused_naming_the_build_flag(engines):
+    for flags in (
+        ("--precision", "int8", "--preload", MINILM),
+        ("--model-precision", f"{MINILM}=int8"),
+    ):
+        refused = run("ingrain-serve", "--engines", str(engines), *flags)
+        assert refused.returncode == 1, refused.stderr
+        assert "no verified int8 variant" in refused.stderr
+        assert "ingrain-build --int8" in refused.stderr
+    # A model loaded on demand under --precision int8 fails its load the same way.
+    with pytest.raises(ModelLoadError, match="ingrain-build --int8"):
+        Model.load(Repository(engines).find(MINILM), RuntimeConfig(precision="int8"))
