@@ -10,7 +10,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runtime.backends.base import Backend, BackendUnavailable, Execution
-from runtime.backends.choice import Candidate, Decision, decide, probe_key, read_cached, state_file
+from runtime.backends.choice import (
+    Candidate,
+    Decision,
+    cpu_class,
+    decide,
+    probe_key,
+    read_cached,
+    state_file,
+)
 from runtime.config import RuntimeConfig
 from runtime.precision import choose
 from runtime.repository.manifest import TowerSpec
@@ -130,7 +138,7 @@ def select(
             raise BackendUnavailable(int8_missing(model))
         if choice not in ("auto", "onnxruntime"):
             raise BackendUnavailable("int8 runs on ONNX Runtime; use --backend auto or onnxruntime")
-        return Selection("onnxruntime", "int8", tuple(notes))
+        return Selection("onnxruntime", "int8", (*notes, *_int8_caveat(tower.int8)))
     candidates: list[Candidate] = []
     if choice in ("auto", "onnxruntime") and requested != "bf16":
         candidates.append(Candidate("onnxruntime", "f32"))
@@ -189,6 +197,22 @@ def engine_summary(
         "chosenBy": chosen_by,
         "probe": figures,
     }
+
+
+VNNI = {"avx512_vnni", "avx_vnni"}
+
+
+def _int8_caveat(int8: dict) -> list[str]:
+    """A note where the int8 variant was verified on a CPU with VNNI and runs on one without:
+    there ONNX Runtime's u8s8 kernels (VPMADDUBSW) can saturate, so the figures may not hold."""
+    verified_on = set(int8.get("verified_on") or ())
+    if verified_on & VNNI and not set(cpu_class()) & VNNI:
+        return [
+            "its int8 variant was verified on a CPU with VNNI and this one has none, where ONNX "
+            "Runtime's int8 kernels can saturate: rebuild it with ingrain-build --int8 on this "
+            "CPU class to verify it here"
+        ]
+    return []
 
 
 def _model_files(directory: Path, tower: TowerSpec, candidates) -> list[Path]:
