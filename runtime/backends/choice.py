@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 MIN_PROBE_ROUNDS = 3
 MAX_PROBE_ROUNDS = 7
 PROBE_BUDGET_S = 3.0
-# How long a worker waits for another worker's probe of the same tower before probing itself.
-LOCK_WAIT_S = 120.0
+# How long a worker waits for another worker's probe of the same tower before probing itself
+# (well within gunicorn's --timeout, which a worker still loading its models must not pass).
+LOCK_WAIT_S = 60.0
 # Precisions that change results: measured and shown, never chosen by `auto`.
 LOSSY = ("int8",)
 KEY_VERSION = 1
