@@ -4,6 +4,7 @@ asked."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import requests
@@ -112,3 +113,34 @@ def test_int8_without_a_verified_variant_is_refused_naming_the_build_flag(engine
     # A model loaded on demand under --precision int8 fails its load the same way.
     with pytest.raises(ModelLoadError, match="ingrain-build --int8"):
         Model.load(Repository(engines).find(MINILM), RuntimeConfig(precision="int8"))
+
+
+def test_the_search_keeps_the_fewest_sensitive_matmuls_that_pass_and_leaves_their_file():
+    from builder.int8 import search
+
+    ranked = [f"MatMul_{index}" for index in range(36)]
+    tried: list[int] = []
+
+    def attempt(keep: list[str]) -> dict:
+        tried.append(len(keep))  # the last attempt is the file left on disk
+        return {"kept": len(keep)}
+
+    figures = search(ranked, attempt, lambda figures: figures["kept"] >= 11)
+    assert figures == {"kept": 11} and tried[-1] == 11
+    assert tried[:6] == [0, 1, 2, 4, 8, 16]  # none, then doubling, then bisecting 8..16
+    tried.clear()
+    # The bisection ends on a failing try (9): the passing mix (10) is written again.
+    assert search(ranked, attempt, lambda figures: figures["kept"] >= 10) == {"kept": 10}
+    assert tried[6:] == [12, 10, 9, 10]
+    tried.clear()
+    assert search(ranked, attempt, lambda figures: False) is None
+    assert tried == [0, 1, 2, 4, 8, 16, 32]  # never all 36: that would be no int8 at all
+
+
+def test_neighbour_overlap_counts_shared_nearest_neighbours():
+    from builder.int8 import neighbour_overlap
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 16))
+    assert neighbour_overlap(vectors, vectors) == 1.0
+    assert neighbour_overlap(vectors, rng.normal(size=(50, 16))) < 0.5
