@@ -116,6 +116,34 @@ def compare(
 
 @main.command()
 @click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the tiny model in (default: a temporary one).",
+)
+@click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--backend=onnxruntime.",
+)
+@click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def overhead(
+    engines: Path | None, serve_args: tuple[str, ...], seconds: float, rounds: int, as_json: bool
+):
+    """The server's CPU microseconds per request at 32 x 1 on a tiny model (the fixed work
+    that is not the engine), from its processes' CPU time; wrk drives it."""
+    from bench.overhead import overhead as run
+
+    try:
+        show(run(engines, list(serve_args), seconds, rounds), as_json)
+    except WrkMissing as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option(
     "--sentences", "count", type=click.IntRange(66, 100_000), default=1320, show_default=True
 )
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True)

@@ -161,9 +161,11 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
 
 
 @contextmanager
-def serving(engines: Path, preload: list[str], serve_args: list[str]) -> Iterator[str]:
+def serving(
+    engines: Path, preload: list[str], serve_args: list[str], started: list | None = None
+) -> Iterator[str]:
     """A 1-worker `ingrain-serve` (unless serve_args say otherwise) on a free loopback port,
-    holding `preload`; yields its URL once it answers."""
+    holding `preload`; yields its URL once it answers (and appends its process to `started`)."""
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "ingrain-serve"),
@@ -172,6 +174,8 @@ def serving(engines: Path, preload: list[str], serve_args: list[str]) -> Iterato
         *serve_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started is not None:
+        started.append(process)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url + "/health", process)
