@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,11 @@ from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, cosine_rows
 from runtime.backends.choice import cpu_class
 from runtime.batching import BatchingConfig
+from runtime.classifier import activate
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Entry
-from runtime.repository.manifest import Manifest, TowerSpec
+from runtime.repository.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -154,70 +155,184 @@ def neighbour_overlap(served: np.ndarray, expected: np.ndarray, k: int = NEIGHBO
     return float(np.mean(shared))
 
 
-def held_out_texts(model: Model) -> list[str]:
-    assert model.text is not None
-    vocabulary = model.text.tokenizer.vocabulary()
-    generated = calibration_texts(vocabulary, HELD_OUT_TEXTS, seed=HELD_OUT_SEED)
-    return [*VERIFICATION_TEXTS, *generated]
+@dataclass(frozen=True)
+class Verification:
+    """How one kind of tower is judged in int8 against its source library: inputs for the
+    sensitivity ranking, the served outputs on held-out inputs, the reference outputs on them,
+    the figures from both, and whether the figures pass."""
+
+    feeds: list[dict[str, np.ndarray]]
+    served: Callable[[Model], np.ndarray]
+    expected: np.ndarray
+    figures: Callable[[np.ndarray, np.ndarray], dict]
+    passes: Callable[[dict], bool]
+    summary: Callable[[dict], str]
+    requirement: str
+
+
+# Builds the Verification from the staged model in f32 (its tokenizer, its tower's batching).
+Plan = Callable[[Model], Verification]
+
+
+def embedding_plan(
+    reference: Callable[[list[str]], np.ndarray], embed: Embed, thresholds: Int8Thresholds
+) -> Plan:
+    """Embeddings: cosine to the source library on every held-out text, and top-10 neighbour
+    overlap among them."""
+
+    def plan(f32: Model) -> Verification:
+        assert f32.text is not None
+        vocabulary = f32.text.tokenizer.vocabulary()
+        held_out = [
+            *VERIFICATION_TEXTS,
+            *calibration_texts(vocabulary, HELD_OUT_TEXTS, seed=HELD_OUT_SEED),
+        ]
+        rows = f32.tokenize(calibration_texts(vocabulary, SENSITIVITY_TEXTS))
+        collate = f32.text.tower.collate
+        return Verification(
+            feeds=[collate(rows[i : i + FEED_ROWS]) for i in range(0, len(rows), FEED_ROWS)],
+            served=lambda model: embed(model, held_out),
+            expected=np.asarray(reference(held_out), dtype=np.float32),
+            figures=lambda served, expected: {
+                "items": len(served),
+                "min_cosine": float(cosine_rows(served, expected).min()),
+                "mean_cosine": float(cosine_rows(served, expected).mean()),
+                "top10_overlap": neighbour_overlap(served, expected),
+                "thresholds": {
+                    "min_cosine": thresholds.min_cosine,
+                    "top10_overlap": thresholds.min_overlap,
+                },
+            },
+            passes=lambda figures: (
+                figures["min_cosine"] >= thresholds.min_cosine
+                and figures["top10_overlap"] >= thresholds.min_overlap
+            ),
+            summary=lambda figures: (
+                f"min cosine {figures['min_cosine']:.4f}, mean "
+                f"{figures['mean_cosine']:.4f}, top-{NEIGHBOURS} overlap "
+                f"{figures['top10_overlap']:.3f}"
+            ),
+            requirement=f"min cosine >= {thresholds.min_cosine} and top-{NEIGHBOURS} neighbour "
+            f"overlap >= {thresholds.min_overlap} on {len(held_out)} held-out texts",
+        )
+
+    return plan
+
+
+QUERIES = 32
+DOCUMENTS_PER_QUERY = 8
+
+
+def ranking_plan(
+    reference: Callable[[list[tuple[str, str]]], np.ndarray],
+    vocabulary: list[str],
+    thresholds: Int8Thresholds,
+) -> Plan:
+    """Rerankers: on held-out queries of eight documents each, the share of document pairs
+    each query's int8 scores order as the source library's do (rank agreement)."""
+
+    def pairs(seed: int, queries: int) -> tuple[list[str], list[str]]:
+        short = [
+            " ".join(text.split()[:8]) for text in calibration_texts(vocabulary, queries, seed=seed)
+        ]
+        documents = calibration_texts(vocabulary, queries * DOCUMENTS_PER_QUERY, seed=seed + 1)
+        return [q for q in short for _ in range(DOCUMENTS_PER_QUERY)], documents
+
+    first, second = pairs(HELD_OUT_SEED + 1, QUERIES)
+
+    def plan(f32: Model) -> Verification:
+        assert f32.pair is not None
+        sensitivity = f32.pair.tokenizer.encode(*pairs(HELD_OUT_SEED + 3, 8))
+        items = [(encoding.ids, encoding.type_ids) for encoding in sensitivity]
+        collate = f32.pair.tower.collate
+
+        def served(model: Model) -> np.ndarray:
+            assert model.pair is not None
+            logits = model.pair.logits(first, second, truncate=True)
+            return activate(logits, model.pair.activation)[:, 0]
+
+        return Verification(
+            feeds=[collate(items[i : i + FEED_ROWS]) for i in range(0, len(items), FEED_ROWS)],
+            served=served,
+            expected=np.asarray(reference(list(zip(first, second, strict=True))), np.float32),
+            figures=lambda ours, theirs: {
+                "items": len(ours),
+                "rank_agreement": rank_agreement(ours, theirs, DOCUMENTS_PER_QUERY),
+                "max_abs_error": float(np.abs(ours - theirs).max()),
+                "thresholds": {"rank_agreement": thresholds.min_overlap},
+            },
+            passes=lambda figures: figures["rank_agreement"] >= thresholds.min_overlap,
+            summary=lambda figures: (
+                f"rank agreement {figures['rank_agreement']:.3f}, max abs "
+                f"error {figures['max_abs_error']:.2e}"
+            ),
+            requirement=f"rank agreement >= {thresholds.min_overlap} on {QUERIES} held-out "
+            f"queries of {DOCUMENTS_PER_QUERY} documents",
+        )
+
+    return plan
+
+
+def rank_agreement(ours: np.ndarray, theirs: np.ndarray, group: int) -> float:
+    """Over consecutive groups of `group` scores (one query's documents), the share of
+    document pairs both order alike (ties in the reference count as agreeing)."""
+    agreeing = total = 0
+    for start in range(0, len(ours), group):
+        a, b = ours[start : start + group], theirs[start : start + group]
+        for i in range(len(a)):
+            for j in range(i + 1, len(a)):
+                total += 1
+                agreeing += (a[i] - a[j]) * (b[i] - b[j]) > 0 or b[i] == b[j]
+    return agreeing / max(total, 1)
 
 
 def add_int8(
     staging: Path,
     manifest: Manifest,
-    reference: Callable[[list[str]], np.ndarray],
-    embed: Embed,
-    thresholds: Int8Thresholds,
+    key: str,
+    plan: Plan,
     progress: Progress,
 ) -> Manifest:
-    """The manifest with a verified int8 variant of its text tower, or unchanged (and the
-    build saying why) when no mix of int8 and f32 MatMuls reaches `thresholds`."""
-    tower = manifest.towers["text"]
+    """The manifest with a verified int8 variant of its `key` tower, or unchanged but for the
+    reason in its build record (and the build saying why) when no mix of int8 and f32 MatMuls
+    passes `plan`'s verification."""
+    tower = manifest.towers[key]
     source = staging / tower.onnx
     target = staging / f"{Path(tower.onnx).stem}.int8.onnx"
     f32 = _load(staging, manifest, None)
     try:
-        held_out = held_out_texts(f32)
-        sensitivity_texts = calibration_texts(f32.text.tokenizer.vocabulary(), SENSITIVITY_TEXTS)
-        feeds = _feeds(f32, sensitivity_texts)
+        check = plan(f32)
     finally:
         f32.close()
-    with progress.stage(f"Ranking MatMul sensitivity to int8 on {len(sensitivity_texts)} texts"):
-        ranked = [name for name, _ in sensitivities(source, feeds)]
-    expected = np.asarray(reference(held_out), dtype=np.float32)
+    with progress.stage(f"Ranking MatMul sensitivity to int8 on {len(check.feeds)} batches"):
+        ranked = [name for name, _ in sensitivities(source, check.feeds)]
 
     def attempt(keep: list[str]) -> dict:
         with progress.stage(f"int8 with {len(keep)} of {len(ranked)} MatMuls kept f32"):
             quantise(source, target, keep)
-            model = _load(staging, _with_int8(manifest, tower, {"onnx": target.name}), "int8")
+            model = _load(staging, _with_int8(manifest, key, {"onnx": target.name}), "int8")
             try:
-                served = embed(model, held_out)
+                served = check.served(model)
             finally:
                 model.close()
-        figures = _figures(served, expected, thresholds, keep)
-        progress.say(
-            f"    min cosine {figures['min_cosine']:.4f}, mean {figures['mean_cosine']:.4f}, "
-            f"top-{NEIGHBOURS} overlap {figures['top10_overlap']:.3f}"
-        )
+        figures = {
+            **check.figures(served, check.expected),
+            "kept_f32": keep,
+            "verified_on": cpu_class(),
+        }
+        progress.say(f"    {check.summary(figures)}")
         return figures
 
-    def passes(figures: dict) -> bool:
-        return (
-            figures["min_cosine"] >= thresholds.min_cosine
-            and figures["top10_overlap"] >= thresholds.min_overlap
-        )
-
-    figures = search(ranked, attempt, passes)
+    figures = search(ranked, attempt, check.passes)
     if figures is None:
         target.unlink(missing_ok=True)
         why = (
-            f"no int8 variant: no mix of int8 and f32 MatMuls reached min cosine >= "
-            f"{thresholds.min_cosine} and top-{NEIGHBOURS} neighbour overlap >= "
-            f"{thresholds.min_overlap} against {manifest.library} on {len(held_out)} held-out "
-            "texts; the model serves f32 (and bf16 where verified)"
+            f"no int8 variant: no mix of int8 and f32 MatMuls reached {check.requirement} "
+            f"against {manifest.library}; the model serves f32 (and bf16 where verified)"
         )
         progress.say(f"    {why}")
         return replace(manifest, build={**manifest.build, "int8": why})
-    return _with_int8(manifest, tower, {"onnx": target.name, **figures})
+    return _with_int8(manifest, key, {"onnx": target.name, **figures})
 
 
 def search(
@@ -249,24 +364,9 @@ def search(
     return best[1]
 
 
-def _figures(served, expected, thresholds: Int8Thresholds, keep: list[str]) -> dict:
-    cosines = cosine_rows(served, expected)
-    return {
-        "items": len(served),
-        "min_cosine": float(cosines.min()),
-        "mean_cosine": float(cosines.mean()),
-        "top10_overlap": neighbour_overlap(served, expected),
-        "kept_f32": keep,
-        "thresholds": {
-            "min_cosine": thresholds.min_cosine,
-            "top10_overlap": thresholds.min_overlap,
-        },
-        "verified_on": cpu_class(),
-    }
-
-
-def _with_int8(manifest: Manifest, tower: TowerSpec, int8: dict) -> Manifest:
-    return replace(manifest, towers={**manifest.towers, "text": replace(tower, int8=int8)})
+def _with_int8(manifest: Manifest, key: str, int8: dict) -> Manifest:
+    tower = replace(manifest.towers[key], int8=int8)
+    return replace(manifest, towers={**manifest.towers, key: tower})
 
 
 def _load(staging: Path, manifest: Manifest, precision: str | None) -> Model:
@@ -278,11 +378,3 @@ def _load(staging: Path, manifest: Manifest, precision: str | None) -> Model:
         batching=BatchingConfig(max_tokens=1024),
     )
     return Model.load(Entry(staging, manifest), config)
-
-
-def _feeds(model: Model, texts: list[str]) -> list[dict[str, np.ndarray]]:
-    """The text tower's inputs for `texts`, as the runtime batches them."""
-    assert model.text is not None
-    rows = model.tokenize(texts)
-    collate = model.text.tower.collate
-    return [collate(rows[start : start + FEED_ROWS]) for start in range(0, len(rows), FEED_ROWS)]

@@ -181,14 +181,12 @@ def build(
     manifest = replace(manifest, build={**manifest.build, "verification": verification})
     manifest = verify_precisions(staging, manifest, check, progress)
     if options.int8 is not None:
-        from builder.int8 import add_int8
+        from builder.int8 import add_int8, embedding_plan
 
-        manifest = add_int8(
-            staging,
-            manifest,
+        plan = embedding_plan(
             reference=lambda texts: model.encode(texts, convert_to_numpy=True),
             embed=lambda staged, texts: staged.embed_text(texts, normalize=False, n_dims=None),
             thresholds=options.int8,
-            progress=progress,
         )
+        manifest = add_int8(staging, manifest, "text", plan, progress)
     return manifest

@@ -15,7 +15,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository
-from tests.conftest import MINILM, cosines, start_server, stop_server
+from tests.conftest import MINILM, RERANKER, TEXT_CLASSIFIER, cosines, start_server, stop_server
 from tests.models import tiny_sentence_transformer
 from tests.test_cli import run
 
@@ -144,3 +144,43 @@ def test_neighbour_overlap_counts_shared_nearest_neighbours():
     vectors = rng.normal(size=(50, 16))
     assert neighbour_overlap(vectors, vectors) == 1.0
     assert neighbour_overlap(vectors, rng.normal(size=(50, 16))) < 0.5
+
+
+def test_a_reranker_gets_an_int8_variant_judged_by_rank_agreement(pair_sources, tmp_path, capsys):
+    """The tiny random reranker's scores sit close together, so int8 reorders many documents:
+    the default threshold refuses it, a threshold of 0 keeps the all-int8 mix, and the server
+    runs it when asked."""
+    root = tmp_path / "engines"
+    source = str(pair_sources[RERANKER])
+    build_model(source, root, name="strict", options=BuildOptions(int8=Int8Thresholds()))
+    strict = Repository(root).find("strict")
+    assert strict.manifest.towers["pair"].int8 is None
+    assert "rank agreement >= 0.9" in strict.manifest.build["int8"]
+    assert "no int8 variant" in capsys.readouterr().err
+
+    loose = BuildOptions(int8=Int8Thresholds(min_overlap=0.0))
+    build_model(source, root, name="loose", options=loose, progress=Progress(quiet=True))
+    entry = Repository(root).find("loose")
+    int8 = entry.manifest.towers["pair"].int8
+    assert int8["kept_f32"] == [] and 0.0 <= int8["rank_agreement"] <= 1.0
+    assert int8["thresholds"] == {"rank_agreement": 0.0}
+    runtime = RuntimeConfig(precision="int8", batching=BatchingConfig(max_tokens=512))
+    model = Model.load(entry, runtime)
+    try:
+        assert model.pair.tower.backend.precision == "int8"
+        scores, _ = model.pair.scores("a query", ["a document", "another one"], False, True)
+        assert scores.shape == (2,) and np.isfinite(scores).all()
+    finally:
+        model.close()
+
+
+def test_int8_is_refused_for_text_classifiers(pair_sources, tmp_path):
+    from builder import BuildError
+
+    with pytest.raises(BuildError, match="not text classifiers"):
+        build_model(
+            str(pair_sources[TEXT_CLASSIFIER]),
+            tmp_path,
+            options=BuildOptions(int8=Int8Thresholds()),
+            progress=Progress(quiet=True),
+        )
