@@ -145,8 +145,9 @@ engines_option = click.option(
 @click.option(
     "--int8",
     is_flag=True,
-    help="Also build a verified int8 variant of the text tower (ONNX Runtime dynamic "
-    "quantisation; MatMuls that lose too much stay f32), served with --precision int8.",
+    help="Also build a verified int8 variant of an embedding model's text tower or a "
+    "reranker (ONNX Runtime dynamic quantisation; MatMuls that lose too much stay f32), "
+    "served with --precision int8.",
 )
 @click.option(
     "--int8-min-cosine",
