@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from api.server.options import parse_model_precisions, serve_options, settings
 from builder.command import build_command, engines_option
-from runtime.backends import openvino_unavailable, select
+from runtime.backends import engine_summary, int8_missing, openvino_unavailable
 from runtime.config import RuntimeConfig
 from runtime.repository import ModelNotFound, Repository
 from runtime.repository.s3 import ObjectStore, S3Location, StoreError
@@ -65,6 +65,7 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
             raise click.ClickException(
                 f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
+    refuse_int8_without_variant(repository, values["precision"], model_precision, values["preload"])
     configure_logging()
     if values["intra_op_threads"] is None:
         values["intra_op_threads"] = max(1, (os.cpu_count() or 1) // workers)
@@ -90,6 +91,23 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
         )
     except PortUnavailable as error:
         raise click.ClickException(str(error)) from None
+
+
+def refuse_int8_without_variant(
+    repository: Repository,
+    precision: str,
+    model_precision: tuple[tuple[str, str], ...],
+    preload: tuple[str, ...],
+) -> None:
+    """int8 asked for a model (by --model-precision, or --precision for a preloaded one) that
+    has no verified int8 variant: say how to build one before starting."""
+    asked = dict(model_precision)
+    for name in dict.fromkeys([*asked, *preload]):
+        if asked.get(name, precision) != "int8":
+            continue
+        manifest = repository.find(name).manifest
+        if not any(tower.int8 for tower in manifest.towers.values()):
+            raise click.ClickException(int8_missing(name))
 
 
 def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
@@ -130,7 +148,11 @@ def list_command(engines: Path | S3Location) -> None:
         towers = entry.manifest.towers
         backends = set(cpu) | {"tensorrt" for tower in towers.values() if tower.plan}
         # What `ingrain-serve` with its defaults would run each tower on, on this host.
-        runs = [select(tower, RuntimeConfig(), entry.name) for tower in towers.values()]
+        directory = getattr(entry, "directory", None)
+        runs = [
+            engine_summary(tower, RuntimeConfig(), entry.name, directory)
+            for tower in towers.values()
+        ]
         rows.append(
             (
                 entry.name,
@@ -138,7 +160,7 @@ def list_command(engines: Path | S3Location) -> None:
                 ",".join(towers),
                 ",".join(str(tower.dim) for tower in towers.values()),
                 ",".join(sorted(backends)),
-                ",".join(f"{run.backend}/{run.precision}" for run in runs),
+                ",".join(_run_label(run) for run in runs),
                 f"{entry.size_bytes() / 1e6:.1f} MB",
             )
         )
@@ -147,6 +169,17 @@ def list_command(engines: Path | S3Location) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _run_label(run: dict) -> str:
+    """backend/precision, marked `(measured)` where `auto` chose it by measuring on this host
+    and `(unmeasured)` where it will measure at the first load (no spaces: one column)."""
+    if run["backend"] is None:
+        return "unavailable"
+    marks = {"measured": "(measured)", "not measured yet": "(unmeasured)"}
+    mark = marks.get(run["chosenBy"], "")
+    int8 = run["probe"] and run["probe"].get("onnxruntime/int8")
+    return f"{run['backend']}/{run['precision']}{mark}" + ("+int8" if int8 else "")
 
 
 @main.command("remove")

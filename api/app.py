@@ -64,7 +64,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/v1/rerank", cohere_rerank)
     app.add_route("/v2/rerank", cohere_rerank)
     app.add_route("/classify_text", ClassifyText(registry, settings.limits))
-    info = ModelInfo(repository, settings.limits)
+    info = ModelInfo(repository, settings.limits, settings.runtime)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")
     app.add_route("/model_info", info, suffix="info")

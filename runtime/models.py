@@ -293,7 +293,11 @@ def _tower(
 ) -> Tower:
     spec = entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
-    return Tower(spec, _open(entry, spec, runtime), stats, collate, runtime.batching)
+    backend = _open(entry, spec, runtime)
+    decision = getattr(backend, "decision", None)
+    if decision is not None:
+        stats.probe(decision.figures)
+    return Tower(spec, backend, stats, collate, runtime.batching)
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

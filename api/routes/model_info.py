@@ -7,7 +7,9 @@ import falcon
 from api.routes import schemas
 from api.routes.common import model_in_query, respond
 from api.settings import Limits
+from runtime.backends import engine_summary
 from runtime.classifier import read_labels
+from runtime.config import RuntimeConfig
 from runtime.repository import Entry, Repository
 from runtime.text import POOLING_MASK
 
@@ -16,9 +18,10 @@ class ModelInfo:
     """GET /model_embedding_size and /model_classification_labels: read from the manifest, so
     answering never loads the model."""
 
-    def __init__(self, repository: Repository, limits: Limits) -> None:
+    def __init__(self, repository: Repository, limits: Limits, runtime: RuntimeConfig) -> None:
         self.repository = repository
         self.limits = limits
+        self.runtime = runtime
 
     def _entry(self, req: falcon.Request) -> Entry:
         name = model_in_query(req, self.limits)
@@ -44,11 +47,17 @@ class ModelInfo:
 
     def on_get_info(self, req: falcon.Request, resp: falcon.Response) -> None:
         """What a client needs to call the model: towers, sizes, prompts, precisions."""
-        manifest = self._entry(req).manifest
+        entry = self._entry(req)
+        manifest = entry.manifest
         text = manifest.towers.get("text")
         prompts = manifest.prompts
         towers = {
-            key: schemas.TowerInfo(tower.dim, tower.quantization is not None)
+            key: schemas.TowerInfo(
+                tower.dim,
+                tower.quantization is not None,
+                tower.int8,
+                engine_summary(tower, self.runtime, manifest.name, entry.directory),
+            )
             for key, tower in manifest.towers.items()
         }
         info = schemas.ModelInfo(

@@ -320,6 +320,10 @@ class Labels(Struct):
 class TowerInfo(Struct, rename="camel"):
     embedding_size: int
     calibrated: bool
+    # The verified int8 variant's figures (ingrain-build --int8), or null.
+    int8: dict[str, Any] | None
+    # What it runs on here: backend, precision, chosenBy and the probe figures under auto.
+    engine: dict[str, Any]
 
 
 class ModelInfo(Struct, rename="camel"):

@@ -136,14 +136,17 @@ OPTIONS = (
     ),
     Option(
         "--backend",
-        "auto: TensorRT where the model has a plan for this GPU, else OpenVINO, else ONNX Runtime.",
+        "auto: TensorRT where the model has a plan for this GPU, else the CPU backend and "
+        "lossless precision measured fastest for each tower on this host (ONNX Runtime or "
+        "OpenVINO, f32 or a verified bf16; cached, see --state-dir).",
         (RuntimeConfig, "backend"),
         click.Choice(BACKENDS),
     ),
     Option(
         "--precision",
-        "CPU precision. auto: bf16 where the CPU reports BF16 and ingrain-build verified it for "
-        "the model, else f32.",
+        "CPU precision. auto: the faster of f32 and bf16 (where the CPU reports BF16 and "
+        "ingrain-build verified it for the model), as measured here. int8: the model's verified "
+        "int8 variant (ingrain-build --int8), on ONNX Runtime; never chosen by auto.",
         (RuntimeConfig, "precision"),
         click.Choice(SERVE_PRECISIONS),
     ),
@@ -170,6 +173,14 @@ OPTIONS = (
         f"engine directory), {CACHE_OFF!r}, or a writable directory (for read-only engines).",
         (RuntimeConfig, "compile_cache"),
         env="INGRAIN_COMPILE_CACHE",
+    ),
+    Option(
+        "--state-dir",
+        f"Where `--backend auto` keeps the backend choice it measured per tower and host: "
+        f"{CACHE_IN_ENGINE!r} (a .ingrain-state folder in each engine directory), {CACHE_OFF!r} "
+        "(measure at every load), or a writable directory.",
+        (RuntimeConfig, "state_dir"),
+        env="INGRAIN_STATE_DIR",
     ),
     Option(
         "--preload",

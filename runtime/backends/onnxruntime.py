@@ -13,9 +13,12 @@ from runtime.backends.base import Execution
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precision = "f32"
+    # Set by `auto` on the backend it chose (runtime.backends.choice).
+    decision = None
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0, precision: str = "f32") -> None:
+        # f32, or int8 for a verified int8 variant (dynamically quantised MatMuls).
+        self.precision = precision
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -114,6 +114,10 @@ class TowerSpec:
     # library (min_cosine, max_abs_error; top1_agreement, max_probability_error for classifiers).
     # Absent in manifests from before OpenVINO: `auto` then serves f32.
     precisions: dict[str, dict] | None = None
+    # The verified int8 variant (ingrain-build --int8): {"onnx": file, "min_cosine",
+    # "mean_cosine", "top10_overlap" (or "rank_agreement" for pair towers), "kept_f32": [MatMul
+    # node names left in f32], "thresholds", "items"}. Served only when asked for.
+    int8: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,11 @@ class Manifest:
 
     def named_files(self) -> set[str]:
         """The files the model needs besides the manifest: a copy lacking one cannot serve."""
-        named = {file for tower in self.towers.values() for file in (tower.onnx, tower.plan)}
+        named = {
+            file
+            for tower in self.towers.values()
+            for file in (tower.onnx, tower.plan, (tower.int8 or {}).get("onnx"))
+        }
         if self.tokenizer is not None:
             named.add(self.tokenizer.file)
         if self.classifier is not None:
