@@ -17,9 +17,10 @@ from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.preprocessing.fetch import FetchLimits
-from runtime.repository import ModelNotFound, Repository
+from runtime.repository import ModelNotFound, Repository, slug_or_none
+from runtime.repository.load_check import load_checker
 from runtime.repository.s3 import ObjectStore, S3Location, StoreError
-from runtime.repository.s3_cache import RemoteSettings, S3Cache, default_cache_dir
+from runtime.repository.s3_cache import RemoteSettings, S3Cache, cache_root
 
 
 @click.group()
@@ -405,20 +406,12 @@ def serve_command(
     documents_given = click.get_current_context().get_parameter_source("max_documents")
     if max_documents + 1 > max_queue and documents_given is ParameterSource.DEFAULT:
         max_documents = max_queue - 1  # the default follows a smaller queue
-    remote = None
+    remote = store = None
     if isinstance(engines, S3Location):
         remote = RemoteSettings(engines, poll_interval)
-        engines = fetch_engines(engines, cache_dir or default_cache_dir(engines))
-    repository = Repository(engines)
+        store = ObjectStore(engines)
+        engines = cache_root(store, cache_dir)
     model_precision = parse_model_precisions(model_precisions)
-    named = [("--preload", name) for name in preload]
-    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
-        try:
-            repository.find(name)
-        except ModelNotFound:
-            raise click.ClickException(
-                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
-            ) from None
     configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
@@ -469,6 +462,20 @@ def serve_command(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    if store is not None:
+        fetch_engines(store, engines, runtime)
+    repository = Repository(engines)
+    unreadable = repository.unreadable()
+    named = [("--preload", name) for name in preload]
+    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
+        if repository.contains(name):
+            continue
+        why = unreadable.get(name) or unreadable.get(slug_or_none(name) or "")
+        if why is None:
+            raise click.ClickException(
+                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
+            )
+        click.echo(f"warning: {flag} {name}: skipped, it cannot be fetched: {why}", err=True)
     if not repository.entries():
         click.echo(
             f"warning: no models in {engines}; build one with: ingrain-build SOURCE "
@@ -481,20 +488,16 @@ def serve_command(
         raise click.ClickException(str(error)) from None
 
 
-def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
-    """Bring the cache of `location` up to date before serving it. A model that cannot be
-    fetched keeps its cached version (logged); an unreachable store is fatal only with an
-    empty cache."""
-    from api.logs import configure_logging
-
-    configure_logging()
+def fetch_engines(store: ObjectStore, cache_dir: Path, runtime: RuntimeConfig) -> None:
+    """Bring the cache of `store` up to date before serving it. A model that cannot be
+    fetched (or whose new version does not load) keeps its cached version, and is reported;
+    an unreachable store is fatal only with an empty cache."""
     try:
-        S3Cache(ObjectStore(location), cache_dir).sync_all()
+        S3Cache(store, cache_dir, load_checker(runtime)).sync_all()
     except StoreError as error:
         if not Repository(cache_dir).entries():
             raise click.ClickException(f"{error} (and {cache_dir} holds no models)") from None
         click.echo(f"warning: serving what {cache_dir} holds: {error}", err=True)
-    return cache_dir
 
 
 def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -517,13 +520,15 @@ def list_command(engines: Path | S3Location) -> None:
     """List the models in the engine repository, and the backend/precision each tower runs on
     here with ingrain-serve's defaults."""
     try:
-        entries = (
-            ObjectStore(engines).entries()
-            if isinstance(engines, S3Location)
-            else Repository(engines).entries()
-        )
+        if isinstance(engines, S3Location):
+            entries, unreadable = ObjectStore(engines).entries()
+        else:
+            repository = Repository(engines)
+            entries, unreadable = repository.entries(), repository.unreadable()
     except StoreError as error:
         raise click.ClickException(str(error)) from None
+    for name, why in unreadable.items():
+        click.echo(f"warning: skipped {name}: {why}", err=True)
     if not entries:
         click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
         return
@@ -559,12 +564,12 @@ def remove_command(name: str, engines: Path | S3Location) -> None:
     """Delete the model NAME from the engine repository."""
     if isinstance(engines, S3Location):
         try:
-            published = ObjectStore(engines).remove(name)
+            slug = ObjectStore(engines).remove(name)
         except StoreError as error:
             raise click.ClickException(str(error)) from None
-        if published is None:
+        if slug is None:
             raise click.ClickException(f"{name!r} is not in {engines}; see: ingrain list")
-        click.echo(f"Removed {name} ({engines}/{published.slug})")
+        click.echo(f"Removed {name} ({engines}/{slug})")
         return
     try:
         entry = Repository(engines).remove(name)

@@ -376,6 +376,14 @@ SCHEMAS = {
                     ["name", "ready"],
                 ),
             },
+            # Models skipped because their objects or files cannot be read (present if any).
+            "unreadable": {
+                "type": "array",
+                "items": _object(
+                    {"name": {"type": "string"}, "reason": {"type": "string"}},
+                    ["name", "reason"],
+                ),
+            },
         },
         ["ready", "models"],
     ),

@@ -118,11 +118,20 @@ class Ready:
             | ({"reason": problems[name]} if name in problems else {})
             for name in required
         ]
+        # Models skipped because their objects or files cannot be read: reported, but they do
+        # not make the server unready (it serves the others; every server would be alike).
+        skipped = self.readiness.registry.repository.unreadable()
+        unreadable = (
+            {"unreadable": [{"name": n, "reason": why} for n, why in skipped.items()]}
+            if skipped
+            else {}
+        )
         if problems:
             resp.status = falcon.HTTP_503
-            respond(resp, {"error": _summary(problems), "ready": False, "models": models})
+            body = {"error": _summary(problems), "ready": False, "models": models}
+            respond(resp, body | unreadable)
             return
-        respond(resp, {"ready": True, "models": models})
+        respond(resp, {"ready": True, "models": models} | unreadable)
 
 
 class ModelReady:

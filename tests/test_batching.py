@@ -304,6 +304,8 @@ def executions_holding(recording, ids: list[int]) -> list[int]:
 
 
 LONG_REQUEST = [f"sentence number {i} about the weather and the markets" for i in range(100)]
+# Longer than any text of LONG_REQUEST: sorting by length alone would run it last.
+SMALL_REQUEST = ["zebra giraffe " * 20]
 
 
 def test_a_small_request_behind_a_large_one_runs_in_the_next_execution(minilm, recording):
@@ -311,7 +313,7 @@ def test_a_small_request_behind_a_large_one_runs_in_the_next_execution(minilm, r
     queued behind a held execution: the small one runs in the first execution after it, not
     after the whole large request."""
     tower = make_tower(minilm, recording, max_delay_s=0.05)
-    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, ["zebra giraffe"])
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
     finished: list[str] = []
     recording.gate.clear()
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -330,7 +332,7 @@ def test_a_small_request_behind_a_large_one_runs_in_the_next_execution(minilm, r
     assert executions_holding(recording, small[0]) == [1]
     assert finished == ["small", "large"]
     assert np.abs(results[0] - unbatched(minilm, recording, LONG_REQUEST)).max() < 1e-5
-    assert np.abs(results[1] - unbatched(minilm, recording, ["zebra giraffe"])).max() < 1e-5
+    assert np.abs(results[1] - unbatched(minilm, recording, SMALL_REQUEST)).max() < 1e-5
 
 
 def test_a_request_arriving_while_a_large_one_runs_waits_one_execution(minilm, recording):
@@ -338,7 +340,7 @@ def test_a_request_arriving_while_a_large_one_runs_waits_one_execution(minilm, r
     request arriving during its first execution runs in the next one, and the rest of the
     large request still comes back whole and in order."""
     tower = make_tower(minilm, recording)
-    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, ["zebra giraffe"])
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
     recording.gate.clear()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         big = pool.submit(tower.infer, large, [len(row) for row in large])
@@ -359,7 +361,7 @@ def test_a_queued_request_gets_its_deadline_answer_wherever_it_waits(minilm, rec
     deadline: both are answered with QueueDeadline while the execution is still held (not
     when they would reach the head of the queue), and neither ever executes."""
     tower = make_tower(minilm, recording, max_queue_wait_s=0.05)
-    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, ["zebra giraffe"])
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
     recording.gate.clear()
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
