@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
@@ -23,7 +25,7 @@ from runtime.config import RuntimeConfig
 from runtime.errors import Overloaded, QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository
-from runtime.text import collate_rows
+from runtime.text import TextEncoder, TextOptions, collate_rows
 from tests.conftest import MINILM, start_server, stop_server
 
 
@@ -294,6 +296,19 @@ def wait_until(condition, what: str, timeout_s: float = 60) -> None:
         timer.cancel()
 
 
+@contextmanager
+def held(recording) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Executions held at the gate until the block opens it, with threads to queue requests
+    behind them; the gate opens on the way out whatever happens, so a failing test fails
+    instead of waiting forever for its threads."""
+    recording.gate.clear()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        try:
+            yield pool
+        finally:
+            recording.gate.set()
+
+
 def executions_holding(recording, ids: list[int]) -> list[int]:
     """The indices of the recorded executions that ran the token ids `ids` (one text)."""
     return [
@@ -315,8 +330,7 @@ def test_a_small_request_behind_a_large_one_runs_in_the_next_execution(minilm, r
     tower = make_tower(minilm, recording, max_delay_s=0.05)
     large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
     finished: list[str] = []
-    recording.gate.clear()
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    with held(recording) as pool:
         first = pool.submit(tower.warm_up, token_ids(minilm, ["first"]), [3])
         recording.entered.acquire()  # the first execution has started and is held
         big = pool.submit(tower.infer, large, [len(row) for row in large])
@@ -341,8 +355,7 @@ def test_a_request_arriving_while_a_large_one_runs_waits_one_execution(minilm, r
     large request still comes back whole and in order."""
     tower = make_tower(minilm, recording)
     large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
-    recording.gate.clear()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    with held(recording) as pool:
         big = pool.submit(tower.infer, large, [len(row) for row in large])
         recording.entered.acquire()  # the large request's first execution is held
         assert tower.batcher.queued == 0, "the whole large request was taken at once"
@@ -362,24 +375,55 @@ def test_a_queued_request_gets_its_deadline_answer_wherever_it_waits(minilm, rec
     when they would reach the head of the queue), and neither ever executes."""
     tower = make_tower(minilm, recording, max_queue_wait_s=0.05)
     large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
-    recording.gate.clear()
-    try:
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            # A warm-up: it has no deadline, so it holds the executor as long as the gate does.
-            first = pool.submit(tower.warm_up, token_ids(minilm, ["first"]), [3])
-            recording.entered.acquire()
-            big = pool.submit(tower.infer, large, [len(row) for row in large])
-            one = pool.submit(tower.infer, small, [len(small[0])])
-            for future in (one, big):
-                with pytest.raises(QueueDeadline, match="dropped before execution"):
-                    future.result(timeout=60)
-            assert tower.batcher.queued == 0
-            assert len(recording.sizes) == 0  # the held execution has not even finished
-            recording.gate.set()
-            first.result(timeout=60)
-    finally:
+    with held(recording) as pool:
+        # A warm-up: it has no deadline, so it holds the executor as long as the gate does.
+        first = pool.submit(tower.warm_up, token_ids(minilm, ["first"]), [3])
+        recording.entered.acquire()
+        big = pool.submit(tower.infer, large, [len(row) for row in large])
+        one = pool.submit(tower.infer, small, [len(small[0])])
+        for future in (one, big):
+            with pytest.raises(QueueDeadline, match="dropped before execution"):
+                future.result(timeout=60)
+        assert tower.batcher.queued == 0
+        assert len(recording.sizes) == 0  # the held execution has not even finished
         recording.gate.set()
+        first.result(timeout=60)
     assert tower.infer(small, [len(small[0])]).shape == (1, 384)  # the executor serves on
     tower.close()
     assert recording.sizes == [1, 1]
     assert executions_holding(recording, small[0]) == [1]
+
+
+class CountingTokenizer:
+    """The model's tokenizer, counting the texts it encodes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.encoded = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+    def encode(self, texts, direction):
+        self.encoded += len(texts)
+        return self.tokenizer.encode(texts, direction)
+
+
+def test_a_full_queue_refuses_before_tokenising(minilm, recording):
+    tower = make_tower(minilm, recording, rows=True, max_queue=4)
+    tokenizer = CountingTokenizer(minilm.text.tokenizer)
+    encoder = TextEncoder(tower, tokenizer, minilm.text.prompts)
+    rows = encoder.rows(["x"], TextOptions())
+    with held(recording) as pool:
+        running = pool.submit(encoder.embed, rows)
+        recording.entered.acquire()
+        queued = pool.submit(encoder.embed, rows * 4)
+        wait_until(lambda: tower.batcher.queued == 4, "the queue is full")
+        before = tokenizer.encoded
+        with pytest.raises(Overloaded, match="limit 4"):
+            encoder.rows(["a text that is never tokenised"] * 2, TextOptions())
+        assert tokenizer.encoded == before
+        recording.gate.set()
+        assert running.result(timeout=60).shape == (1, 384)
+        assert queued.result(timeout=60).shape == (4, 384)
+    tower.close()

@@ -81,20 +81,20 @@ class Batcher:
         """Items waiting for execution."""
         return self._queued
 
-    def headroom(self) -> int:
-        """How many more items the queue takes now (a hint: other requests may come first)."""
-        return self.config.max_queue - self._queued
+    def check_room(self, count: int) -> None:
+        """Raise Overloaded when the queue cannot take `count` more items now."""
+        if self._queued + count > self.config.max_queue:
+            raise Overloaded(
+                f"{self._queued} items are queued for this model (limit "
+                f"{self.config.max_queue}); retry shortly"
+            )
 
     def put(self, request: Request) -> None:
         """Queue `request`; raise ModelUnavailable once closed, Overloaded when it does not fit."""
         with self._wake:
             if self._closed:
                 raise ModelUnavailable("the model was unloaded")
-            if self._queued + len(request.items) > self.config.max_queue:
-                raise Overloaded(
-                    f"{self._queued} items are queued for this model (limit "
-                    f"{self.config.max_queue}); retry shortly"
-                )
+            self.check_room(len(request.items))
             self._pending.append(request)
             self._queued += len(request.items)
             self._arrivals += 1

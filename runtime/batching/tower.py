@@ -70,6 +70,12 @@ class Tower:
             raise request.error
         return request.outputs
 
+    def admit(self, count: int) -> None:
+        """Raise Overloaded at once when the queue has no room for `count` items, so that a
+        request refused anyway is not tokenised, fetched or decoded first (`infer` checks
+        again: others may take the room meanwhile)."""
+        self.batcher.check_room(count)
+
     def _wait(self, request: Request) -> None:
         """Wait for `request` to finish; at its deadline, withdraw it from the queue unless
         its execution has begun (then it runs to the end)."""
