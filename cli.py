@@ -410,7 +410,7 @@ def serve_command(
     if isinstance(engines, S3Location):
         remote = RemoteSettings(engines, poll_interval)
         store = ObjectStore(engines)
-        engines = cache_root(store, cache_dir)
+        engines = cache_root(engines, cache_dir)
     model_precision = parse_model_precisions(model_precisions)
     configure_logging()
     if intra_op_threads is None:

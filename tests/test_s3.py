@@ -551,7 +551,7 @@ def test_a_version_that_does_not_load_never_replaces_the_cached_copy(
     location = S3Location(BUCKET, "unloadable")
     good = publish_copy(engines, tmp_path / "good", location, None)
     store = ObjectStore(location)
-    root = cache_root(store, tmp_path / "cache")
+    root = cache_root(location, tmp_path / "cache")
     cache = S3Cache(store, root, load_checker(RuntimeConfig(backend="onnxruntime")))
     cache.sync_all()
     copy_model(engines, MINILM, tmp_path / "bad")
@@ -586,7 +586,7 @@ def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
     publish_copy(engines, tmp_path / "one", first, None)
     publish_copy(engines, tmp_path / "two", second, "query")
     shared = tmp_path / "cache"
-    assert cache_root(ObjectStore(first), shared) != cache_root(ObjectStore(second), shared)
+    assert cache_root(first, shared) != cache_root(second, shared)
     common = ["--cache-dir", str(shared), "--workers", "1", "--preload", MINILM]
     one = start_server(first.url(), tmp_path / "one.log", *common, "--poll-interval", "0.2")
     two = start_server(second.url(), tmp_path / "two.log", *common, "--poll-interval", "0.2")

@@ -45,13 +45,12 @@ class RemoteSettings:
     poll_interval_s: float = 0.0  # 0: at start and on /load_model only
 
 
-def cache_root(store: ObjectStore, cache_dir: Path | None = None) -> Path:
-    """Where a server keeps its copy of `store`'s models: a directory of its own per store
-    (endpoint, bucket and prefix) under `cache_dir` (default ~/.cache/ingrain/engines)."""
-    location = store.location
-    identity = f"{store.client.meta.endpoint_url}|{location}".encode()
+def cache_root(location: S3Location, cache_dir: Path | None = None) -> Path:
+    """Where a server keeps its copy of `location`'s models: a directory of its own per
+    bucket and prefix under `cache_dir` (default ~/.cache/ingrain/engines). The endpoint is
+    not part of the key, so a cache still serves when the endpoint changes or is down."""
     key = f"{slugify(f'{location.bucket}/{location.prefix}')}-"
-    key += hashlib.sha256(identity).hexdigest()[:10]
+    key += hashlib.sha256(str(location).encode()).hexdigest()[:10]
     return (cache_dir or Path.home() / ".cache" / "ingrain" / "engines") / key
 
 
