@@ -118,6 +118,21 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
 
 
 @main.command()
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the cross-encoder in (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fairness(engines: Path | None, as_json: bool):
+    """One-document /rerank requests beside one of the maximum documents (their latency in
+    executions), and the time to the 503 of a request sent to a full queue."""
+    from bench.fairness import run
+
+    show(run(engines), as_json)
+
+
+@main.command()
 @click.option("--minutes", type=click.FloatRange(0.1, 600), default=10.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option(
