@@ -245,8 +245,8 @@ main.add_command(build_command)
     default=BatchingConfig.max_queue_wait_s * 1000,
     show_default=True,
     envvar="INGRAIN_MAX_QUEUE_WAIT_MS",
-    help="A request still queued after this long is dropped before execution with 503 (its "
-    "client has most likely given up; 0: never).",
+    help="A request none of whose items has begun executing after this long is answered 503 "
+    "at once, wherever it waits in the queue, and never executed (0: wait forever).",
 )
 @click.option(
     "--ready-max-execution-s",

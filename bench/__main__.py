@@ -147,11 +147,30 @@ def fairness(engines: Path | None, as_json: bool):
     show_default=True,
     help="The server's backend (issue #17 asks for a run on each CPU backend).",
 )
+@click.option(
+    "--s3",
+    "republish_minutes",
+    type=click.FloatRange(0.1, 60),
+    help="The mixed soak instead: the server on a moto S3 repository, under embeddings, "
+    "OpenAI embeddings, max-documents and one-document /rerank, republishing the embedding "
+    "model every this many minutes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def soak(minutes: float, concurrency: int, engines: Path | None, backend: str, as_json: bool):
+def soak(
+    minutes: float,
+    concurrency: int,
+    engines: Path | None,
+    backend: str,
+    republish_minutes: float | None,
+    as_json: bool,
+):
     """Mixed load on a 2-worker server at saturation; 5xx, lost requests and memory growth."""
+    from bench.soak import mixed_soak
     from bench.soak import soak as run
 
+    if republish_minutes is not None:
+        show(mixed_soak(minutes, republish_minutes, engines), as_json)
+        return
     show(run(minutes, concurrency, engines, backend), as_json)
 
 
