@@ -327,8 +327,8 @@ main.add_command(build_command)
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="INGRAIN_CACHE_DIR",
-    help="s3:// engines: where models are fetched to and served from (default: "
-    "~/.cache/ingrain/engines/BUCKET/PREFIX).",
+    help="s3:// engines: where models are fetched to and served from, in a directory per "
+    "bucket and prefix (default: ~/.cache/ingrain/engines).",
 )
 @click.option(
     "--poll-interval",
