@@ -523,8 +523,7 @@ def list_command(engines: Path | S3Location) -> None:
         if isinstance(engines, S3Location):
             entries, unreadable = ObjectStore(engines).entries()
         else:
-            repository = Repository(engines)
-            entries, unreadable = repository.entries(), repository.unreadable()
+            entries, unreadable = Repository(engines).listing()
     except StoreError as error:
         raise click.ClickException(str(error)) from None
     for name, why in unreadable.items():

@@ -69,12 +69,17 @@ class Repository:
         """The models that are not served because they cannot be read, and why: engine
         directories whose manifest is broken, and what the last sync from object storage
         could not fetch."""
+        return self.listing()[1]
+
+    def listing(self) -> tuple[list[Entry], dict[str, str]]:
+        """`entries` and `unreadable` in one scan, without logging (for `ingrain list`)."""
         try:
             synced = json.loads((self.root / UNREADABLE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             synced = {}
-        local = {directory.name: why for directory, why in self._scan()[1].items()}
-        return local | (synced if isinstance(synced, dict) else {})
+        found, broken = self._scan()
+        local = {directory.name: why for directory, why in broken.items()}
+        return found, local | (synced if isinstance(synced, dict) else {})
 
     def _scan(self) -> tuple[list[Entry], dict[Path, str]]:
         if not self.root.is_dir():
