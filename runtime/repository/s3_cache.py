@@ -102,10 +102,30 @@ class S3Cache:
         write_atomically(self.root / UNREADABLE_FILE, json.dumps(unreadable, indent=1))
 
     def sync(self, name: str) -> None:
-        """Bring `name` up to date, if the store publishes it."""
+        """Bring `name` up to date, if the store publishes it (and update its report)."""
         published = self.store.find(name)
-        if published is not None:
+        if published is None:
+            return
+        try:
             self._sync(published)
+        except StoreError as error:
+            self._note(name, str(error))
+            raise
+        self._note(name, None)
+
+    def _note(self, name: str, why: str | None) -> None:
+        """Change one model's line of the report between polls."""
+        try:
+            unreadable = json.loads((self.root / UNREADABLE_FILE).read_text())
+        except (OSError, ValueError):
+            unreadable = {}
+        if not isinstance(unreadable, dict) or unreadable.get(name) == why:
+            return
+        if why is None:
+            unreadable.pop(name, None)
+        else:
+            unreadable[name] = why
+        write_atomically(self.root / UNREADABLE_FILE, json.dumps(unreadable, indent=1))
 
     def poll(self) -> list[str]:
         """One round of sync_all (the names of the models it dropped), unless another worker of
