@@ -145,7 +145,7 @@ def fairness(engines: Path | None, as_json: bool):
     type=click.Choice(["auto", "openvino", "onnxruntime"]),
     default="auto",
     show_default=True,
-    help="The server's backend (issue #17 asks for a run on each CPU backend).",
+    help="The server's backend (run the soak once on each CPU backend).",
 )
 @click.option(
     "--s3",

@@ -181,3 +181,19 @@ def test_empty_or_spaced_keys_are_refused(engines):
     for key in ("", " ", "two words"):
         result = run("ingrain-serve", "--engines", str(engines), "--admin-key", key)
         assert result.returncode == 2 and "may not be empty" in result.stderr, key
+
+
+def test_every_serve_option_defaults_to_its_settings_field():
+    """The options are built from the settings' fields: with no flag given, the settings are
+    the dataclasses' defaults (but for the two the command resolves: the model port, which it
+    turns on, and the inference threads, which it derives from the cores)."""
+    from pathlib import Path
+
+    from api.server.options import OPTIONS, settings
+
+    values = {o.name: () if o.multiple else o.default_value() for o in OPTIONS}
+    values |= {"model_port": 8687, "intra_op_threads": 0, "log_format": "text"}
+    built = settings(values, engines=Path("engines"))
+    assert built == ServerSettings(engines=Path("engines"), model_port=8687)
+    assert built.runtime == RuntimeConfig() and built.limits == Limits()
+    assert built.runtime.batching == BatchingConfig()

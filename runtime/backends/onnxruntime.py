@@ -22,7 +22,7 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The arena keeps the largest batch's activations for ever (about 800 MB per worker after
         # one burst of 256-token texts); without it they go back to malloc, which the worker
-        # trims after large requests (api.server). No throughput cost measured on CPU.
+        # trims after large requests (api.server.server). No throughput cost measured on CPU.
         options.enable_cpu_mem_arena = False
         preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in preferred if p in ort.get_available_providers()]

@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from api.resources import respond
+from api.routes import schemas
+from api.routes.common import respond
 from runtime.batching.stats import BATCH_STATS, MODEL_LOADED, STATS
 from runtime.repository import Repository
 
@@ -148,4 +149,4 @@ class Metrics:
             resp.content_type = content_type
             resp.data = encode(source)
             return
-        respond(resp, {"modelStats": model_stats(self.repository, source)})
+        respond(resp, schemas.Metrics(model_stats(self.repository, source)))
