@@ -13,9 +13,10 @@ from api.server.options import parse_model_precisions, serve_options, settings
 from builder.command import build_command, engines_option
 from runtime.backends import engine_summary, int8_missing, openvino_unavailable
 from runtime.config import RuntimeConfig
-from runtime.repository import ModelNotFound, Repository
+from runtime.repository import ModelNotFound, Repository, slug_or_none
+from runtime.repository.load_check import load_checker
 from runtime.repository.s3 import ObjectStore, S3Location, StoreError
-from runtime.repository.s3_cache import RemoteSettings, S3Cache, default_cache_dir
+from runtime.repository.s3_cache import RemoteSettings, S3Cache, cache_root
 
 
 @click.group()
@@ -50,22 +51,13 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
         and documents_given is ParameterSource.DEFAULT
     ):
         values["max_documents"] = values["max_queue"] - 1  # the default follows a smaller queue
-    remote = None
+    remote = store = None
     if isinstance(engines, S3Location):
         remote = RemoteSettings(engines, values["poll_interval"])
-        engines = fetch_engines(engines, values["cache_dir"] or default_cache_dir(engines))
+        store = ObjectStore(engines)
+        engines = cache_root(engines, values["cache_dir"])
         values["build_on_load"] = False  # a server of s3:// engines does not write models
-    repository = Repository(engines)
     model_precision = parse_model_precisions(values["model_precisions"])
-    named = [("--preload", name) for name in values["preload"]]
-    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
-        try:
-            repository.find(name)
-        except ModelNotFound:
-            raise click.ClickException(
-                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
-            ) from None
-    refuse_int8_without_variant(repository, values["precision"], model_precision, values["preload"])
     configure_logging()
     if values["intra_op_threads"] is None:
         values["intra_op_threads"] = max(1, (os.cpu_count() or 1) // workers)
@@ -73,6 +65,21 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
         server_settings = settings(values, engines=engines, remote=remote)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    if store is not None:
+        fetch_engines(store, engines, server_settings.runtime)
+    repository = Repository(engines)
+    unreadable = repository.unreadable()
+    named = [("--preload", name) for name in values["preload"]]
+    for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
+        if repository.contains(name):
+            continue
+        why = unreadable.get(name) or unreadable.get(slug_or_none(name) or "")
+        if why is None:
+            raise click.ClickException(
+                f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
+            )
+        click.echo(f"warning: {flag} {name}: skipped, it cannot be fetched: {why}", err=True)
+    refuse_int8_without_variant(repository, values["precision"], model_precision, values["preload"])
     if not repository.entries():
         click.echo(
             f"warning: no models in {engines}; build one with: ingrain-build SOURCE "
@@ -103,27 +110,23 @@ def refuse_int8_without_variant(
     has no verified int8 variant: say how to build one before starting."""
     asked = dict(model_precision)
     for name in dict.fromkeys([*asked, *preload]):
-        if asked.get(name, precision) != "int8":
+        if asked.get(name, precision) != "int8" or not repository.contains(name):
             continue
         manifest = repository.find(name).manifest
         if not any(tower.int8 for tower in manifest.towers.values()):
             raise click.ClickException(int8_missing(name))
 
 
-def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
-    """Bring the cache of `location` up to date before serving it. A model that cannot be
-    fetched keeps its cached version (logged); an unreachable store is fatal only with an
-    empty cache."""
-    from api.server.logs import configure_logging
-
-    configure_logging()
+def fetch_engines(store: ObjectStore, cache_dir: Path, runtime: RuntimeConfig) -> None:
+    """Bring the cache of `store` up to date before serving it. A model that cannot be
+    fetched (or whose new version does not load) keeps its cached version, and is reported;
+    an unreachable store is fatal only with an empty cache."""
     try:
-        S3Cache(ObjectStore(location), cache_dir).sync_all()
+        S3Cache(store, cache_dir, load_checker(runtime)).sync_all()
     except StoreError as error:
         if not Repository(cache_dir).entries():
             raise click.ClickException(f"{error} (and {cache_dir} holds no models)") from None
         click.echo(f"warning: serving what {cache_dir} holds: {error}", err=True)
-    return cache_dir
 
 
 @main.command("list")
@@ -132,13 +135,14 @@ def list_command(engines: Path | S3Location) -> None:
     """List the models in the engine repository, and the backend/precision each tower runs on
     here with ingrain-serve's defaults."""
     try:
-        entries = (
-            ObjectStore(engines).entries()
-            if isinstance(engines, S3Location)
-            else Repository(engines).entries()
-        )
+        if isinstance(engines, S3Location):
+            entries, unreadable = ObjectStore(engines).entries()
+        else:
+            entries, unreadable = Repository(engines).listing()
     except StoreError as error:
         raise click.ClickException(str(error)) from None
+    for name, why in unreadable.items():
+        click.echo(f"warning: skipped {name}: {why}", err=True)
     if not entries:
         click.echo(f"No models in {engines}. Build one with: ingrain-build SOURCE")
         return
@@ -189,12 +193,12 @@ def remove_command(name: str, engines: Path | S3Location) -> None:
     """Delete the model NAME from the engine repository."""
     if isinstance(engines, S3Location):
         try:
-            published = ObjectStore(engines).remove(name)
+            slug = ObjectStore(engines).remove(name)
         except StoreError as error:
             raise click.ClickException(str(error)) from None
-        if published is None:
+        if slug is None:
             raise click.ClickException(f"{name!r} is not in {engines}; see: ingrain list")
-        click.echo(f"Removed {name} ({engines}/{published.slug})")
+        click.echo(f"Removed {name} ({engines}/{slug})")
         return
     try:
         entry = Repository(engines).remove(name)

@@ -161,6 +161,21 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
 
 
 @main.command()
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the cross-encoder in (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fairness(engines: Path | None, as_json: bool):
+    """One-document /rerank requests beside one of the maximum documents (their latency in
+    executions), and the time to the 503 of a request sent to a full queue."""
+    from bench.fairness import run
+
+    show(run(engines), as_json)
+
+
+@main.command()
 @click.option("--minutes", type=click.FloatRange(0.1, 600), default=10.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option(
@@ -175,11 +190,30 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
     show_default=True,
     help="The server's backend (run the soak once on each CPU backend).",
 )
+@click.option(
+    "--s3",
+    "republish_minutes",
+    type=click.FloatRange(0.1, 60),
+    help="The mixed soak instead: the server on a moto S3 repository, under embeddings, "
+    "OpenAI embeddings, max-documents and one-document /rerank, republishing the embedding "
+    "model every this many minutes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def soak(minutes: float, concurrency: int, engines: Path | None, backend: str, as_json: bool):
+def soak(
+    minutes: float,
+    concurrency: int,
+    engines: Path | None,
+    backend: str,
+    republish_minutes: float | None,
+    as_json: bool,
+):
     """Mixed load on a 2-worker server at saturation; 5xx, lost requests and memory growth."""
+    from bench.soak import mixed_soak
     from bench.soak import soak as run
 
+    if republish_minutes is not None:
+        show(mixed_soak(minutes, republish_minutes, engines), as_json)
+        return
     show(run(minutes, concurrency, engines, backend), as_json)
 
 

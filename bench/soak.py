@@ -232,3 +232,177 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
         and max(growth.values(), default=0.0) < RSS_GROWTH_LIMIT_PERCENT,
         "long_texts": long_texts,
     }
+
+
+# --- the mixed soak against object storage -----------------------------------------------------
+
+BUCKET = "ingrain-soak"
+SMALL_ROUTES = ("/embed_text", "/rerank:small")
+
+
+def moto_store(work: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 with one bucket, and the environment that reaches it."""
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=open(work / "moto.log", "wb"),  # noqa: SIM115 (the process owns it)
+        stderr=subprocess.STDOUT,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "soak",
+        "AWS_SECRET_ACCESS_KEY": "soak",
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(env["AWS_ENDPOINT_URL"] + "/moto-api/", timeout=2)
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    client_env = {key.lower(): value for key, value in env.items() if key != "AWS_DEFAULT_REGION"}
+    client_env["endpoint_url"] = client_env.pop("aws_endpoint_url")
+    boto3.client("s3", region_name="us-east-1", **client_env).create_bucket(Bucket=BUCKET)
+    return process, env
+
+
+def mixed_soak(minutes: float, republish_minutes: float, engines: Path | None) -> dict:
+    """The server on an s3:// repository (moto), 2 workers, under small /embed_text requests,
+    OpenAI /v1/embeddings, /rerank of the maximum documents and one-document /rerank requests
+    to the same model, while MiniLM is republished every `republish_minutes`. Reports 5xx,
+    the small requests' latency against their deadline (--max-queue-wait-ms), and worker RSS
+    growth from the end of warm-up."""
+    import os
+
+    from bench.rerank import MODEL as CROSS_ENCODER
+    from bench.rerank import ensure_model as ensure_cross_encoder
+    from runtime.repository import Repository
+    from runtime.repository.s3 import ObjectStore, S3Location
+
+    work = Path(tempfile.mkdtemp(prefix="ingrain-mixed-soak-"))
+    engines = engines or work / "engines"
+    ensure_model(engines)
+    ensure_cross_encoder(engines)
+    moto, env = moto_store(work)
+    os.environ.update(env)  # for the publishes from here
+    location = S3Location(BUCKET, "models")
+    store = ObjectStore(location)
+    for name in (MODEL, CROSS_ENCODER):
+        store.publish(Repository(engines).find(name).directory)
+    deadline_ms = 30_000.0  # ingrain-serve's default --max-queue-wait-ms
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "ingrain-serve"),
+        *("--engines", location.url(), "--cache-dir", str(work / "cache")),
+        *("--port", str(port), "--model-port", "none", "--workers", "2"),
+        *("--poll-interval", "2", "--preload", MODEL, "--preload", CROSS_ENCODER),
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=open(work / "server.log", "wb"),  # noqa: SIM115 (the process owns it)
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    texts = sentences()
+    query, documents = texts[0], texts[1:1001]
+    bodies = {
+        "/embed_text": lambda i: {"name": MODEL, "text": [texts[i % len(texts)]]},
+        "/v1/embeddings": lambda i: {"model": MODEL, "input": texts[i % 500 : i % 500 + 4]},
+        "/rerank": lambda i: {"name": CROSS_ENCODER, "query": query, "texts": documents},
+        "/rerank:small": lambda i: {
+            "name": CROSS_ENCODER,
+            "query": query,
+            "texts": [texts[i % len(texts)]],
+        },
+    }
+    lock = threading.Lock()
+    statuses: dict[str, dict[int, int]] = {route: {} for route in bodies}
+    small_ms: list[float] = []
+    republished = 0
+
+    def client(route: str, until: float) -> None:
+        session = requests.Session()
+        index = 0
+        while time.monotonic() < until:
+            index += 1
+            started = time.perf_counter()
+            try:
+                answer = session.post(
+                    url + route.split(":")[0], json=bodies[route](index), timeout=600
+                )
+                status = answer.status_code
+            except requests.RequestException:
+                status = 0
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                statuses[route][status] = statuses[route].get(status, 0) + 1
+                if route in SMALL_ROUTES:
+                    small_ms.append(elapsed)
+
+    def republisher(until: float) -> None:
+        nonlocal republished
+        while time.monotonic() + republish_minutes * 60 < until:
+            time.sleep(republish_minutes * 60)
+            store.publish(Repository(engines).find(MODEL).directory)
+            republished += 1
+
+    try:
+        wait_for(url + "/ready", process, seconds=600)
+        warm_until = time.monotonic() + min(300.0, minutes * 60 / 6)
+        end = time.monotonic() + minutes * 60
+        rss: dict[str, dict[int, float]] = {"start": worker_rss_mb(process.pid)}
+        routes = ["/embed_text", "/embed_text", "/v1/embeddings", "/rerank", "/rerank:small"]
+        for stage, until in (("after_warmup", warm_until), ("end", end)):
+            threads = [threading.Thread(target=client, args=(r, until)) for r in routes]
+            if stage == "end":
+                threads.append(threading.Thread(target=republisher, args=(until,)))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            time.sleep(TRIM_INTERVAL_S + 1)
+            rss[stage] = worker_rss_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+        moto.terminate()
+        moto.wait(30)
+    growth = {
+        pid: round(100 * (rss["end"].get(pid, 0) - mb) / mb, 1)
+        for pid, mb in rss["after_warmup"].items()
+    }
+    server_errors = sum(
+        count
+        for per in statuses.values()
+        for status, count in per.items()
+        if status >= 500 or not status
+    )
+    late = sum(ms > deadline_ms for ms in small_ms)
+    return {
+        "minutes": minutes,
+        "republish_every_minutes": republish_minutes,
+        "republished": republished,
+        "statuses": {
+            route: {str(k): v for k, v in sorted(per.items())} for route, per in statuses.items()
+        },
+        "server_errors": server_errors,
+        "small_requests": len(small_ms),
+        "small_p50_ms": round(float(np.percentile(small_ms, 50)), 1),
+        "small_p99_ms": round(float(np.percentile(small_ms, 99)), 1),
+        "small_max_ms": round(max(small_ms), 1),
+        "deadline_ms": deadline_ms,
+        "small_past_deadline": late,
+        "worker_rss_mb": {
+            stage: {str(k): round(v, 1) for k, v in values.items()} for stage, values in rss.items()
+        },
+        "rss_growth_after_warmup_percent": {str(k): v for k, v in growth.items()},
+        "passed": server_errors == 0
+        and late == 0
+        and max(growth.values(), default=0.0) < RSS_GROWTH_LIMIT_PERCENT,
+    }

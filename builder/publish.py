@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builder.errors import BuildError
 from builder.progress import Progress
-from runtime.repository.s3 import ObjectStore, S3Location, StoreError
+from runtime.repository.s3 import BrokenVersion, ObjectStore, S3Location, StoreError
 
 
 def build_and_publish(
@@ -29,7 +29,11 @@ def build_and_publish(
     store = ObjectStore(location)
     try:
         # Before the build, so a wrong bucket or credentials fail in seconds, not after it.
-        existing = store.find(name)
+        try:
+            existing = store.find(name)
+        except BrokenVersion as error:  # not a model: the publish replaces it
+            progress.say(f"replacing an unreadable pointer: {error}")
+            existing = None
         if existing is not None and skip_existing:
             progress.say(f"{name} is already published in {location}; nothing to do")
             return None

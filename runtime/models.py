@@ -43,6 +43,7 @@ class ImageEncoder:
 
         The first image that fails raises an InputError naming its index and the reason.
         """
+        self.tower.admit(len(sources))
         started = time.perf_counter_ns()
         fetched = self.fetcher.fetch_all(sources, headers)
         decoding = time.perf_counter_ns()

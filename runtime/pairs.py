@@ -93,6 +93,7 @@ class PairEncoder:
         return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
 
     def _items(self, first: list[str], second: list[str] | None, truncate: bool) -> list[PairItem]:
+        self.tower.admit(len(first))
         started = time.perf_counter_ns()
         encodings = self.tokenizer.encode(first, second)
         self.tower.stats.preprocess("tokenize", time.perf_counter_ns() - started)

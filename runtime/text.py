@@ -79,6 +79,7 @@ class TextEncoder:
         return self.prompts.prompts[name]
 
     def rows(self, texts: list[str], options: TextOptions) -> list[TokenRow]:
+        self.tower.admit(len(texts))
         started = time.perf_counter_ns()
         prompt = self.resolve_prompt(options)
         skip = 0
@@ -94,6 +95,7 @@ class TextEncoder:
     def id_rows(self, ids: list[list[int]], options: TextOptions) -> list[TokenRow]:
         """Token ids as given (special tokens included), checked against the vocabulary and
         truncated like texts. Prompts apply to texts only."""
+        self.tower.admit(len(ids))
         for index, row in enumerate(ids):
             bad = next((i for i in row if not 0 <= i < self.tokenizer.vocab_size), None)
             if bad is not None:
@@ -102,9 +104,8 @@ class TextEncoder:
                     f"(0 to {self.tokenizer.vocab_size - 1})"
                 )
         self._check_lengths([len(row) for row in ids], options)
-        left = (options.direction or self.tokenizer.spec.truncation_side) == "left"
-        limit = self.max_length
-        return [TokenRow(row[-limit:] if left else row[:limit]) for row in ids]
+        direction = options.direction or self.tokenizer.spec.truncation_side
+        return [TokenRow(self.tokenizer.truncate_ids(row, direction)) for row in ids]
 
     def _check_lengths(
         self, counts: list[int], options: TextOptions, texts: list[str] | None = None

@@ -180,12 +180,20 @@ class Server:
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             statuses = dict(zip(ids, pool.map(send, ids), strict=True))
-        time.sleep(0.5)  # the access-log lines are written as the answers leave
+        # The access-log lines are written as the answers leave: wait (bounded) for them all.
+        deadline = time.monotonic() + 30
+        while True:
+            logged: dict[str, int] = {}
+            for line in self.log.read_text().splitlines():
+                found = re.search(r"\[(\d+)\] \[INFO\] .*request_id=(probe-[0-9a-f]+)", line)
+                if found and found.group(2) in statuses:
+                    logged[found.group(2)] = int(found.group(1))
+            if len(logged) == len(statuses) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         by_worker: dict[int, set[int]] = {}
-        for line in self.log.read_text().splitlines():
-            found = re.search(r"\[(\d+)\] \[INFO\] .*request_id=(probe-[0-9a-f]+)", line)
-            if found and found.group(2) in statuses:
-                by_worker.setdefault(int(found.group(1)), set()).add(statuses[found.group(2)])
+        for request_id, pid in logged.items():
+            by_worker.setdefault(pid, set()).add(statuses[request_id])
         return by_worker
 
     def post(self, route: str, body: dict, **kwargs) -> requests.Response:

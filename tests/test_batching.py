@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
@@ -20,10 +22,10 @@ from runtime.batching import BatchingConfig
 from runtime.batching.stats import TowerStats
 from runtime.batching.tower import Tower
 from runtime.config import RuntimeConfig
-from runtime.errors import Overloaded
+from runtime.errors import Overloaded, QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository
-from runtime.text import collate_rows
+from runtime.text import TextEncoder, TextOptions, collate_rows
 from tests.conftest import MINILM, start_server, stop_server
 
 
@@ -36,6 +38,7 @@ class Recording:
         self.name, self.precision = backend.name, backend.precision
         self.sizes: list[int] = []
         self.shapes: list[tuple[int, ...]] = []
+        self.token_rows: list[np.ndarray] = []  # each execution's first input (token ids)
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Semaphore(0)
@@ -45,6 +48,7 @@ class Recording:
         self.gate.wait()
         self.sizes.append(len(next(iter(inputs.values()))))
         self.shapes.append(next(iter(inputs.values())).shape)
+        self.token_rows.append(next(iter(inputs.values())))
         return self.backend.run(inputs)
 
     def close(self):
@@ -134,10 +138,14 @@ def test_requests_queued_while_the_engine_runs_are_merged(minilm, recording):
 
 
 def test_a_lone_request_on_an_idle_engine_does_not_wait(minilm, recording):
-    tower = make_tower(minilm, recording, max_delay_s=3600)  # any wait would hang the test
+    tower = make_tower(minilm, recording, max_delay_s=3600)  # any wait would fail the test
     ids = token_ids(minilm, ["alone"])
-    assert tower.infer(ids, [len(ids[0])]).shape == (1, 384)
-    tower.close()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(tower.infer, ids, [len(ids[0])])
+        try:
+            assert answer.result(timeout=60).shape == (1, 384)
+        finally:
+            tower.close()  # ends a batching wait too: the test fails instead of hanging
     assert recording.sizes == [1]
 
 
@@ -273,3 +281,149 @@ def test_metrics_queue_is_the_wait_in_the_batcher(server):
     )
     # The wait before execution: part of the request's whole time, apart from the execution.
     assert queue > 0 and queue + infer <= whole
+
+
+def wait_until(condition, what: str, timeout_s: float = 60) -> None:
+    """Poll `condition` (a queue's state) with a bound, instead of sleeping and hoping."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout_s, deadline.set)
+    timer.start()
+    try:
+        while not condition():
+            if deadline.wait(0.001):
+                raise AssertionError(f"not within {timeout_s} s: {what}")
+    finally:
+        timer.cancel()
+
+
+@contextmanager
+def held(recording) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Executions held at the gate until the block opens it, with threads to queue requests
+    behind them; the gate opens on the way out whatever happens, so a failing test fails
+    instead of waiting forever for its threads."""
+    recording.gate.clear()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        try:
+            yield pool
+        finally:
+            recording.gate.set()
+
+
+def executions_holding(recording, ids: list[int]) -> list[int]:
+    """The indices of the recorded executions that ran the token ids `ids` (one text)."""
+    return [
+        number
+        for number, rows in enumerate(recording.token_rows)
+        if any(list(row[: len(ids)]) == ids and not row[len(ids) :].any() for row in rows)
+    ]
+
+
+LONG_REQUEST = [f"sentence number {i} about the weather and the markets" for i in range(100)]
+# Longer than any text of LONG_REQUEST: sorting by length alone would run it last.
+SMALL_REQUEST = ["zebra giraffe " * 20]
+
+
+def test_a_small_request_behind_a_large_one_runs_in_the_next_execution(minilm, recording):
+    """One request of 100 texts (four executions of 32 at most), then a one-text request, both
+    queued behind a held execution: the small one runs in the first execution after it, not
+    after the whole large request."""
+    tower = make_tower(minilm, recording, max_delay_s=0.05)
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
+    finished: list[str] = []
+    with held(recording) as pool:
+        first = pool.submit(tower.warm_up, token_ids(minilm, ["first"]), [3])
+        recording.entered.acquire()  # the first execution has started and is held
+        big = pool.submit(tower.infer, large, [len(row) for row in large])
+        wait_until(lambda: tower.batcher.queued == len(large), "the large request is queued")
+        one = pool.submit(tower.infer, small, [len(small[0])])
+        wait_until(lambda: tower.batcher.queued == len(large) + 1, "both are queued")
+        big.add_done_callback(lambda _: finished.append("large"))
+        one.add_done_callback(lambda _: finished.append("small"))
+        recording.gate.set()
+        first.result(timeout=60)
+        results = big.result(timeout=120), one.result(timeout=120)
+    tower.close()
+    assert executions_holding(recording, small[0]) == [1]
+    assert finished == ["small", "large"]
+    assert np.abs(results[0] - unbatched(minilm, recording, LONG_REQUEST)).max() < 1e-5
+    assert np.abs(results[1] - unbatched(minilm, recording, SMALL_REQUEST)).max() < 1e-5
+
+
+def test_a_request_arriving_while_a_large_one_runs_waits_one_execution(minilm, recording):
+    """The large request alone is taken as one sort window of several executions; a one-text
+    request arriving during its first execution runs in the next one, and the rest of the
+    large request still comes back whole and in order."""
+    tower = make_tower(minilm, recording)
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
+    with held(recording) as pool:
+        big = pool.submit(tower.infer, large, [len(row) for row in large])
+        recording.entered.acquire()  # the large request's first execution is held
+        assert tower.batcher.queued == 0, "the whole large request was taken at once"
+        one = pool.submit(tower.infer, small, [len(small[0])])
+        wait_until(lambda: tower.batcher.queued == 1, "the small request is queued")
+        recording.gate.set()
+        results = big.result(timeout=120), one.result(timeout=120)
+    tower.close()
+    assert executions_holding(recording, small[0]) == [1]
+    assert sum(recording.sizes) == len(large) + 1
+    assert np.abs(results[0] - unbatched(minilm, recording, LONG_REQUEST)).max() < 1e-5
+
+
+def test_a_queued_request_gets_its_deadline_answer_wherever_it_waits(minilm, recording):
+    """A large and then a small request queued behind a held execution, with a 50 ms
+    deadline: both are answered with QueueDeadline while the execution is still held (not
+    when they would reach the head of the queue), and neither ever executes."""
+    tower = make_tower(minilm, recording, max_queue_wait_s=0.05)
+    large, small = token_ids(minilm, LONG_REQUEST), token_ids(minilm, SMALL_REQUEST)
+    with held(recording) as pool:
+        # A warm-up: it has no deadline, so it holds the executor as long as the gate does.
+        first = pool.submit(tower.warm_up, token_ids(minilm, ["first"]), [3])
+        recording.entered.acquire()
+        big = pool.submit(tower.infer, large, [len(row) for row in large])
+        one = pool.submit(tower.infer, small, [len(small[0])])
+        for future in (one, big):
+            with pytest.raises(QueueDeadline, match="dropped before execution"):
+                future.result(timeout=60)
+        assert tower.batcher.queued == 0
+        assert len(recording.sizes) == 0  # the held execution has not even finished
+        recording.gate.set()
+        first.result(timeout=60)
+    assert tower.infer(small, [len(small[0])]).shape == (1, 384)  # the executor serves on
+    tower.close()
+    assert recording.sizes == [1, 1]
+    assert executions_holding(recording, small[0]) == [1]
+
+
+class CountingTokenizer:
+    """The model's tokenizer, counting the texts it encodes."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.encoded = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+    def encode(self, texts, direction):
+        self.encoded += len(texts)
+        return self.tokenizer.encode(texts, direction)
+
+
+def test_a_full_queue_refuses_before_tokenising(minilm, recording):
+    tower = make_tower(minilm, recording, rows=True, max_queue=4)
+    tokenizer = CountingTokenizer(minilm.text.tokenizer)
+    encoder = TextEncoder(tower, tokenizer, minilm.text.prompts)
+    rows = encoder.rows(["x"], TextOptions())
+    with held(recording) as pool:
+        running = pool.submit(encoder.embed, rows)
+        recording.entered.acquire()
+        queued = pool.submit(encoder.embed, rows * 4)
+        wait_until(lambda: tower.batcher.queued == 4, "the queue is full")
+        before = tokenizer.encoded
+        with pytest.raises(Overloaded, match="limit 4"):
+            encoder.rows(["a text that is never tokenised"] * 2, TextOptions())
+        assert tokenizer.encoded == before
+        recording.gate.set()
+        assert running.result(timeout=60).shape == (1, 384)
+        assert queued.result(timeout=60).shape == (4, 384)
+    tower.close()

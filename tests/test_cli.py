@@ -54,6 +54,19 @@ def test_list_shows_the_built_model(pair_engines):
     assert all(row.endswith("MB") for row in rows)
 
 
+def test_list_names_a_model_it_skips_and_why(engines, tmp_path):
+    copy = tmp_path / "engines"
+    shutil.copytree(engines / "sentence-transformers--all-MiniLM-L6-v2", copy / "minilm")
+    (copy / "broken").mkdir()
+    (copy / "broken" / "model.json").write_text("[]")
+    result = run("ingrain", "list", "--engines", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert MINILM in result.stdout
+    assert result.stderr.splitlines() == [
+        f"warning: skipped broken: {copy}/broken/model.json does not hold a JSON object"
+    ]
+
+
 def test_remove_deletes_the_model(engines, tmp_path):
     copy = tmp_path / "engines"
     shutil.copytree(engines, copy)

@@ -110,8 +110,14 @@ def test_request_id_is_echoed_or_generated_and_logged(metered):
     assert echoed.headers["X-Request-ID"] == "job-42"
     generated = requests.get(metered.url + "/health", timeout=5).headers["X-Request-ID"]
     assert len(generated) == 32
-    time.sleep(0.5)
-    lines = [line for line in metered.log.read_text().splitlines() if "job-42" in line]
+    deadline = time.monotonic() + 30  # the access-log line is written as the answer leaves
+
+    def logged() -> list[str]:
+        return [line for line in metered.log.read_text().splitlines() if "job-42" in line]
+
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = logged()
     assert len(lines) == 1
     assert '"route":"/embed_text"' in lines[0] and f'"model":"{MINILM}"' in lines[0]
     assert '"items":1' in lines[0] and '"status":200' in lines[0]

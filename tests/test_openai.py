@@ -104,6 +104,19 @@ def test_token_ids_equal_their_text(client, keyed, reference):
     assert np.abs(single[0] - expected[0]).max() <= 1e-5
 
 
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_over_long_token_ids_are_cut_like_their_text(client, keyed, reference, direction):
+    """Token ids past the maximum keep [CLS] and [SEP] at the ends, as the tokenizer's own
+    truncation of the same text does: the same embedding."""
+    text = " ".join(f"word{i}" for i in range(400))
+    ids = reference.tokenizer([text])["input_ids"]  # untruncated: [CLS] ... [SEP]
+    assert len(ids[0]) > 256
+    options = {"truncation_direction": direction}
+    from_ids = vectors(client.embeddings.create(model=MINILM, input=ids, extra_body=options))
+    expected = vectors(client.embeddings.create(model=MINILM, input=text, extra_body=options))
+    assert np.abs(from_ids - expected).max() <= 1e-5
+
+
 def test_usage_counts_tokens_after_truncation(client):
     result = client.embeddings.create(model=MINILM, input="word " * 1000)
     assert result.usage.prompt_tokens == 256

@@ -24,7 +24,7 @@ from runtime.models import ImageEncoder, Model
 from runtime.repository import Repository, slugify
 from runtime.text import TextEncoder, TextOptions
 from tests.conftest import CLIP, MINILM, start_server, stop_server
-from tests.test_batching import Recording, make_tower
+from tests.test_batching import Recording, make_tower, wait_until
 
 
 class Faulty(Recording):
@@ -138,7 +138,7 @@ def test_a_stuck_execution_marks_the_tower_not_ready_until_it_ends(minilm):
     request.start()
     try:
         backend.entered.acquire()  # the request, now held inside the engine
-        time.sleep(0.05)  # past the 10 ms limit
+        wait_until(lambda: tower.check(0.01, 3) is not None, "the 10 ms limit passes")
         reason = tower.check(0.01, 3)
         assert reason is not None and "an execution has been running for" in reason
     finally:
@@ -193,11 +193,12 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
 
         second = threading.Thread(target=late)
         second.start()
-        time.sleep(0.05)  # past the 10 ms deadline, while still queued
+        # Its own deadline answers it while the first request still holds the engine.
+        second.join(timeout=60)
+        assert not second.is_alive(), "the queued request was not answered at its deadline"
         executed = len(backend.sizes)
         backend.gate.set()
         first.join()
-        second.join()
         assert isinstance(outcome[0], QueueDeadline) and "dropped before execution" in str(
             outcome[0]
         )

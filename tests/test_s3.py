@@ -18,10 +18,13 @@ import boto3
 import pytest
 import requests
 
+from runtime.config import RuntimeConfig
 from runtime.repository import Repository
+from runtime.repository.digests import file_digests
+from runtime.repository.load_check import load_checker
 from runtime.repository.manifest import Manifest, PromptSpec
 from runtime.repository.s3 import ObjectStore, S3Location
-from runtime.repository.s3_cache import S3Cache
+from runtime.repository.s3_cache import VERSION_FILE, S3Cache, cache_root
 from tests.conftest import BIN, CLIP, MINILM, free_port, start_server, stop_server
 from tests.test_management import copy_model
 
@@ -340,6 +343,9 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
     assert answer.status_code == 502
     assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
     assert "SHA-256" in answer.json()["error"]
+    ready = requests.get(manual.url + "/ready", timeout=30)
+    assert ready.status_code == 200  # it serves the cached version, and says what it skipped
+    assert [item["name"] for item in ready.json()["unreadable"]] == [MINILM]
     wait_for(
         lambda: f"s3://{BUCKET}/{corrupt}" in polling.log.read_text(),
         "the polling server logs the corrupt object",
@@ -367,7 +373,7 @@ HOSTILE_MANIFESTS = {
 }
 
 
-@pytest.mark.parametrize("damage", [*HOSTILE_MANIFESTS, "files a list"])
+@pytest.mark.parametrize("damage", [*HOSTILE_MANIFESTS, "files a list", "manifest a list"])
 def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
     s3_servers, engines, tmp_path, damage
 ):
@@ -384,6 +390,8 @@ def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
     manifest = json.loads(raw.read())
     if damage == "files a list":
         manifest["files"], expected = list(manifest["files"]), "not a mapping"
+    elif damage == "manifest a list":
+        manifest, expected = [manifest], "a JSON list, not an object"
     else:
         change, expected = HOSTILE_MANIFESTS[damage]
         change(manifest["files"])
@@ -436,3 +444,159 @@ def test_wrong_credentials_and_an_unreachable_endpoint_fail_clearly(
     finally:
         stop_server(offline)
     assert ObjectStore(published).find(MINILM) is not None  # nothing lost in the bucket
+
+
+def put(key: str, body: bytes) -> None:
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def break_objects(prefix: str) -> dict[str, str]:
+    """Unreadable objects of five models under `prefix`: {model or slug: what its reason
+    says}. Four pointers that are not one (not JSON, a list, over 64 KiB, a version holding a
+    slash) and a pointer to a manifest that is JSON but not an object."""
+    put(f"{prefix}/not-json/current.json", b"not json")
+    put(f"{prefix}/a-list/current.json", b"[]")
+    put(f"{prefix}/too-big/current.json", b" " * (65 * 1024))
+    slashed = {"name": "slashed", "version": "a/b", "manifest_sha256": "0" * 64}
+    put(f"{prefix}/slashed/current.json", json.dumps(slashed).encode())
+    listed = b"[1, 2]"
+    put(f"{prefix}/listed/versions/v1/model.json", listed)
+    pointer = {"name": "listed", "version": "v1"}
+    pointer["manifest_sha256"] = hashlib.sha256(listed).hexdigest()
+    put(f"{prefix}/listed/current.json", json.dumps(pointer).encode())
+    return {
+        "not-json": "not a model pointer",
+        "a-list": "not a model pointer",
+        "too-big": "larger than 65536 bytes",
+        "slashed": "bad version 'a/b'",
+        "listed": "a JSON list, not an object",
+    }
+
+
+def test_unreadable_objects_of_some_models_leave_the_others_syncing(
+    s3_env, engines, tmp_path, caplog
+):
+    """A cache sync skips each broken model, reports it with the reason (logged once, not at
+    every poll), and keeps fetching the others, including their new versions."""
+    location = S3Location(BUCKET, "isolated")
+    publish_copy(engines, tmp_path / "v1", location, None)
+    broken = break_objects(location.prefix)
+    cache = S3Cache(ObjectStore(location), tmp_path / "cache")
+    assert cache.sync_all() == []
+    repository = Repository(tmp_path / "cache")
+    assert repository.contains(MINILM)
+    unreadable = repository.unreadable()
+    assert set(unreadable) == set(broken)
+    for name, reason in broken.items():
+        assert reason in unreadable[name]
+
+    second = publish_copy(engines, tmp_path / "v2", location, "query")
+    caplog.clear()
+    with caplog.at_level("ERROR"):
+        assert cache.sync_all() == []
+        assert cache.sync_all() == []
+    record = json.loads((tmp_path / "cache" / second.slug / VERSION_FILE).read_text())
+    assert record["version"] == second.version  # the good model moved on
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert skipped == [], "the same reasons were logged again at the next polls"
+
+
+def test_ingrain_list_and_a_fresh_server_skip_unreadable_models_and_say_why(
+    s3_env, engines, tmp_path
+):
+    location = S3Location(BUCKET, "fresh")
+    publish_copy(engines, tmp_path / "v1", location, None)
+    broken = break_objects(location.prefix)
+    listed = ingrain("list", "--engines", str(location))
+    assert listed.returncode == 0, listed.stderr
+    assert MINILM in listed.stdout
+    for name, reason in broken.items():
+        assert f"skipped {name}: " in listed.stderr and reason in listed.stderr
+
+    # An empty cache: the server starts with what it can read, and /ready says what it skipped.
+    server = start_server(
+        location.url(),
+        tmp_path / "fresh.log",
+        *("--cache-dir", str(tmp_path / "cache"), "--workers", "1"),
+        *("--preload", MINILM, "--preload", "not-json"),
+    )
+    try:
+        assert embed(server.url) == embed(server.url)
+        ready = requests.get(server.url + "/ready", timeout=30)
+        assert ready.status_code == 200, ready.text
+        reasons = {item["name"]: item["reason"] for item in ready.json()["unreadable"]}
+        assert set(reasons) == set(broken)
+        assert "not a model pointer" in reasons["not-json"]
+    finally:
+        stop_server(server)
+
+
+def test_remove_and_a_republish_replace_an_unreadable_pointer(s3_env, clip_sources, tmp_path):
+    location = S3Location(BUCKET, "replace")
+    break_objects(location.prefix)
+    removed = ingrain("remove", "not-json", "--engines", str(location))
+    assert removed.returncode == 0, removed.stderr
+    assert keys(f"{location.prefix}/not-json/") == []
+
+    put(f"{location.prefix}/test--tiny-clip/current.json", b"not json")
+    source = f"local-dir:{clip_sources[CLIP]}"
+    built = ingrain("build", source, "--name", CLIP, "--engines", str(location))
+    assert built.returncode == 0, built.stderr
+    assert ObjectStore(location).find(CLIP) is not None
+
+
+def test_a_version_that_does_not_load_never_replaces_the_cached_copy(
+    s3_env, engines, server, tmp_path
+):
+    """A version whose files match their digests but whose graph does not load: refused
+    before the swap, so the cache (what a restarted or replaced worker loads) keeps the
+    last version that loaded, and the reason is reported."""
+    location = S3Location(BUCKET, "unloadable")
+    good = publish_copy(engines, tmp_path / "good", location, None)
+    store = ObjectStore(location)
+    root = cache_root(location, tmp_path / "cache")
+    cache = S3Cache(store, root, load_checker(RuntimeConfig(backend="onnxruntime")))
+    cache.sync_all()
+    copy_model(engines, MINILM, tmp_path / "bad")
+    (directory,) = list((tmp_path / "bad").iterdir())
+    (directory / "text.onnx").write_bytes(b"\x08\x01not a graph")
+    manifest = Manifest.read(directory)
+    replace(manifest, files=file_digests(directory)).write(directory)
+    store.publish(directory)
+
+    assert cache.sync_all() == []
+    entry = Repository(root).find(MINILM)
+    assert json.loads((entry.directory / VERSION_FILE).read_text())["version"] == good.version
+    assert "does not load" in Repository(root).unreadable()[MINILM]
+    # A restart on that cache: it refuses the new version again and serves the one it has.
+    restarted = start_server(
+        location.url(),
+        tmp_path / "restart.log",
+        *("--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--preload", MINILM),
+    )
+    try:
+        assert embed(restarted.url) == embed(server.url)
+    finally:
+        stop_server(restarted)
+
+
+def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
+    s3_env, engines, server, tmp_path
+):
+    """Two prefixes publish a model under the same name (different versions): two servers
+    sharing --cache-dir each serve their own store's."""
+    first, second = S3Location(BUCKET, "share-1"), S3Location(BUCKET, "share-2")
+    publish_copy(engines, tmp_path / "one", first, None)
+    publish_copy(engines, tmp_path / "two", second, "query")
+    shared = tmp_path / "cache"
+    assert cache_root(first, shared) != cache_root(second, shared)
+    common = ["--cache-dir", str(shared), "--workers", "1", "--preload", MINILM]
+    one = start_server(first.url(), tmp_path / "one.log", *common, "--poll-interval", "0.2")
+    two = start_server(second.url(), tmp_path / "two.log", *common, "--poll-interval", "0.2")
+    try:
+        expected = embed(server.url), embed(server.url, prompt_name="query")
+        for _ in range(5):  # across polls of both
+            assert (embed(one.url), embed(two.url)) == expected
+    finally:
+        stop_server(one)
+        stop_server(two)

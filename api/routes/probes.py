@@ -48,11 +48,13 @@ class Ready:
             schemas.ModelReadiness(name, name not in problems, problems.get(name))
             for name in required
         ]
+        skipped = self.readiness.registry.repository.unreadable()
+        unreadable = [schemas.Unreadable(name, why) for name, why in skipped.items()] or None
         if problems:
             resp.status = falcon.HTTP_503
-            respond(resp, schemas.Readiness(False, models, _summary(problems)))
+            respond(resp, schemas.Readiness(False, models, _summary(problems), unreadable))
             return
-        respond(resp, schemas.Readiness(True, models))
+        respond(resp, schemas.Readiness(True, models, unreadable=unreadable))
 
 
 class ModelReady:

@@ -341,7 +341,7 @@ class ModelInfo(Struct, rename="camel"):
 
 class LoadedModel(Struct):
     name: str
-    library: str
+    library: str | None  # None: a --preload model not fetched yet from object storage
 
 
 class LoadedModels(Struct):
@@ -364,12 +364,20 @@ class ModelReadiness(Struct, omit_defaults=True):
     reason: str | None = None
 
 
+class Unreadable(Struct):
+    name: str
+    reason: str
+
+
 class Readiness(Struct, omit_defaults=True):
-    """With `error` (a 503) when a model is not ready: it names each one and why."""
+    """With `error` (a 503) when a model is not ready: it names each one and why. With
+    `unreadable` when models were skipped because their objects or files cannot be read
+    (they do not make the server unready: it serves the others)."""
 
     ready: bool
     models: list[ModelReadiness]
     error: str | None = None
+    unreadable: list[Unreadable] | None = None
 
 
 class OneModelReadiness(Struct, omit_defaults=True):

@@ -307,8 +307,8 @@ OPTIONS = (
     ),
     Option(
         "--max-queue-wait-ms",
-        "A request still queued after this long is dropped before execution with 503 (its "
-        "client has most likely given up; 0: never).",
+        "A request none of whose items has begun executing after this long is answered 503 "
+        "at once, wherever it waits in the queue, and never executed (0: wait forever).",
         (BatchingConfig, "max_queue_wait_s"),
         click.FloatRange(min=0),
         env="INGRAIN_MAX_QUEUE_WAIT_MS",
@@ -392,8 +392,8 @@ OPTIONS = (
     ),
     Option(
         "--cache-dir",
-        "s3:// engines: where models are fetched to and served from (default: "
-        "~/.cache/ingrain/engines/BUCKET/PREFIX).",
+        "s3:// engines: where models are fetched to and served from, in a directory per "
+        "bucket and prefix (default: ~/.cache/ingrain/engines).",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         env="INGRAIN_CACHE_DIR",

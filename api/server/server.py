@@ -23,6 +23,7 @@ from gunicorn.app.base import BaseApplication
 
 from api.server import malloc
 from api.settings import ServerSettings
+from runtime.errors import ModelNotFound
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet, Models
 
@@ -62,12 +63,21 @@ def _worker_exited(server, worker) -> None:
 
 
 def initial_loaded_set(settings: ServerSettings) -> Models:
-    """The --preload models, or every model in the repository up to the maximum."""
+    """The --preload models, or every model in the repository up to the maximum. A preloaded
+    model that could not be fetched from object storage stays in the set (library unknown):
+    it loads once a readable version has been fetched."""
     repository = Repository(settings.engines)
     if settings.preload:
-        return {name: repository.find(name).manifest.library for name in settings.preload}
+        return {name: _library(repository, name) for name in settings.preload}
     entries = repository.entries()[: settings.max_loaded_models]
     return {entry.name: entry.manifest.library for entry in entries}
+
+
+def _library(repository: Repository, name: str) -> str | None:
+    try:
+        return repository.find(name).manifest.library
+    except ModelNotFound:
+        return None
 
 
 def _address(host: str, port: int) -> str:

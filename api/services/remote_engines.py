@@ -10,6 +10,7 @@ import time
 import falcon
 
 from runtime.registry import ModelRegistry
+from runtime.repository.load_check import load_checker
 from runtime.repository.s3 import ObjectStore, StoreError
 from runtime.repository.s3_cache import RemoteSettings, S3Cache
 
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 class RemoteEngines:
     def __init__(self, settings: RemoteSettings, registry: ModelRegistry) -> None:
-        self.cache = S3Cache(ObjectStore(settings.location), registry.repository.root)
+        self.cache = S3Cache(
+            ObjectStore(settings.location),
+            registry.repository.root,
+            load_checker(registry.runtime),
+        )
         self.registry = registry
         if settings.poll_interval_s > 0:
             self._start_polling(settings.poll_interval_s)

@@ -25,6 +25,6 @@ class BatchingConfig:
     # executions' worth at once and sorts it by length (less padding; the requests in it
     # finish together, about this many executions later).
     sort_window_batches: int = 4
-    # Requests still queued after this many seconds are dropped before execution (503); None
-    # waits forever.
+    # A request none of whose items has begun executing this many seconds after it arrived is
+    # withdrawn from the queue and answered at once (503), by its own timer; None waits forever.
     max_queue_wait_s: float | None = 30.0

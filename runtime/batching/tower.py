@@ -64,11 +64,27 @@ class Tower:
         the caller's client (the API's `client_gone` check) had left before they executed.
         """
         request = self._submit(items, lengths)
-        request.done.wait()
+        self._wait(request)
         self.stats.request(request.timer, succeeded=request.error is None)
         if request.error is not None:
             raise request.error
         return request.outputs
+
+    def admit(self, count: int) -> None:
+        """Raise Overloaded at once when the queue has no room for `count` items, so that a
+        request refused anyway is not tokenised, fetched or decoded first (`infer` checks
+        again: others may take the room meanwhile)."""
+        self.batcher.check_room(count)
+
+    def _wait(self, request: Request) -> None:
+        """Wait for `request` to finish; at its deadline, withdraw it from the queue unless
+        its execution has begun (then it runs to the end)."""
+        limit = self.batcher.config.max_queue_wait_s
+        if limit is not None:
+            left = limit - request.waited_s()
+            if not request.done.wait(max(0.0, left)) and self.batcher.withdraw(request):
+                return
+        request.done.wait()
 
     def warm_up(self, items: Sequence[Any], lengths: Sequence[int] | None = None) -> None:
         """Run `items` once through the executor and the engine (outside the metrics), so the
@@ -134,8 +150,14 @@ class Tower:
 
     def _run(self) -> None:
         while (batch := self.batcher.take()) is not None:
-            for execution in self.batcher.executions(batch):
+            executions = sorted(self.batcher.executions(batch), key=self.batcher.urgency)
+            for done, execution in enumerate(executions, start=1):
                 self._execute(execution)
+                if done < len(executions) and self.batcher.newcomers():
+                    # Requests arrived while this batch ran: its other executions go back to
+                    # the queue, so the newcomers need not wait for all of them.
+                    self.batcher.put_back([item for rest in executions[done:] for item in rest])
+                    break
         self.backend.close()
         self.stats.engine(None)
 
@@ -151,10 +173,6 @@ class Tower:
     def _run_execution(self, execution: Batch) -> None:
         began = time.perf_counter_ns()
         requests = {id(request): request for request, _ in execution}.values()
-        for request in requests:
-            if not request.started:
-                request.started = True
-                request.timer.add("queue", began - request.timer.arrival)
         try:
             inputs = self.collate([request.items[index] for request, index in execution])
             prepared = time.perf_counter_ns()
@@ -167,7 +185,7 @@ class Tower:
             self.failures += 1
             self.last_error = error
             for request in requests:
-                request.error = error
+                self.batcher.fail(request, error)
             self.batcher.finish(execution)
             return
         self.failures = 0

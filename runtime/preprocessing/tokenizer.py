@@ -88,6 +88,24 @@ class TextTokenizer:
         encoding.truncate(self.spec.max_length - self._added, direction=direction)
         return self._tokenizer.post_process(encoding).ids
 
+    def truncate_ids(self, ids: list[int], direction: str) -> list[int]:
+        """Token ids cut to the maximum length as a text's are: the special tokens the
+        tokenizer adds at the ends ([CLS] ... [SEP]) stay, the tokens between them are cut on
+        `direction`."""
+        limit = self.spec.max_length
+        if len(ids) <= limit:
+            return ids
+        head = 0
+        while head < min(self._added, limit) and ids[head] in self.special_ids:
+            head += 1
+        tail = 0
+        while head + tail < min(self._added, limit) and ids[-1 - tail] in self.special_ids:
+            tail += 1
+        room = limit - head - tail
+        body = ids[head : len(ids) - tail]
+        kept = body[len(body) - room :] if direction == "left" else body[:room]
+        return ids[:head] + kept + ids[len(ids) - tail :]
+
     def prompt_length(self, prompt: str) -> int:
         """The prompt's tokens as sentence-transformers counts them for pooling: with the
         leading special tokens, without a trailing special token."""

@@ -1,11 +1,14 @@
 """The engine repository: one directory per model, found by the name in its manifest.
 
 A model name from a request is never used as a path: it is looked up among the manifests.
-Directories whose names start with a dot are builds in progress or being removed.
+Directories whose names start with a dot are builds in progress or being removed. A model whose
+manifest cannot be read is skipped (the others serve) and reported by `unreadable`, with the
+models a sync from object storage could not fetch (UNREADABLE_FILE, written by the sync).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,6 +22,8 @@ from runtime.repository.manifest import MANIFEST_FILE, Manifest, ManifestError
 log = logging.getLogger(__name__)
 
 DEFAULT_ENGINES = "engines"
+# {model name or slug: why it is not served}: what the last sync from object storage skipped.
+UNREADABLE_FILE = ".unreadable.json"
 
 
 def slugify(name: str) -> str:
@@ -27,6 +32,13 @@ def slugify(name: str) -> str:
     if not slug:
         raise ValueError(f"model name {name!r} has no letters or digits to name a directory")
     return slug
+
+
+def slug_or_none(name: str) -> str | None:
+    try:
+        return slugify(name)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,39 @@ class Repository:
 
     def entries(self) -> list[Entry]:
         """Every complete model in the repository, sorted by name; broken ones are logged."""
+        found, broken = self._scan()
+        for directory, why in broken.items():
+            log.warning("skipping %s: %s", directory, why)
+        return found
+
+    def unreadable(self) -> dict[str, str]:
+        """The models that are not served because they cannot be read, and why: engine
+        directories whose manifest is broken, and what the last sync from object storage
+        could not fetch."""
+        return self.listing()[1]
+
+    def listing(self) -> tuple[list[Entry], dict[str, str]]:
+        """`entries` and `unreadable` in one scan, without logging (for `ingrain list`)."""
+        try:
+            synced = json.loads((self.root / UNREADABLE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            synced = {}
+        found, broken = self._scan()
+        local = {directory.name: why for directory, why in broken.items()}
+        return found, local | (synced if isinstance(synced, dict) else {})
+
+    def _scan(self) -> tuple[list[Entry], dict[Path, str]]:
         if not self.root.is_dir():
-            return []
-        found = []
+            return [], {}
+        found, broken = [], {}
         for directory in sorted(self.root.iterdir()):
             if directory.name.startswith(".") or not (directory / MANIFEST_FILE).is_file():
                 continue
             try:
                 found.append(Entry(directory, Manifest.read(directory)))
             except ManifestError as error:
-                log.warning("skipping %s: %s", directory, error)
-        return sorted(found, key=lambda entry: entry.name)
+                broken[directory] = str(error)
+        return sorted(found, key=lambda entry: entry.name), broken
 
     def find(self, name: str) -> Entry:
         """The model stored under `name`; its slug's directory first, then a scan of all."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from runtime.repository.manifest import write_atomically
 
-Models = dict[str, str]  # name -> library, in load order
+Models = dict[str, str | None]  # name -> library (None: not fetched yet), in load order
 
 
 class LoadedSet:

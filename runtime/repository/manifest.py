@@ -226,6 +226,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        if not isinstance(data, dict):
+            raise ManifestError(f"the manifest is a JSON {type(data).__name__}, not an object")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ManifestError(
                 f"schema version {data.get('schema_version')!r} is not {SCHEMA_VERSION}; "

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from runtime.repository import slugify
+from runtime.repository import slug_or_none, slugify
 from runtime.repository.digests import (
     CHUNK_BYTES,
     check_files,
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 SCHEME = "s3://"
 POINTER = "current.json"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_POINTER_BYTES = 64 * 1024
+REPAIR = "; publish the model again, or delete it with: ingrain remove NAME --engines s3://..."
 # A publish deletes superseded versions (but the one it replaces) once they are this old.
 SWEEP_AFTER_S = 3600.0
 
@@ -146,9 +148,11 @@ class ObjectStore:
     # Reading -----------------------------------------------------------------------------
 
     def pointer(self, slug: str) -> Published | None:
-        """The slug's current version, or None when nothing is published under it."""
+        """The slug's current version, or None when nothing is published under it. Raises
+        BrokenVersion when the pointer is not one (`ingrain remove` or a publish replaces it)."""
         key = self.location.key(slug, POINTER)
-        data = self._get(key, 64 * 1024, missing_ok=True)
+        url = self.location.url(key)
+        data = self._get(key, MAX_POINTER_BYTES, missing_ok=True)
         if data is None:
             return None
         try:
@@ -157,30 +161,43 @@ class ObjectStore:
                 str(fields["name"]), slug, str(fields["version"]), str(fields["manifest_sha256"])
             )
         except (ValueError, KeyError, TypeError) as error:
-            raise StoreError(f"{self.location.url(key)} is not a model pointer: {error}") from None
+            raise BrokenVersion(f"{url} is not a model pointer ({error!r}){REPAIR}") from None
         if "/" in published.version or published.version in ("", ".", ".."):
-            raise StoreError(f"{self.location.url(key)} names a bad version {published.version!r}")
-        if _slug_or_none(published.name) != slug:
-            raise StoreError(f"{self.location.url(key)} names {published.name!r}, not its slug")
+            raise BrokenVersion(f"{url} names a bad version {published.version!r}{REPAIR}")
+        if slug_or_none(published.name) != slug:
+            raise BrokenVersion(f"{url} names {published.name!r}, not its slug{REPAIR}")
         return published
 
-    def published(self) -> list[Published]:
-        """Every model published under the prefix, sorted by name."""
-        found = []
+    def scan(self) -> tuple[list[Published], dict[str, str]]:
+        """Every model published under the prefix, sorted by name, and the slugs whose pointer
+        cannot be read, with why: one broken object does not hide the others. Raises
+        StoreError when the store itself cannot be listed or read."""
+        found, unreadable = [], {}
         for slug in self._slugs():
-            published = self.pointer(slug)
+            try:
+                published = self.pointer(slug)
+            except BrokenVersion as error:
+                unreadable[slug] = str(error)
+                continue
             if published is not None:
                 found.append(published)
-        return sorted(found, key=lambda published: published.name)
+        return sorted(found, key=lambda published: published.name), unreadable
 
-    def entries(self) -> list[RemoteEntry]:
-        return [
-            RemoteEntry(published, self.manifest(published)[1]) for published in self.published()
-        ]
+    def entries(self) -> tuple[list[RemoteEntry], dict[str, str]]:
+        """The published models with their manifests (for `ingrain list`), and those whose
+        pointer or manifest cannot be read, with why."""
+        everything, unreadable = self.scan()
+        entries = []
+        for published in everything:
+            try:
+                entries.append(RemoteEntry(published, self.manifest(published)[1]))
+            except BrokenVersion as error:
+                unreadable[published.name] = str(error)
+        return entries, unreadable
 
     def find(self, name: str) -> Published | None:
         """The model published as `name`, or None."""
-        slug = _slug_or_none(name)
+        slug = slug_or_none(name)
         published = self.pointer(slug) if slug else None
         return published if published is not None and published.name == name else None
 
@@ -265,22 +282,32 @@ class ObjectStore:
             with self._calls(self.location.url(key)):
                 self.client.upload_file(str(directory / name), self.location.bucket, key)
         self._put(self._version_key(published, MANIFEST_FILE), data)
-        previous = self.pointer(slug)
+        try:
+            previous = self.pointer(slug)
+        except BrokenVersion:  # an unreadable pointer: this publish replaces it
+            previous = None
         self._put(self.location.key(slug, POINTER), published.as_json().encode())  # last
         keep = {version} | ({previous.version} if previous else set())
         self._sweep(slug, keep, sweep_after_s)
         return published
 
-    def remove(self, name: str) -> Published | None:
-        """Delete a model: its pointer first (readers stop seeing it), then every version."""
-        published = self.find(name)
-        if published is None:
-            return None
-        pointer = self.location.key(published.slug, POINTER)
+    def remove(self, name: str) -> str | None:
+        """Delete a model: its pointer first (readers stop seeing it), then every version.
+        An unreadable pointer under the name's slug goes too. The slug removed, or None when
+        nothing is published under the name."""
+        try:
+            published = self.find(name)
+        except BrokenVersion:
+            slug = slugify(name)
+        else:
+            if published is None:
+                return None
+            slug = published.slug
+        pointer = self.location.key(slug, POINTER)
         with self._calls(self.location.url(pointer)):
             self.client.delete_object(Bucket=self.location.bucket, Key=pointer)
-        self._delete([item["Key"] for item in self._versions(published.slug)])
-        return published
+        self._delete([item["Key"] for item in self._versions(slug)])
+        return slug
 
     def _sweep(self, slug: str, keep: set[str], older_than_s: float) -> None:
         """Delete superseded versions, all but `keep`, whose newest object is older than
@@ -336,7 +363,7 @@ class ObjectStore:
         if not found:
             return None
         if len(data) > limit:
-            raise StoreError(f"{url} is larger than {limit} bytes: not an ingrain object")
+            raise BrokenVersion(f"{url} is larger than {limit} bytes: not an ingrain object")
         return data
 
     def _put(self, key: str, data: bytes) -> None:
@@ -382,13 +409,6 @@ class ObjectStore:
                 f"cannot reach the object store at {endpoint} for {url}: {error}; check "
                 "AWS_ENDPOINT_URL and the network"
             ) from None
-
-
-def _slug_or_none(name: str) -> str | None:
-    try:
-        return slugify(name)
-    except ValueError:
-        return None
 
 
 def _explain(code: str, status: int | None, error: Exception) -> str:

@@ -6,20 +6,29 @@ against its SHA-256, and swaps it in whole (runtime.repository.staging, as ingra
 does); every worker's registry then reloads the rebuilt entry (ModelRegistry.refresh). A
 version that fails to download or check is dropped and the cached one keeps serving. Each
 entry records the version it holds, so an unchanged model costs one small GET per sync.
+
+One model's broken pointer, manifest or files never stop the others: it is skipped, its cached
+version (if any) keeps serving, and the reason is written to the repository's UNREADABLE_FILE
+for /ready and `ingrain list`. A version must also load (a `check`, run before the swap) to
+replace the cached one. Each store gets a cache directory of its own (`cache_root`), so
+servers of different stores sharing --cache-dir never serve each other's models.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import ModelNotFound
-from runtime.repository import Repository
+from runtime.repository import UNREADABLE_FILE, Repository, slugify
+from runtime.repository.load_check import LoadCheckFailed
+from runtime.repository.manifest import write_atomically
 from runtime.repository.s3 import BrokenVersion, ObjectStore, Published, S3Location, StoreError
 from runtime.repository.staging import entry_lock, staging_directory
 
@@ -36,39 +45,87 @@ class RemoteSettings:
     poll_interval_s: float = 0.0  # 0: at start and on /load_model only
 
 
-def default_cache_dir(location: S3Location) -> Path:
-    return Path.home() / ".cache" / "ingrain" / "engines" / location.bucket / location.prefix
+def cache_root(location: S3Location, cache_dir: Path | None = None) -> Path:
+    """Where a server keeps its copy of `location`'s models: a directory of its own per
+    bucket and prefix under `cache_dir` (default ~/.cache/ingrain/engines). The endpoint is
+    not part of the key, so a cache still serves when the endpoint changes or is down."""
+    key = f"{slugify(f'{location.bucket}/{location.prefix}')}-"
+    key += hashlib.sha256(str(location).encode()).hexdigest()[:10]
+    return (cache_dir or Path.home() / ".cache" / "ingrain" / "engines") / key
 
 
 class S3Cache:
-    def __init__(self, store: ObjectStore, root: Path) -> None:
+    def __init__(
+        self, store: ObjectStore, root: Path, check: Callable[[Path], None] | None = None
+    ) -> None:
         self.store = store
         self.root = Path(root)
-        # slug -> a version found broken: polls skip it (it cannot heal), /load_model retries.
-        self._broken: dict[str, str] = {}
+        # Called on a downloaded version before it replaces the cached one; raises
+        # LoadCheckFailed when the version cannot serve (runtime.repository.load_check).
+        self.check = check
+        # slug -> (a version found broken, why): polls skip it (it cannot heal), /load_model
+        # retries.
+        self._broken: dict[str, tuple[str, str]] = {}
+        self._reported: dict[str, str] = {}
 
     def sync_all(self) -> list[str]:
-        """Bring every published model up to date; those that cannot be are logged (their
-        cached version, if any, stays). Drop the cached models that the store no longer
-        publishes, and return their names. Raises StoreError when the store cannot be
-        listed."""
-        everything = self.store.published()
+        """Bring every published model up to date; those that cannot be are logged and
+        reported (their cached version, if any, stays). Drop the cached models that the store
+        no longer publishes, and return their names. Raises StoreError when the store cannot
+        be listed."""
+        everything, bad_pointers = self.store.scan()
+        unreadable = dict(bad_pointers)
         for published in everything:
-            if self._broken.get(published.slug) == published.version:
+            broken = self._broken.get(published.slug)
+            if broken is not None and broken[0] == published.version:
+                unreadable[published.name] = broken[1]
                 continue
             try:
                 self._sync(published)
             except StoreError as error:
-                log.error("cannot fetch %s: %s", published.name, error)
-            except Exception:  # one model's surprise must not stop the others' updates
+                unreadable[published.name] = str(error)
+            except Exception as error:  # one model's surprise must not stop the others'
                 log.exception("cannot fetch %s", published.name)
-        return self._drop_unpublished({published.slug for published in everything})
+                unreadable[published.name] = f"cannot fetch: {error!r}"
+        self._report(unreadable)
+        # A model whose pointer cannot be read is still published: its cached copy stays.
+        return self._drop_unpublished({item.slug for item in everything} | set(bad_pointers))
+
+    def _report(self, unreadable: dict[str, str]) -> None:
+        """Log what is newly unreadable (once, not at every poll) and write it down for the
+        repository's readers."""
+        for name, why in unreadable.items():
+            if self._reported.get(name) != why:
+                log.error("skipping %s: %s", name, why)
+        self._reported = unreadable
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.root / UNREADABLE_FILE, json.dumps(unreadable, indent=1))
 
     def sync(self, name: str) -> None:
-        """Bring `name` up to date, if the store publishes it."""
+        """Bring `name` up to date, if the store publishes it (and update its report)."""
         published = self.store.find(name)
-        if published is not None:
+        if published is None:
+            return
+        try:
             self._sync(published)
+        except StoreError as error:
+            self._note(name, str(error))
+            raise
+        self._note(name, None)
+
+    def _note(self, name: str, why: str | None) -> None:
+        """Change one model's line of the report between polls."""
+        try:
+            unreadable = json.loads((self.root / UNREADABLE_FILE).read_text())
+        except (OSError, ValueError):
+            unreadable = {}
+        if not isinstance(unreadable, dict) or unreadable.get(name) == why:
+            return
+        if why is None:
+            unreadable.pop(name, None)
+        else:
+            unreadable[name] = why
+        write_atomically(self.root / UNREADABLE_FILE, json.dumps(unreadable, indent=1))
 
     def poll(self) -> list[str]:
         """One round of sync_all (the names of the models it dropped), unless another worker of
@@ -95,20 +152,22 @@ class S3Cache:
                 record = self._record(slug)
                 if record is None or record.get("source") != str(self.store.location):
                     continue
-                if self.store.pointer(slug) is not None:  # published again since the listing
-                    continue
-                name = record["name"]
-                with suppress(ModelNotFound, OSError):
-                    Repository(self.root).remove(name)
-                    dropped.append(name)
-                    log.info("removed %s: %s no longer publishes it", name, self.store.location)
+                with suppress(BrokenVersion):  # unreadable: not a removal
+                    if self.store.pointer(slug) is None:
+                        self._remove(record["name"], dropped)
         return dropped
+
+    def _remove(self, name: str, dropped: list[str]) -> None:
+        with suppress(ModelNotFound, OSError):
+            Repository(self.root).remove(name)
+            dropped.append(name)
+            log.info("removed %s: %s no longer publishes it", name, self.store.location)
 
     def _sync(self, published: Published) -> None:
         try:
             self._fetch(published)
-        except BrokenVersion:
-            self._broken[published.slug] = published.version
+        except BrokenVersion as error:
+            self._broken[published.slug] = (published.version, str(error))
             raise
 
     def _fetch(self, published: Published) -> None:
@@ -119,9 +178,21 @@ class S3Cache:
                 return
             with self._staged(published) as staging:
                 self.store.download(published, staging)
+                self._check(published, staging)
                 record = json.loads(published.as_json()) | {"source": str(self.store.location)}
                 (staging / VERSION_FILE).write_text(json.dumps(record))
         log.info("fetched %s version %s", published.name, published.version)
+
+    def _check(self, published: Published, staging: Path) -> None:
+        if self.check is None:
+            return
+        try:
+            self.check(staging)
+        except LoadCheckFailed as error:
+            raise BrokenVersion(
+                f"version {published.version} of {published.name} does not load ({error}); "
+                "the cached version, if any, keeps serving: publish a fixed one"
+            ) from None
 
     @contextmanager
     def _staged(self, published: Published) -> Iterator[Path]:
