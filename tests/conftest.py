@@ -21,6 +21,8 @@ import pytest
 import requests
 import sentence_transformers
 
+from runtime.config import RuntimeConfig
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
 CUSTOM_CLIP = "test/tiny-custom-text-clip"
@@ -32,6 +34,9 @@ TEXT_CLASSIFIER = "test/tiny-text-classifier"
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
+# In-process models compared with the source library at f32's tolerances: the reference
+# backend in f32 (`auto` may measure a verified bf16 fastest on a BF16 CPU).
+EXACT = RuntimeConfig(backend="onnxruntime", precision="f32")
 
 
 @pytest.fixture(scope="session")
@@ -209,6 +214,11 @@ def start_server(engines: Path, log: Path, *args: str, env: dict | None = None) 
         # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the
         # suite starts dozens of servers. A test's own --max-batch-tokens comes later and wins.
         *("--max-batch-tokens", "1024"),
+        # One engine, the same on every host: tests compare served numbers with the source
+        # library at f32's tolerances (and servers with each other), where `auto` measures the
+        # host and may pick another backend or a verified bf16 (and spends seconds measuring).
+        # A test's own --backend / --precision come later and win.
+        *("--backend", "openvino", "--precision", "f32"),
         *args,
     ]
     # No model hub is reachable from tests: fail builds at once instead of after retries.

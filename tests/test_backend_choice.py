@@ -194,7 +194,18 @@ def test_server_model_info_and_metrics_show_the_measured_choice(minilm, tmp_path
     engines = tmp_path / "engines"
     shutil.copytree(minilm, engines / minilm.name, ignore=shutil.ignore_patterns(".*"))
     log = tmp_path / "server.log"
-    server = start_server(engines, log, "--workers", "2", "--preload", MINILM)
+    server = start_server(
+        engines,
+        log,
+        "--workers",
+        "2",
+        "--preload",
+        MINILM,
+        "--backend",
+        "auto",
+        "--precision",
+        "auto",
+    )
     try:
         deadline = time.monotonic() + 300
         while log.read_text().count("auto chose") < 2:

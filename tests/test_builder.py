@@ -15,7 +15,7 @@ from builder.verify import verify_text_tower
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
-from tests.conftest import BIN, MINILM, cosines
+from tests.conftest import BIN, EXACT, MINILM, cosines
 from tests.models import tiny_sentence_transformer
 
 
@@ -33,7 +33,7 @@ def test_pooling_and_dense_heads_export_and_verify(tmp_path, minilm_source, pool
     source, reference = tiny_sentence_transformer(tmp_path, minilm_source, pooling, dense)
     engines = tmp_path / "engines"
     build_model(str(source), engines, name=f"tiny/{pooling}", progress=Progress(quiet=True))
-    model = Model.load(Repository(engines).find(f"tiny/{pooling}"))
+    model = Model.load(Repository(engines).find(f"tiny/{pooling}"), EXACT)
     texts = ["one", "two words", "a sentence that runs past the max length " * 20, "", "🚀"]
     served = model.embed_text(texts, normalize=False, n_dims=None)
     expected = reference.encode(texts)
@@ -61,7 +61,7 @@ def test_manifest_records_settings_and_verification(engines):
 
 
 def test_verification_fails_when_the_graph_disagrees(engines, reference):
-    model = Model.load(Repository(engines).find(MINILM))
+    model = Model.load(Repository(engines).find(MINILM), EXACT)
 
     def ids(texts):
         return reference.preprocess(texts)["input_ids"].numpy()

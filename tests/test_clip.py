@@ -24,7 +24,7 @@ from builder.verify import VERIFICATION_TEXTS, verification_images
 from runtime.models import Model
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Repository
-from tests.conftest import CLIP, CUSTOM_CLIP, MINILM, cosines
+from tests.conftest import CLIP, CUSTOM_CLIP, EXACT, MINILM, cosines
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -149,7 +149,7 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", [CLIP, CUSTOM_CLIP])
 def test_token_ids_equal_open_clip(engines, clip_reference, name):
-    model = Model.load(Repository(engines).find(name))
+    model = Model.load(Repository(engines).find(name), EXACT)
     texts = [
         *VERIFICATION_TEXTS,
         "&lt;3 &amp;amp; double-escaped",
