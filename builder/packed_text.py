@@ -1,0 +1,119 @@
+"""The packed variant of a sentence-transformers text graph: several texts per row.
+
+Inputs are `input_ids` [rows, length] and `segment_ids` [rows, length]: 0 marks the unused tail
+of a row, k the tokens of the execution's k-th text (numbered 1, 2, ... across all rows, in the
+order the embeddings come out). Inside the graph, a token attends only to tokens of its own text
+(a block-diagonal mask built from the segment ids, so the inputs stay O(tokens)), position ids
+restart at each text, and pooling runs per text. The output is one embedding per text, [texts,
+dim], texts being the largest segment id.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+SEGMENT_IDS = "segment_ids"
+PACKED_INPUTS = ("input_ids", SEGMENT_IDS)
+# What may follow pooling: modules that map one sentence embedding to another.
+AFTER_POOLING = (Dense, Normalize)
+
+
+def unpackable(model: SentenceTransformer) -> str | None:
+    """Why the model cannot run packed (None when it can try: verification decides)."""
+    modules = list(model)
+    if len(modules) < 2 or not isinstance(modules[0], Transformer):
+        return "it does not start with a Hugging Face transformer"
+    if not isinstance(modules[1], Pooling):
+        return f"its second module is {type(modules[1]).__name__}, not Pooling"
+    if not modules[1].include_prompt:
+        return "its pooling leaves the prompt out (include_prompt: false)"
+    for module in modules[2:]:
+        if not isinstance(module, AFTER_POOLING):
+            return f"it has a {type(module).__name__} module after pooling"
+    transformer = modules[0].auto_model
+    if transformer.config.is_encoder_decoder or getattr(transformer.config, "is_decoder", False):
+        return "its transformer is not a bidirectional encoder"
+    if "position_ids" not in inspect.signature(transformer.forward).parameters:
+        return f"{type(transformer).__name__} does not take position ids"
+    return None
+
+
+class PackedSentenceEmbedding(torch.nn.Module):
+    """The sentence-transformers pipeline over packed rows (see the module docstring)."""
+
+    def __init__(self, model: SentenceTransformer, takes_token_types: bool) -> None:
+        super().__init__()
+        modules = list(model)
+        self.transformer = modules[0].auto_model
+        pooling: Pooling = modules[1]
+        self.modes = (
+            (pooling.pooling_mode,)
+            if isinstance(pooling.pooling_mode, str)
+            else tuple(pooling.pooling_mode)
+        )
+        self.after = torch.nn.ModuleList(modules[2:])
+        self.takes_token_types = takes_token_types
+        # RoBERTa-style embeddings number positions from padding_idx + 1.
+        padding_idx = getattr(getattr(self.transformer, "embeddings", None), "padding_idx", None)
+        self.position_offset = 0 if padding_idx is None else padding_idx + 1
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [rows, length, length]
+        length = segment_ids.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=same.device).tril(-1)
+        positions = (same & earlier).sum(-1)  # tokens of the same text before each token
+        dtype = self.transformer.dtype
+        mask = torch.zeros(same.shape, dtype=dtype).masked_fill(~same, torch.finfo(dtype).min)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": mask[:, None],
+            "position_ids": positions + self.position_offset,
+        }
+        if self.takes_token_types:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+        hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
+        pooled = torch.cat(self._pool(hidden, segment_ids, positions), dim=-1)
+        features = {"sentence_embedding": pooled}
+        for module in self.after:
+            features = module(features)
+        return features["sentence_embedding"]
+
+    def _pool(
+        self, hidden: torch.Tensor, segment_ids: torch.Tensor, positions: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """sentence-transformers' pooling modes, per text: a one-hot [texts, tokens] matrix
+        times the flattened hidden states (max pooling gathers each text's row instead)."""
+        width = hidden.shape[-1]
+        texts = torch.arange(1, segment_ids.max() + 1, device=hidden.device)
+        flat_hidden = hidden.reshape(-1, width)
+        flat_positions = positions.reshape(-1)[None, :]
+        member = segment_ids.reshape(-1)[None, :] == texts[:, None]  # [texts, tokens]
+        weights = member.to(hidden.dtype)
+        counts = weights.sum(-1, keepdim=True)
+        vectors = []
+        for mode in self.modes:
+            if mode == "mean":
+                vectors.append(weights @ flat_hidden / counts.clamp(min=1e-9))
+            elif mode == "mean_sqrt_len_tokens":
+                vectors.append(weights @ flat_hidden / counts.clamp(min=1e-9).sqrt())
+            elif mode == "cls":
+                vectors.append((weights * (flat_positions == 0)) @ flat_hidden)
+            elif mode == "lasttoken":
+                vectors.append((weights * (flat_positions == counts - 1)) @ flat_hidden)
+            elif mode == "weightedmean":
+                weighted = weights * (flat_positions + 1)
+                total = weighted.sum(-1, keepdim=True).clamp(min=1e-9)
+                vectors.append(weighted @ flat_hidden / total)
+            elif mode == "max":
+                rows = member.reshape(len(texts), *segment_ids.shape).any(-1).to(torch.int32)
+                row = rows.argmax(-1)  # each text's row
+                own = segment_ids[row] == texts[:, None]  # [texts, length]
+                values = hidden[row].masked_fill(~own[:, :, None], float("-inf"))
+                vectors.append(values.max(dim=1).values)
+            else:
+                raise ValueError(f"pooling mode {mode!r} has no packed form")
+        return vectors
