@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from runtime.batching.batcher import Batch
+from runtime.batching.packing import pack, split
 from runtime.batching.tower import Tower
 from runtime.errors import InputError
 from runtime.preprocessing.tokenizer import TextTokenizer, longest_text
@@ -139,3 +141,13 @@ def collate_rows(
 ) -> dict[str, np.ndarray]:
     """One execution's rows as the text tower's padded inputs."""
     return tokenizer.batch([row.ids for row in rows], names, [row.skip for row in rows])
+
+
+def collate_packed(tokenizer: TextTokenizer, rows: list[TokenRow]) -> dict[str, np.ndarray]:
+    """One execution's rows as the packed text graph's inputs (runtime.batching.packing)."""
+    return pack([row.ids for row in rows], tokenizer.spec.pad_id)
+
+
+def split_packed(max_tokens: int, batch: Batch) -> list[Batch]:
+    """A packed text tower's executions: longest texts first, about `max_tokens` tokens each."""
+    return split(batch, lambda item: len(item[0].items[item[1]].ids), max_tokens)
