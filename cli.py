@@ -231,6 +231,14 @@ main.add_command(build_command)
     help="Most padded tokens (texts x longest) in one text execution.",
 )
 @click.option(
+    "--packing/--no-packing",
+    default=RuntimeConfig.packing,
+    show_default=True,
+    envvar="INGRAIN_PACKING",
+    help="Run text towers that have a packed graph packed (several texts per row, no padding "
+    "between them) on the CPU backends; --no-packing serves their padded graph.",
+)
+@click.option(
     "--max-queue",
     type=click.IntRange(min=1),
     default=BatchingConfig.max_queue,
@@ -374,6 +382,7 @@ def serve_command(
     allow_private_addresses: bool,
     max_batch_delay_ms: float,
     max_batch_tokens: int,
+    packing: bool,
     max_queue: int,
     max_queue_wait_ms: float,
     ready_max_execution_s: float,
@@ -442,6 +451,7 @@ def serve_command(
                 allow_private=allow_private_addresses,
             ),
             max_image_pixels=max_image_pixels,
+            packing=packing,
         )
         settings = ServerSettings(
             engines=engines,

@@ -312,7 +312,7 @@ def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) 
         packed = replace(
             spec, onnx=spec.packed.onnx, inputs=spec.packed.inputs, output=spec.packed.output
         )
-        split = partial(split_packed, runtime.batching.max_tokens)
+        split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
         return _tower(entry, "text", runtime, partial(collate_packed, tokenizer), packed, split)
     names = [tensor.name for tensor in spec.inputs]
     return _tower(entry, "text", runtime, partial(collate_rows, tokenizer, names))

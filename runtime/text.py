@@ -97,6 +97,8 @@ class TextEncoder:
         """Token ids as given (special tokens included), checked against the vocabulary and
         truncated like texts. Prompts apply to texts only."""
         for index, row in enumerate(ids):
+            if not row:
+                raise InputError(f"input[{index}] holds no token ids; send at least one")
             bad = next((i for i in row if not 0 <= i < self.tokenizer.vocab_size), None)
             if bad is not None:
                 raise InputError(
@@ -148,6 +150,7 @@ def collate_packed(tokenizer: TextTokenizer, rows: list[TokenRow]) -> dict[str, 
     return pack([row.ids for row in rows], tokenizer.spec.pad_id)
 
 
-def split_packed(max_tokens: int, batch: Batch) -> list[Batch]:
-    """A packed text tower's executions: longest texts first, about `max_tokens` tokens each."""
-    return split(batch, lambda item: len(item[0].items[item[1]].ids), max_tokens)
+def split_packed(max_tokens: int, max_items: int, batch: Batch) -> list[Batch]:
+    """A packed text tower's executions: longest texts first, about `max_tokens` tokens and at
+    most `max_items` texts each."""
+    return split(batch, lambda item: len(item[0].items[item[1]].ids), max_tokens, max_items)

@@ -159,10 +159,11 @@ def test_pack_numbers_segments_by_text_and_leaves_only_row_tails_unused():
 
 def test_split_keeps_executions_within_the_token_budget():
     lengths = [300, 10, 200, 5, 250, 60, 1]
-    executions = split(lengths, lambda length: length, 400)
+    executions = split(lengths, lambda length: length, 400, 3)
     assert sorted(x for execution in executions for x in execution) == sorted(lengths)
-    assert all(sum(execution) <= 400 for execution in executions)
-    assert split([900], lambda length: length, 400) == [[900]]  # one text at least
+    assert all(sum(execution) <= 400 and len(execution) <= 3 for execution in executions)
+    assert split([900], lambda length: length, 400, 3) == [[900]]  # one text at least
+    assert [len(e) for e in split([1] * 7, lambda length: length, 400, 3)] == [3, 3, 1]
 
 
 def test_metrics_count_executed_and_padding_tokens(server):

@@ -90,15 +90,18 @@ def pack(
     return {"input_ids": input_ids, SEGMENT_IDS: segment_ids}
 
 
-def split(batch: list[Any], length_of: Callable[[Any], int], max_tokens: int) -> list[list[Any]]:
+def split(
+    batch: list[Any], length_of: Callable[[Any], int], max_tokens: int, max_items: int
+) -> list[list[Any]]:
     """`batch` sorted longest first and cut into executions of at most `max_tokens` real tokens
-    each (one text at least), so that each packs within about the token budget."""
+    (one text at least) and `max_items` texts each, so that each packs within about the token
+    budget and the tower's max batch."""
     ordered = sorted(batch, key=length_of, reverse=True)
     executions: list[list[Any]] = []
     tokens = max_tokens
     for item in ordered:
         length = length_of(item)
-        if tokens + length > max_tokens:
+        if tokens + length > max_tokens or len(executions[-1]) == max_items:
             executions.append([])
             tokens = 0
         executions[-1].append(item)
