@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from builder import Progress, build_model
 from runtime.batching.packing import first_fit_decreasing, pack, plan, split
 from runtime.config import RuntimeConfig
+from runtime.errors import InputError
 from runtime.models import Model
 from runtime.repository import Entry, Repository, slugify
 from runtime.repository.manifest import Manifest
-from runtime.text import TokenRow
+from runtime.text import TextOptions, TokenRow
 from tests.conftest import MINILM, cosines
 from tests.models import tiny_sentence_transformer
 
@@ -179,3 +180,12 @@ def test_metrics_count_executed_and_padding_tokens(server):
     ]
     [padding_total] = [s.value for s in padding if s.labels == tower and s.name.endswith("_total")]
     assert executed_total > padding_total >= 0
+
+
+def test_an_empty_token_id_input_is_refused_saying_so(engines):
+    model = Model.load(Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime"))
+    try:
+        with pytest.raises(InputError, match=r"input\[1\] holds no token ids"):
+            model.text.id_rows([[101, 102], []], TextOptions())
+    finally:
+        model.close()
