@@ -41,7 +41,7 @@ USER 10001
 VOLUME ["/engines"]
 EXPOSE 8686 8687
 
-# /ready: 200 once every model this server must serve is loaded and warmed up (see README).
+# /ready: 200 once every model this server must serve is loaded and warmed up (see docs/http-api.md).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8686/ready', timeout=4)"]
 

@@ -6,16 +6,25 @@ import falcon
 
 from api.auth import ApiKeys, ManagementOnModelPort
 from api.errors import install_error_handlers
-from api.management import DeleteModel, LoadedModels, LoadModel, RepositoryModels, UnloadModel
-from api.metrics import Metrics
 from api.middleware import Observability
-from api.on_demand import OnDemandBuilds
-from api.openai_api import add_openai_routes
-from api.openapi import OpenAPI
-from api.readiness import ModelReady, Readiness, Ready
-from api.remote_engines import RemoteEngines
-from api.rerank import ClassifyText, CohereRerank, Rerank
-from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
+from api.pages import add_page_routes
+from api.routes.embed import ClassifyImage, Embed, EmbedImage, EmbedText
+from api.routes.management import (
+    DeleteModel,
+    LoadedModels,
+    LoadModel,
+    RepositoryModels,
+    UnloadModel,
+)
+from api.routes.metrics import Metrics
+from api.routes.model_info import ModelInfo
+from api.routes.openai_api import add_openai_routes
+from api.routes.openapi import OpenAPI
+from api.routes.probes import Health, ModelReady, Ready
+from api.routes.rerank import ClassifyText, CohereRerank, Rerank
+from api.services.on_demand import OnDemandBuilds
+from api.services.readiness import Readiness
+from api.services.remote_engines import RemoteEngines
 from api.settings import ServerSettings
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
@@ -43,6 +52,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/ready", Ready(readiness))
     app.add_route("/models/ready", ModelReady(readiness, settings.limits))
     app.add_route("/openapi.json", OpenAPI())
+    add_page_routes(app)
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
     embed = Embed(registry, settings.limits)
@@ -54,7 +64,7 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/v1/rerank", cohere_rerank)
     app.add_route("/v2/rerank", cohere_rerank)
     app.add_route("/classify_text", ClassifyText(registry, settings.limits))
-    info = ModelInfo(repository, settings.limits)
+    info = ModelInfo(repository, settings.limits, settings.runtime)
     app.add_route("/model_embedding_size", info, suffix="embedding_size")
     app.add_route("/model_classification_labels", info, suffix="labels")
     app.add_route("/model_info", info, suffix="info")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.on_demand import BuildSettings
+from api.services.on_demand import BuildSettings
 from runtime.config import RuntimeConfig
 from runtime.repository.s3_cache import RemoteSettings
 

@@ -62,7 +62,8 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
 @click.option(
     "--infinity",
     type=click.Path(dir_okay=False, exists=True),
-    help="The infinity_emb executable to compare with (default: the one on PATH).",
+    help="The infinity_emb executable to compare with, in its own venv (default: the one on "
+    "PATH; the report says so when there is none).",
 )
 @click.option(
     "--in-process-only", is_flag=True, help="Only the engines in-process; no server, no infinity."
@@ -75,6 +76,12 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
     help="How long wrk drives each server load.",
 )
 @click.option("--no-images", is_flag=True, help="Skip the image variant (tiny CLIP).")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Build the demo model with its verified int8 variant (ingrain-build --int8) and add "
+    "int8 rows: in-process, and the server with --precision int8.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def compare(
     count: int,
@@ -84,6 +91,7 @@ def compare(
     in_process_only: bool,
     seconds: float,
     no_images: bool,
+    int8: bool,
     as_json: bool,
 ):
     """The engines in-process (sentence-transformers fp32/bf16, ONNX Runtime, OpenVINO f32/bf16),
@@ -93,11 +101,46 @@ def compare(
 
     try:
         report = run(
-            count, engines, list(serve_args), infinity, not in_process_only, seconds, not no_images
+            count,
+            engines,
+            list(serve_args),
+            infinity,
+            not in_process_only,
+            seconds,
+            not no_images,
+            int8,
         )
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None
     show(report, as_json)
+
+
+@main.command()
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the tiny model in (default: a temporary one).",
+)
+@click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--backend=onnxruntime.",
+)
+@click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def overhead(
+    engines: Path | None, serve_args: tuple[str, ...], seconds: float, rounds: int, as_json: bool
+):
+    """The server's CPU microseconds per request at 32 x 1 on a tiny model (the fixed work
+    that is not the engine), from its processes' CPU time; wrk drives it."""
+    from bench.overhead import overhead as run
+
+    try:
+        show(run(engines, list(serve_args), seconds, rounds), as_json)
+    except WrkMissing as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command()
@@ -188,7 +231,7 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
     type=click.Choice(["auto", "openvino", "onnxruntime"]),
     default="auto",
     show_default=True,
-    help="The server's backend (issue #17 asks for a run on each CPU backend).",
+    help="The server's backend (run the soak once on each CPU backend).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def soak(minutes: float, concurrency: int, engines: Path | None, backend: str, as_json: bool):

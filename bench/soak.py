@@ -1,7 +1,7 @@
 """Soak and stress: a 2-worker server on 127.0.0.1 under mixed text / image / classify load at
 saturation for a bounded time, reporting every answer by status, latency and worker memory.
 
-Goal (issue #17): no 5xx and no lost request (every request answered) below the queue limit,
+Goal: no 5xx and no lost request (every request answered) below the queue limit,
 and worker RSS growing less than 5% between the end of warm-up and the end of the run, on each
 CPU backend. Texts come in lengths from one sentence to past the model's 256 tokens, so the
 executions take many shapes (variable shapes are what make inference arenas grow).
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from api.malloc import TRIM_INTERVAL_S
+from api.server.malloc import TRIM_INTERVAL_S
 from bench.compare import MODEL, ensure_model, free_port, wait_for
 from bench.images import ensure_tiny_clip
 from bench.sentences import sentences
@@ -90,7 +90,8 @@ def long_text_burst(
         thread.join()
     running.clear()
     sampler.join()
-    time.sleep(TRIM_INTERVAL_S + 1)  # what the workers keep: after their next trim (api.malloc)
+    # What the workers keep: after their next trim (api.server.malloc).
+    time.sleep(TRIM_INTERVAL_S + 1)
     rss["peak_during"] = peak
     rss["after"] = worker_rss_mb(master_pid)
     return {
@@ -188,9 +189,10 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
                     session.close()
                     session = requests.Session()
 
-        # RSS is read with no request in flight, after the workers' next trim (api.malloc), at
-        # the end of warm-up and of the run alike: the growth compares the memory they keep,
-        # not one moment's activations, or freed heap not yet given back, with another's.
+        # RSS is read with no request in flight, after the workers' next trim
+        # (api.server.malloc), at the end of warm-up and of the run alike: the growth compares
+        # the memory they keep, not one moment's activations, or freed heap not yet given back,
+        # with another's.
         for stage, until in (("after_warmup", warm_until), ("end", end)):
             threads = [threading.Thread(target=client, args=(i, until)) for i in range(concurrency)]
             for thread in threads:

@@ -90,6 +90,8 @@ def build_model(
     check_source(source, library)
     if explicit is None and library == "sentence_transformers" and classifies_sequences(source):
         library = "cross_encoder"
+    if options.int8 is not None and library not in ("sentence_transformers", "cross_encoder"):
+        raise BuildError("--int8 is for sentence-transformers embedding models and rerankers")
     try:
         slug = slugify(name)
     except ValueError as error:

@@ -23,8 +23,11 @@ WORD = re.compile(r"[a-z]{3,}")
 MARKS = ("Ġ", "▁", "</w>")
 
 
-def calibration_texts(vocabulary: list[str], count: int = CALIBRATION_TEXTS) -> list[str]:
-    """`count` texts of 2 to 60 words drawn from `vocabulary`, the same on every build."""
+def calibration_texts(
+    vocabulary: list[str], count: int = CALIBRATION_TEXTS, seed: int = 0
+) -> list[str]:
+    """`count` texts of 2 to 60 words drawn from `vocabulary`, the same on every build for the
+    same `seed` (another seed: texts apart from these, for held-out checks)."""
     words = set()
     for token in vocabulary:
         for mark in MARKS:
@@ -32,7 +35,7 @@ def calibration_texts(vocabulary: list[str], count: int = CALIBRATION_TEXTS) -> 
         if WORD.fullmatch(token):
             words.add(token)
     pool = sorted(words) or ["text"]
-    rng = random.Random(0)
+    rng = random.Random(seed)
     texts = []
     for _ in range(count):
         length = min(60, max(2, int(rng.lognormvariate(2.4, 0.8))))

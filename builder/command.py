@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from builder.options import HARDWARE_COMPAT, PRECISIONS, BuildOptions, TensorRTOptions
+from builder.options import (
+    HARDWARE_COMPAT,
+    PRECISIONS,
+    BuildOptions,
+    Int8Thresholds,
+    TensorRTOptions,
+)
 from runtime.repository import DEFAULT_ENGINES
 from runtime.repository.s3 import S3Location, parse_engines
 
@@ -136,6 +142,28 @@ engines_option = click.option(
 @click.option(
     "--version-compatible", is_flag=True, help="TensorRT: let later TensorRT versions run the plan."
 )
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also build a verified int8 variant of an embedding model's text tower or a "
+    "reranker (ONNX Runtime dynamic quantisation; MatMuls that lose too much stay f32), "
+    "served with --precision int8.",
+)
+@click.option(
+    "--int8-min-cosine",
+    type=click.FloatRange(0.0, 1.0),
+    default=Int8Thresholds.min_cosine,
+    show_default=True,
+    help="--int8: least cosine to the source library on every held-out text.",
+)
+@click.option(
+    "--int8-min-overlap",
+    type=click.FloatRange(0.0, 1.0),
+    default=Int8Thresholds.min_overlap,
+    show_default=True,
+    help="--int8: least mean top-10 neighbour overlap with the source library (embeddings) or "
+    "share of queries ranked alike (rerankers).",
+)
 @click.option("--force", is_flag=True, help="Replace the model if it is already built.")
 @click.option("--skip-existing", is_flag=True, help="Do nothing if the model is already built.")
 def build_command(
@@ -163,6 +191,9 @@ def build_command(
     timing_cache: Path | None,
     hardware_compat: str,
     version_compatible: bool,
+    int8: bool,
+    int8_min_cosine: float,
+    int8_min_overlap: float,
     force: bool,
     skip_existing: bool,
 ) -> None:
@@ -200,6 +231,7 @@ def build_command(
             compile_options,
             default_prompt_name,
             task,
+            Int8Thresholds(int8_min_cosine, int8_min_overlap) if int8 else None,
         )
         if isinstance(engines, S3Location):
             build_and_publish(

@@ -108,7 +108,19 @@ def build(
     with progress.stage("Verifying ONNX Runtime against the source model"):
         report = _verify(staging, manifest, model, max_length)
     progress.report(report)
-    return replace(manifest, build={**manifest.build, "verification": {"pair": report}})
+    manifest = replace(manifest, build={**manifest.build, "verification": {"pair": report}})
+    if options.int8 is not None:
+        if task != "rerank":
+            raise BuildError("--int8 is for embedding models and rerankers, not text classifiers")
+        from builder.int8 import add_int8, ranking_plan
+
+        plan = ranking_plan(
+            lambda pairs: model.predict(pairs, batch_size=16),
+            list(hf_tokenizer.get_vocab()),
+            options.int8,
+        )
+        manifest = add_int8(staging, manifest, "pair", plan, progress)
+    return manifest
 
 
 def _activation(source: str, model: CrossEncoder, task: str, problem_type: str | None) -> str:

@@ -55,6 +55,16 @@ class TensorRTOptions:
 
 
 @dataclass(frozen=True)
+class Int8Thresholds:
+    """What an int8 variant must reach against the source library on held-out texts
+    (builder.int8): embeddings by cosine and top-10 neighbour overlap, rerankers by the share
+    of queries whose ranking is unchanged."""
+
+    min_cosine: float = 0.99
+    min_overlap: float = 0.9
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     max_batch: int = 32
     max_seq_len: int | None = None
@@ -72,6 +82,9 @@ class BuildOptions:
     default_prompt_name: str | None = None
     # Cross-encoders: "rerank" or "text-classification" (default: rerank for one label).
     task: str | None = None
+    # Add a verified int8 variant of the text tower (builder.int8), held to these thresholds;
+    # None builds none.
+    int8: Int8Thresholds | None = None
 
     def __post_init__(self) -> None:
         if self.tensorrt is not None and self.tensorrt.batch[2] != self.max_batch:

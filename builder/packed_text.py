@@ -159,7 +159,7 @@ def export_packed(
     export_onnx(module, (example_ids, example_segments), path, list(PACKED_INPUTS), OUTPUT, axes)
     return PackedSpec(
         onnx=path.name,
-        inputs=[TensorSpec(name, "int64", ["rows", "length"]) for name in PACKED_INPUTS],
+        inputs=[TensorSpec(name, "int64", ["batch", "sequence"]) for name in PACKED_INPUTS],
         output=TensorSpec(OUTPUT, "float32", ["texts", dim]),
     )
 

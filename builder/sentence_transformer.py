@@ -187,7 +187,17 @@ def build(
     progress.report(verification["text"])
     manifest = replace(manifest, build={**manifest.build, "verification": verification})
     manifest = _with_packed(model, staging, manifest, progress)
-    return verify_precisions(staging, manifest, check, progress)
+    manifest = verify_precisions(staging, manifest, check, progress)
+    if options.int8 is not None:
+        from builder.int8 import add_int8, embedding_plan
+
+        plan = embedding_plan(
+            reference=lambda texts: model.encode(texts, convert_to_numpy=True),
+            embed=lambda staged, texts: staged.embed_text(texts, normalize=False, n_dims=None),
+            thresholds=options.int8,
+        )
+        manifest = add_int8(staging, manifest, "text", plan, progress)
+    return manifest
 
 
 def _with_packed(

@@ -10,8 +10,10 @@ from pathlib import Path
 from runtime.batching import BatchingConfig
 from runtime.preprocessing.fetch import FetchLimits
 
-PRECISIONS = ("auto", "f32", "bf16")
-# Where OpenVINO keeps compiled models: inside each engine directory, nowhere, or one directory.
+# int8 runs a model's verified int8 variant (ingrain-build --int8) and is never chosen by auto.
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+# Where OpenVINO keeps compiled models, and `auto` its measured backend choice: inside each
+# engine directory, nowhere, or one directory.
 CACHE_IN_ENGINE = "engine"
 CACHE_OFF = "off"
 
@@ -26,6 +28,8 @@ class RuntimeConfig:
     threads: int = 0
     # CACHE_IN_ENGINE, CACHE_OFF or a directory path.
     compile_cache: str = CACHE_IN_ENGINE
+    # CACHE_IN_ENGINE, CACHE_OFF or a directory path: where `auto` keeps its measured choice.
+    state_dir: str = CACHE_IN_ENGINE
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     # Image downloads, and the most pixels one image may decode to.
     fetch: FetchLimits = field(default_factory=FetchLimits)
@@ -47,8 +51,19 @@ class RuntimeConfig:
 
     def cache_root(self, directory: Path) -> Path | None:
         """The compiled-model cache root for the engine directory, or None for no cache."""
-        if self.compile_cache == CACHE_OFF:
-            return None
-        if self.compile_cache == CACHE_IN_ENGINE:
-            return directory / ".ov-cache"
-        return Path(self.compile_cache) / directory.name
+        return _under(self.compile_cache, directory, ".ov-cache")
+
+    def state_root(self, directory: Path) -> Path | None:
+        """Where `auto` keeps the measured backend choice of the engine directory's towers
+        (None: measured at every load)."""
+        return _under(self.state_dir, directory, ".ingrain-state")
+
+
+def _under(setting: str, directory: Path, hidden: str) -> Path | None:
+    """A hidden directory in the engine directory, none, or the engine's own under `setting`
+    (names starting with a dot are not part of the model: runtime.repository.digests)."""
+    if setting == CACHE_OFF:
+        return None
+    if setting == CACHE_IN_ENGINE:
+        return directory / hidden
+    return Path(setting) / directory.name

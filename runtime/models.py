@@ -301,16 +301,25 @@ def _tower(
 ) -> Tower:
     spec = spec or entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
-    return Tower(spec, _open(entry, spec, runtime), stats, collate, runtime.batching, split)
+    backend = _open(entry, spec, runtime)
+    decision = getattr(backend, "decision", None)
+    if decision is not None:
+        stats.probe(decision.figures)
+    return Tower(spec, backend, stats, collate, runtime.batching, split)
 
 
 def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
-    """The text tower: its packed graph where it has one and runs on a CPU backend (TensorRT
-    plans are built from the padded graph), else the padded graph."""
+    """The text tower: its packed graph where it has one and runs on a CPU backend in f32 or
+    bf16 (TensorRT plans and the int8 variant are made from the padded graph), else the padded
+    graph."""
     spec = entry.manifest.towers["text"]
-    if spec.packed is not None and runtime.packing and _on_cpu(entry, spec, runtime):
+    if spec.packed is not None and runtime.packing and _packs(entry, spec, runtime):
         packed = replace(
-            spec, onnx=spec.packed.onnx, inputs=spec.packed.inputs, output=spec.packed.output
+            spec,
+            onnx=spec.packed.onnx,
+            inputs=spec.packed.inputs,
+            output=spec.packed.output,
+            int8=None,
         )
         split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
         return _tower(entry, "text", runtime, partial(collate_packed, tokenizer), packed, split)
@@ -318,7 +327,9 @@ def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) 
     return _tower(entry, "text", runtime, partial(collate_rows, tokenizer, names))
 
 
-def _on_cpu(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> bool:
+def _packs(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> bool:
+    if runtime.precision_for(entry.name) == "int8":
+        return False
     try:
         return select(spec, runtime, entry.name).backend != "tensorrt"
     except Exception as error:

@@ -47,12 +47,12 @@ def reference(minilm_source):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Only GPU tests (where there is no GPU) and tests of a CPU feature (where the CPU lacks it)
-    may skip: a skip anywhere else means a missing dependency or a broken fixture, and fails the
-    run instead of hiding it."""
+    """Only GPU tests (where there is no GPU), tests of a CPU feature (where the CPU lacks it) and
+    browser tests (where Chromium cannot be installed) may skip: a skip anywhere else means a
+    missing dependency or a broken fixture, and fails the run instead of hiding it."""
     outcome = yield
     report = outcome.get_result()
-    allowed = item.get_closest_marker("gpu") or item.get_closest_marker("cpu_feature")
+    allowed = any(item.get_closest_marker(mark) for mark in ("gpu", "cpu_feature", "browser"))
     if report.skipped and not allowed:
         report.outcome = "failed"
         report.longrepr = f"skipped without the gpu mark: {report.longrepr}"

@@ -43,7 +43,7 @@ OVERLAYS = sorted(
 # Kubernetes versions the manifests must be valid for: the oldest release still in
 # maintenance when they were written, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
-# checkov findings accepted on purpose (README.md, "Running on Kubernetes", says why).
+# checkov findings accepted on purpose (docs/kubernetes.md, "Checks", says why).
 ACCEPTED_CHECKS = ("CKV_K8S_43",)
 CHECKOV = Path(os.environ.get("INGRAIN_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 
@@ -103,7 +103,7 @@ PROBES = {"startupProbe": "/health", "readinessProbe": "/ready", "livenessProbe"
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_use_routes_the_server_has_and_termination_covers_the_drain(overlay, tmp_path):
     from api.app import create_app
-    from api.server import GRACEFUL_TIMEOUT_S
+    from api.server.server import GRACEFUL_TIMEOUT_S
     from api.settings import ServerSettings
     from tests.test_openapi import app_routes
 

@@ -134,7 +134,7 @@ TE = HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
     ],
 )
 def test_the_event_loop_knows_when_a_request_is_whole(pieces, complete):
-    from api.workers import Arriving
+    from api.server.workers import Arriving
 
     arriving = Arriving(b"", limit=1000)
     for piece in pieces:

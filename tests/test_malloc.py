@@ -1,4 +1,4 @@
-"""The worker's trimming thread (api.malloc) gives freed heap memory back to the system."""
+"""The worker's trimming thread (api.server.malloc) gives freed heap memory back to the system."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import textwrap
 
 import pytest
 
-from api import malloc
+from api.server import malloc
 
 # Run in its own process: the trimming thread cannot be stopped, and would run on in pytest's.
 SCRIPT = textwrap.dedent(
     """
     import ctypes, time
-    from api import malloc
+    from api.server import malloc
 
     def rss_mb():
         for line in open("/proc/self/status"):

@@ -405,7 +405,7 @@ def test_escaped_log_lines_stay_one_line_and_valid_json():
 
     import orjson
 
-    from api.logs import EscapingFormatter
+    from api.server.logs import EscapingFormatter
 
     name = "a\x7fb\x85c\u2028d\u202ee\nf"
     record = logging.LogRecord(

@@ -227,3 +227,12 @@ def test_non_json_and_missing_keys_in_openais_shape(keyed):
 def test_other_routes_keep_their_error_shape(keyed):
     response = requests.post(keyed.url + "/embed_text", json={"name": MINILM}, timeout=30)
     assert response.status_code == 401 and isinstance(response.json()["error"], str)
+
+
+def test_an_over_long_model_path_is_refused_in_openais_shape(keyed):
+    """Past gunicorn's default request line (4094 bytes) the app still answers, naming `model`."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = requests.get(keyed.url + "/v1/models/" + "m" * 5000, headers=headers, timeout=30)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "model" and "longer than 512" in error["message"]

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.app import create_app
-from api.openapi import DOCUMENT, NAME
+from api.routes.openapi import DOCUMENT, NAME
 from api.settings import ServerSettings
 from runtime.repository import Repository
 from tests.conftest import start_server, stop_server

@@ -226,6 +226,8 @@ def test_clip_ranks_images_against_a_text_query(pair_server):
             400,
             '"documents"[0]',
         ),
+        ("/v1/rerank", {"model": 7, "query": QUERY, "documents": TEXTS}, 400, '"model" must be'),
+        ("/v1/embeddings", {"model": RERANKER, "input": "a"}, 400, "not an embedding model; use"),
         ("/classify_text", {"name": RERANKER, "text": "a"}, 400, "/rerank"),
         ("/classify_text", {"name": MINILM, "text": "a"}, 400, "not a text classifier"),
         ("/classify_text", {"name": CLASSIFIER, "text": "a", "top_k": -1}, 400, "top_k"),
@@ -239,6 +241,22 @@ def test_bad_input_is_a_clear_4xx(pair_server, route, body, status, says):
     error = answer.json()["error"]
     # /v1/ routes may answer errors in OpenAI's shape, {"error": {"message": ...}}.
     assert says in (error["message"] if isinstance(error, dict) else error)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": 7, "query": QUERY, "documents": TEXTS}, "model"),
+        ({"model": RERANKER, "query": 7, "documents": TEXTS}, "query"),
+        ({"model": RERANKER, "query": QUERY, "documents": [1]}, "documents"),
+        ({"model": RERANKER, "query": QUERY, "documents": TEXTS, "top_n": 0}, "top_n"),
+        ({"model": RERANKER, "query": QUERY, "documents": TEXTS, "topN": 0}, "topN"),
+        ({"model": RERANKER, "query": QUERY, "documents": ["x"] * 13}, "documents"),
+    ],
+)
+def test_cohere_errors_name_the_field_as_sent(pair_server, body, param):
+    error = pair_server.post("/v1/rerank", body).json()["error"]
+    assert error["param"] == param and f'"{param}"' in error["message"]
 
 
 def test_pairs_run_through_the_tower_and_its_metrics(pair_server):

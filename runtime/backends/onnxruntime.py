@@ -13,16 +13,19 @@ from runtime.backends.base import Execution
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precision = "f32"
+    # Set by `auto` on the backend it chose (runtime.backends.choice).
+    decision = None
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0, precision: str = "f32") -> None:
+        # f32, or int8 for a verified int8 variant (dynamically quantised MatMuls).
+        self.precision = precision
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The arena keeps the largest batch's activations for ever (about 800 MB per worker after
         # one burst of 256-token texts); without it they go back to malloc, which the worker
-        # trims after large requests (api.server). No throughput cost measured on CPU.
+        # trims after large requests (api.server.server). No throughput cost measured on CPU.
         options.enable_cpu_mem_arena = False
         preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in preferred if p in ort.get_available_providers()]

@@ -63,6 +63,8 @@ def cpu_key() -> str:
 
 class OpenVinoBackend:
     name = "openvino"
+    # Set by `auto` on the backend it chose (runtime.backends.choice).
+    decision = None
 
     def __init__(
         self, path: Path, precision: str = "f32", threads: int = 0, cache_root: Path | None = None

@@ -83,6 +83,15 @@ TOWER_ENGINE = Gauge(
 )
 
 
+BACKEND_PROBE = Gauge(
+    "ingrain_backend_probe_ms",
+    "Median milliseconds of one execution per candidate backend and precision and probe shape "
+    "(rows x tokens), as `auto` measured them on this host to choose the tower's engine.",
+    (*TOWER, "backend", "precision", "shape"),
+    multiprocess_mode="livemax",
+)
+
+
 @dataclass
 class RequestTimer:
     """Durations one request accumulates over the executions it takes part in."""
@@ -107,6 +116,13 @@ class TowerStats:
         self._engine = None if backend is None else (backend, precision or "")
         if self._engine is not None:
             TOWER_ENGINE.labels(*self.labels, *self._engine).inc()
+
+    def probe(self, figures: dict[str, dict[str, float]]) -> None:
+        """The figures `auto` chose this tower's engine by: candidate -> shape -> median ms."""
+        for label, shapes in figures.items():
+            backend, _, precision = label.partition("/")
+            for shape, ms in shapes.items():
+                BACKEND_PROBE.labels(*self.labels, backend, precision, shape).set(ms)
 
     def preprocess(self, step: str, ns: int) -> None:
         PREPROCESS_COUNT.labels(*self.labels, step).inc()

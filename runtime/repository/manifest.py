@@ -129,6 +129,10 @@ class TowerSpec:
     # Text towers: the packed graph, served on the CPU backends in place of `onnx`. Absent when
     # the builder kept the padded graph only (build["packing"] says why) and in older manifests.
     packed: PackedSpec | None = None
+    # The verified int8 variant (ingrain-build --int8): {"onnx": file, "min_cosine",
+    # "mean_cosine", "top10_overlap" (or "rank_agreement" for pair towers), "kept_f32": [MatMul
+    # node names left in f32], "thresholds", "items"}. Served only when asked for.
+    int8: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,12 @@ class Manifest:
         named = {
             file
             for tower in self.towers.values()
-            for file in (tower.onnx, tower.plan, tower.packed and tower.packed.onnx)
+            for file in (
+                tower.onnx,
+                tower.plan,
+                tower.packed and tower.packed.onnx,
+                (tower.int8 or {}).get("onnx"),
+            )
         }
         if self.tokenizer is not None:
             named.add(self.tokenizer.file)

@@ -5,7 +5,8 @@ loaded set (and every --preload model) is loaded in this worker, has finished it
 execution, has no execution stuck past the limit and has not failed its last executions.
 Each gunicorn worker holds its own models, so the answer is for the worker that took the
 request; a worker loads what it is missing in the background as soon as it is asked, so every
-worker converges. `GET /models/ready?name=` answers for one model.
+worker converges. `GET /models/ready?name=` answers for one model. The routes are in
+api.routes.probes; this is what they ask, and the background loader.
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ import logging
 import threading
 import time
 
-import falcon
-
-from api import params
-from api.auth import Access
-from api.resources import respond
-from api.settings import Limits, ReadinessLimits
+from api.settings import ReadinessLimits
 from runtime.errors import ModelLoadError, ModelNotFound, ModelNotLoaded, ModelUnavailable
 from runtime.registry import ModelRegistry
 
@@ -95,55 +91,3 @@ class Readiness:
             else:
                 log.error("%s: %s", name, why)
                 self._failed[name] = (why, time.monotonic())
-
-
-def _summary(problems: dict[str, str]) -> str:
-    return "not ready: " + "; ".join(f"{name}: {why}" for name, why in problems.items())
-
-
-class Ready:
-    """GET /ready: 200 when every required model is ready in this worker, else 503. Open, like
-    /health, so that probes need no key."""
-
-    access = Access.OPEN
-
-    def __init__(self, readiness: Readiness) -> None:
-        self.readiness = readiness
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        required = self.readiness.required()
-        problems = self.readiness.problems(required)
-        models = [
-            {"name": name, "ready": name not in problems}
-            | ({"reason": problems[name]} if name in problems else {})
-            for name in required
-        ]
-        if problems:
-            resp.status = falcon.HTTP_503
-            respond(resp, {"error": _summary(problems), "ready": False, "models": models})
-            return
-        respond(resp, {"ready": True, "models": models})
-
-
-class ModelReady:
-    """GET /models/ready?name=: one model's readiness in this worker (model names hold '/',
-    so the name is a query parameter, as on /model_embedding_size)."""
-
-    def __init__(self, readiness: Readiness, limits: Limits) -> None:
-        self.readiness = readiness
-        self.limits = limits
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        name = params.model_name({"name": req.get_param("name")}, self.limits)
-        req.context.model = name
-        registry = self.readiness.registry
-        registry.repository.find(name)  # 404 when it is not even built
-        if registry.loaded_set is not None and name not in self.readiness.required():
-            reason = "not loaded; load it with /load_model"
-        else:
-            reason = self.readiness.model_problem(name)
-        if reason is not None:
-            resp.status = falcon.HTTP_503
-            respond(resp, {"error": _summary({name: reason}), "name": name, "ready": False})
-            return
-        respond(resp, {"name": name, "ready": True})

@@ -8,22 +8,23 @@ every worker follows the set (runtime.registry).
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import falcon
 
-from api import params
 from api.auth import Access
-from api.on_demand import OnDemandBuilds
-from api.remote_engines import RemoteEngines
-from api.resources import respond
+from api.routes import params, schemas
+from api.routes.common import respond
+from api.services.on_demand import OnDemandBuilds
+from api.services.remote_engines import RemoteEngines
 from api.settings import ServerSettings
 from runtime.errors import ModelNotFound
 from runtime.registry import ModelRegistry
 from runtime.repository import Entry, Repository
 from runtime.repository.loaded_set import LoadedSet, Models
-from runtime.repository.manifest import LIBRARIES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", schemas.ModelRequest, schemas.LoadModelRequest)
 
 
 class _Management:
@@ -42,11 +43,13 @@ class _Management:
         self.settings = settings
         self.builds = builds
 
-    def _name(self, req: falcon.Request) -> tuple[dict, str]:
-        body = params.read_json_object(req, self.settings.limits)
-        name = params.model_name(body, self.settings.limits)
-        req.context.model = name
-        return body, name
+    def _name(self, req: falcon.Request) -> str:
+        return self._decode(req, schemas.ModelRequest).name
+
+    def _decode(self, req: falcon.Request, kind: type[T]) -> T:
+        request = params.decode(req, kind, self.settings.limits)
+        req.context.model = params.check_name(request.name, self.settings.limits)
+        return request
 
 
 class LoadModel(_Management):
@@ -54,12 +57,8 @@ class LoadModel(_Management):
     remote: RemoteEngines | None = None  # set when the server serves an s3:// repository
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body, name = self._name(req)
-        library = body.get("library")
-        if library is not None and library not in LIBRARIES:
-            raise falcon.HTTPBadRequest(
-                description=f'"library" must be one of {", ".join(LIBRARIES)}, not {library!r}'
-            )
+        request = self._decode(req, schemas.LoadModelRequest)
+        name, library = request.name, request.library
         loaded = self.loaded.read()
         if name not in loaded:
             self._check_capacity(loaded)
@@ -83,7 +82,7 @@ class LoadModel(_Management):
 
         self.loaded.update(add)
         message = "loaded successfully" if added else "is already loaded"
-        respond(resp, {"message": f"Model {name} {message}."})
+        respond(resp, schemas.Message(f"Model {name} {message}."))
 
     def _check_capacity(self, models: Models) -> None:
         limit = self.settings.max_loaded_models
@@ -113,7 +112,7 @@ class UnloadModel(_Management):
     access = Access.ADMIN
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, name = self._name(req)
+        name = self._name(req)
 
         def remove(models: Models) -> Models:
             if name not in models:
@@ -122,14 +121,14 @@ class UnloadModel(_Management):
 
         self.loaded.update(remove)
         self.registry.sync()
-        respond(resp, {"message": f"Model {name} unloaded successfully."})
+        respond(resp, schemas.Message(f"Model {name} unloaded successfully."))
 
 
 class DeleteModel(_Management):
     access = Access.ADMIN
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _, name = self._name(req)
+        name = self._name(req)
 
         def remove(models: Models) -> Models:
             # Under the set's lock, so a concurrent load or delete of it waits its turn;
@@ -139,24 +138,25 @@ class DeleteModel(_Management):
 
         self.loaded.update(remove)
         self.registry.sync()
-        respond(resp, {"message": f"Model {name} deleted successfully."})
+        respond(resp, schemas.Message(f"Model {name} deleted successfully."))
 
 
 class LoadedModels(_Management):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         models = self.loaded.read()
-        respond(resp, {"models": [{"name": n, "library": lib} for n, lib in models.items()]})
+        loaded = [schemas.LoadedModel(name, library) for name, library in models.items()]
+        respond(resp, schemas.LoadedModels(loaded))
 
 
 class RepositoryModels(_Management):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         loaded = self.loaded.read()
         models = [
-            {
-                "name": entry.name,
-                "library": entry.manifest.library,
-                "state": "READY" if entry.name in loaded else "UNAVAILABLE",
-            }
+            schemas.RepositoryModel(
+                entry.name,
+                entry.manifest.library,
+                "READY" if entry.name in loaded else "UNAVAILABLE",
+            )
             for entry in self.repository.entries()
         ]
-        respond(resp, {"models": models})
+        respond(resp, schemas.RepositoryModels(models))

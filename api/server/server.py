@@ -1,5 +1,5 @@
-"""Run the app under gunicorn with gthread workers (api.workers: requests are read whole, under
-a deadline, before a thread serves them).
+"""Run the app under gunicorn with gthread workers (api.server.workers: requests are read
+whole, under a deadline, before a thread serves them).
 
 The app is created in each worker after fork (never preloaded in the master), so every worker
 owns its engines and execution contexts, and CUDA is never initialised before fork.
@@ -21,11 +21,14 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from api import malloc
+from api.server import malloc
 from api.settings import ServerSettings
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet, Models
 
+# gunicorn's largest request line (its default is 4094): paths up to it reach the app, which
+# answers a name too long in the route family's error shape instead of gunicorn's HTML 414.
+MAX_REQUEST_LINE = 8190
 # On SIGTERM, workers stop accepting and in-flight requests get this long to finish
 # (the pods in deploy/kubernetes get this plus their preStop pause as termination grace).
 GRACEFUL_TIMEOUT_S = 30
@@ -124,11 +127,12 @@ def serve(
                 "bind": binds,
                 "workers": workers,
                 "threads": threads,
-                "worker_class": "api.workers.GatheringWorker",
+                "worker_class": "api.server.workers.GatheringWorker",
                 "worker_connections": settings.limits.max_connections,
                 "timeout": timeout,
                 "graceful_timeout": GRACEFUL_TIMEOUT_S,
                 "keepalive": 5,
+                "limit_request_line": MAX_REQUEST_LINE,
                 "preload_app": False,
                 "proc_name": "ingrain-serve",
                 "control_socket_disable": True,

@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from api.resources import respond
+from api.routes import schemas
+from api.routes.common import respond
 from runtime.batching.stats import BATCH_STATS, MODEL_LOADED, STATS
 from runtime.repository import Repository
 
@@ -57,7 +58,9 @@ def _samples(source: CollectorRegistry) -> dict[tuple, float]:
             labels = sample.labels
             if "tower" in labels:
                 extra = tuple(
-                    labels[k] for k in ("batch_size", "stat", "backend", "precision") if k in labels
+                    labels[k]
+                    for k in ("batch_size", "stat", "backend", "precision", "shape")
+                    if k in labels
                 )
                 values[(sample.name, labels["model"], labels["tower"], *extra)] += sample.value
     return values
@@ -108,6 +111,7 @@ def tower_stats(values: dict[tuple, float], display: str, model: str, tower: str
         "inferenceStats": inference,
         "batchStats": batch_stats or None,
         **engine(values, model, tower),
+        "backendProbe": probe(values, model, tower),
     }
 
 
@@ -117,6 +121,16 @@ def engine(values: dict[tuple, float], model: str, tower: str) -> dict[str, str 
         if key[0] == "ingrain_tower_engine" and key[1:3] == (model, tower) and value > 0:
             return {"backend": key[3], "precision": key[4]}
     return {"backend": None, "precision": None}
+
+
+def probe(values: dict[tuple, float], model: str, tower: str) -> dict[str, dict] | None:
+    """What `auto` measured to choose the tower's engine: "backend/precision" -> probe shape ->
+    median ms (null where the tower's engine was not chosen by measuring)."""
+    figures: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        if key[0] == "ingrain_backend_probe_ms" and key[1:3] == (model, tower):
+            figures.setdefault(f"{key[3]}/{key[4]}", {})[key[5]] = value
+    return figures or None
 
 
 def model_stats(repository: Repository, source: CollectorRegistry) -> list[dict[str, Any]]:
@@ -148,4 +162,4 @@ class Metrics:
             resp.content_type = content_type
             resp.data = encode(source)
             return
-        respond(resp, {"modelStats": model_stats(self.repository, source)})
+        respond(resp, schemas.Metrics(model_stats(self.repository, source)))

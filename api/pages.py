@@ -1,0 +1,120 @@
+"""Pages for people: GET / and /playground (try each loaded model in the browser) and GET /docs
+(Swagger UI over /openapi.json).
+
+Everything the pages load comes from this server: the playground's files ship in api/static/,
+Swagger UI's in the swagger-ui-py package. The pages are open (they hold no data); what they
+show comes from the same public routes any client calls, with the key the person types, so keys
+and limits apply as they do to any client. A strict Content-Security-Policy keeps every script
+in its own file from this origin and every request on this origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+import falcon
+
+from api.auth import Access
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".png": "image/png",
+}
+# Swagger UI's two files the reference page needs, from swagger-ui's own distribution.
+SWAGGER_FILES = ("swagger-ui.css", "swagger-ui-bundle.js")
+
+
+def swagger_ui_directory() -> Path:
+    """Swagger UI's distribution as the swagger-ui-py package ships it (found without importing
+    the package, whose web-framework adapters the server does not use)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed: pip install swagger-ui-py")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def asset_paths() -> dict[str, Path]:
+    """Every file the pages may load, by the name it is served under (/pages/NAME)."""
+    own = {path.name: path for path in STATIC.iterdir() if path.suffix in TYPES}
+    swagger = swagger_ui_directory()
+    return {**own, **{name: swagger / name for name in SWAGGER_FILES}}
+
+
+@cache
+def _read(path: Path) -> tuple[bytes, str]:
+    """A file's bytes and their ETag (the files do not change while the server runs)."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()[:32]
+
+
+def _send(req: falcon.Request, resp: falcon.Response, path: Path) -> None:
+    """The file, or 304 when the browser holds this version (Swagger UI's bundle is 1.5 MB)."""
+    data, etag = _read(path)
+    resp.set_headers(HEADERS)
+    resp.etag = etag
+    if etag in (req.if_none_match or ()):
+        resp.status = falcon.HTTP_NOT_MODIFIED
+        return
+    resp.content_type = TYPES[path.suffix]
+    resp.data = data
+
+
+class Page:
+    """One HTML page of api/static."""
+
+    access = Access.OPEN
+
+    def __init__(self, file: str) -> None:
+        self.path = STATIC / file
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _send(req, resp, self.path)
+
+
+class PageAsset:
+    """GET /pages/NAME: a script, style sheet or image of the pages; nothing else is served."""
+
+    access = Access.OPEN
+
+    def __init__(self) -> None:
+        self.paths = asset_paths()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, file: str) -> None:
+        path = self.paths.get(file)
+        if path is None:
+            raise falcon.HTTPNotFound(description=f"there is no page file {file!r}")
+        _send(req, resp, path)
+
+
+def add_page_routes(app: falcon.App) -> None:
+    playground = Page("playground.html")
+    app.add_route("/", playground)
+    app.add_route("/playground", playground)
+    app.add_route("/docs", Page("docs.html"))
+    app.add_route("/pages/{file}", PageAsset())

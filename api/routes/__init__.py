@@ -1,0 +1,1 @@
+"""HTTP routes: one module per route family, the request and response types, their decoding."""

@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 description of every route, served at GET /openapi.json: generated from the
+request and response types in api.routes.schemas and the table of routes below.
+
+Tests check that every route of the app is described here, that every described route exists,
+and that real answers of every route validate against this document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import msgspec
+
+from api.auth import Access
+from api.errors import OPENAI_PREFIX
+from api.routes import params, schemas
+from api.routes.common import respond
+
+JSON = "application/json"
+# A model's name, wherever one is asked for (bodies, the query, the path).
+NAME = msgspec.json.schema(schemas.ModelName)
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    method: str
+    summary: str
+    # The JSON body of a 200 answer (None: no JSON body), and of the request.
+    answer: type | None
+    body: type | None = None
+    # The model's name is the query parameter `name` (names hold '/', so not the path).
+    name_in_query: bool = False
+    # Other answers than the errors every route may give: status -> (description, body).
+    answers: tuple[tuple[str, str, type], ...] = ()
+    # A page for people (or one of its files): HTML out, no key needed.
+    page: bool = False
+
+
+NOT_READY = "Not ready: the error names each model that is not, and why."
+BAD_GATEWAY = "s3:// engines: the object store failed or holds a broken version; it is named."
+ROUTES = (
+    Route("/health", "get", "Liveness of the inference (or model) server.", schemas.Message),
+    Route("/health", "head", "Liveness, headers only.", None),
+    Route(
+        "/ready",
+        "get",
+        "Every model this server must serve is loaded, warmed up and executing.",
+        schemas.Readiness,
+        answers=(("503", NOT_READY, schemas.Readiness),),
+    ),
+    Route(
+        "/models/ready",
+        "get",
+        "One model's readiness.",
+        schemas.OneModelReadiness,
+        name_in_query=True,
+        answers=(("503", NOT_READY, schemas.OneModelReadiness),),
+    ),
+    Route("/embed_text", "post", "Embed texts.", schemas.Embeddings, schemas.EmbedTextRequest),
+    Route("/embed_image", "post", "Embed images.", schemas.Embeddings, schemas.EmbedImageRequest),
+    *(
+        Route(
+            path,
+            "post",
+            "Embed texts and/or images with one model.",
+            schemas.TextAndImageEmbeddings,
+            schemas.EmbedRequest,
+        )
+        for path in ("/embed", "/infer")
+    ),
+    Route(
+        "/classify_image",
+        "post",
+        "Class probabilities per image.",
+        schemas.Probabilities,
+        schemas.ClassifyImageRequest,
+    ),
+    Route(
+        "/rerank",
+        "post",
+        "Texts (or images, with CLIP) by relevance to a query, highest first.",
+        schemas.Ranking,
+        schemas.RerankRequest,
+    ),
+    *(
+        Route(
+            path,
+            "post",
+            "Rerank in the Cohere (v1 and v2) / Jina API shape.",
+            schemas.CohereRanking,
+            schemas.CohereRerankRequest,
+        )
+        for path in ("/v1/rerank", "/v2/rerank")
+    ),
+    Route(
+        "/classify_text",
+        "post",
+        "Class probabilities and top labels per text.",
+        schemas.TextClasses,
+        schemas.ClassifyTextRequest,
+    ),
+    Route(
+        "/metrics",
+        "get",
+        "Execution statistics (JSON; Prometheus text on Accept).",
+        schemas.Metrics,
+    ),
+    Route("/metrics/prometheus", "get", "Execution statistics as Prometheus text.", str),
+    Route(
+        "/model_embedding_size",
+        "get",
+        "A model's embedding size.",
+        schemas.EmbeddingSize,
+        name_in_query=True,
+    ),
+    Route(
+        "/model_info",
+        "get",
+        "A model's towers, sizes, maximum length, prompts and calibration.",
+        schemas.ModelInfo,
+        name_in_query=True,
+    ),
+    Route(
+        "/model_classification_labels",
+        "get",
+        "A classifier's labels, in class order.",
+        schemas.Labels,
+        name_in_query=True,
+    ),
+    Route(
+        "/v1/embeddings",
+        "post",
+        "OpenAI's embeddings API.",
+        schemas.OpenAIEmbeddings,
+        schemas.OpenAIEmbeddingRequest,
+    ),
+    Route("/v1/models", "get", "OpenAI's model list: the repository.", schemas.OpenAIModels),
+    Route("/v1/models/{model}", "get", "One model, in OpenAI's shape.", schemas.OpenAIModel),
+    Route(
+        "/load_model",
+        "post",
+        "Add a model to the loaded set (building it if needed).",
+        schemas.Message,
+        schemas.LoadModelRequest,
+        answers=(("502", BAD_GATEWAY, schemas.Error),),
+    ),
+    Route(
+        "/unload_model",
+        "post",
+        "Remove a model from the loaded set.",
+        schemas.Message,
+        schemas.ModelRequest,
+    ),
+    Route(
+        "/delete_model",
+        "delete",
+        "Unload a model and delete it from the repository.",
+        schemas.Message,
+        schemas.ModelRequest,
+    ),
+    Route("/loaded_models", "get", "The loaded set.", schemas.LoadedModels),
+    Route("/repository_models", "get", "Every model in the repository.", schemas.RepositoryModels),
+    Route("/openapi.json", "get", "This document.", dict),
+    *(
+        Route(path, "get", "The playground: try each loaded model in the browser.", None, page=True)
+        for path in ("/", "/playground")
+    ),
+    Route("/docs", "get", "This API reference (Swagger UI).", None, page=True),
+    Route("/pages/{file}", "get", "A script, style sheet or image of the pages.", None, page=True),
+)
+
+# The errors every route may answer, in the route family's shape (api.errors).
+ERRORS = (
+    ("400", "Invalid input; the message says how to fix it."),
+    ("401", "A key is required (when keys are configured)."),
+    ("404", "Unknown model or route."),
+    ("413", "Body, item count or item too large."),
+    ("415", "The body is not JSON."),
+    ("503", "Overloaded: retry after Retry-After seconds."),
+)
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {JSON: {"schema": schema}}}
+
+
+def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    error = refs[schemas.OpenAIError if route.path.startswith(OPENAI_PREFIX) else schemas.Error]
+    responses: dict[str, Any] = {
+        status: {"description": text, **_json(error)} for status, text in ERRORS
+    }
+    if route.page:
+        responses["200"] = {"description": "The page.", "content": {"text/html": {}}}
+    elif route.answer is None:
+        responses["200"] = {"description": "Success."}
+    elif route.answer is str:
+        responses["200"] = {
+            "description": "Success.",
+            "content": {"text/plain": {"schema": refs[str]}},
+        }
+    else:
+        responses["200"] = {"description": "Success.", **_json(refs[route.answer])}
+    for status, text, kind in route.answers:
+        responses[status] = {"description": text, **_json(refs[kind])}
+    operation: dict[str, Any] = {"summary": route.summary, "responses": responses}
+    if route.page or route.path == "/openapi.json":
+        operation["security"] = []  # /docs reads this document before a key is typed
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, **_json(refs[route.body])}
+    if route.name_in_query:
+        operation["parameters"] = [
+            {"name": "name", "in": "query", "required": True, "schema": NAME}
+        ]
+    if "{model}" in route.path:
+        operation["parameters"] = [
+            {"name": "model", "in": "path", "required": True, "schema": NAME}
+        ]
+    if "{file}" in route.path:
+        operation["parameters"] = [
+            {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+    return operation
+
+
+def _with_other_spellings(components: dict[str, Any], kinds: set[type]) -> None:
+    """Each request field under both of the names it is accepted as (`nDims` and `n_dims`)."""
+    for kind in kinds:
+        properties = components[kind.__name__]["properties"]
+        for other, field in params.spellings(kind).items():
+            properties[other] = properties[field]
+
+
+def document() -> dict[str, Any]:
+    kinds = [route.answer for route in ROUTES] + [route.body for route in ROUTES]
+    kinds += [kind for route in ROUTES for _, _, kind in route.answers]
+    kinds += [schemas.Error, schemas.OpenAIError]
+    named = list(dict.fromkeys(kind for kind in kinds if kind is not None))
+    found, components = msgspec.json.schema_components(
+        named, ref_template="#/components/schemas/{name}"
+    )
+    refs = dict(zip(named, found, strict=True))
+    _with_other_spellings(components, {route.body for route in ROUTES if route.body is not None})
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method] = _operation(route, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ingrain-server",
+            "version": "1",
+            "description": "Embedding, reranking and classification inference with the ingrain "
+            "API. Fields are accepted in camelCase and snake_case; a field sent as null is the "
+            'same as one not sent. Errors are {"error": "..."}, except on the /v1 routes, which '
+            "answer in OpenAI's error shape.",
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        # The key, where the server is given --api-key / --admin-key (optional: the empty entry);
+        # Swagger UI sends it only on operations with a security requirement.
+        "security": [{"bearer": []}, {}],
+        "paths": paths,
+    }
+
+
+DOCUMENT = document()
+
+
+class OpenAPI:
+    # Open like the pages: /docs must read it before a key is typed into Authorize. It
+    # describes routes only, never models or data.
+    access = Access.OPEN
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        respond(resp, DOCUMENT)

@@ -1,0 +1,117 @@
+"""POST /rerank, /v1/rerank and /v2/rerank (the Cohere / Jina shape) and /classify_text."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import falcon
+import numpy as np
+
+from api.routes import params, schemas
+from api.routes.common import ModelRoute, elapsed_ms, respond
+from api.settings import Limits
+from runtime.ranking import classify_texts, relevance
+
+
+def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str]:
+    """Texts to rank, within the limits of documents and characters (theirs and the query's)."""
+    texts = params.check_items(field, value, limits.max_documents)
+    params.check_chars(field, texts, limits.max_text_chars)
+    total = len(query) + sum(map(len, texts))
+    if total > limits.max_rerank_chars:
+        raise params.field_error(
+            field,
+            f"the query and texts hold {total} characters; the limit is "
+            f"{limits.max_rerank_chars} per request, so send fewer or shorter texts",
+            falcon.HTTPContentTooLarge,
+        )
+    return texts
+
+
+def _query(query: str, limits: Limits) -> str:
+    params.check_length("query", query, limits.max_text_chars)
+    return query
+
+
+def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
+    """Indices by score, highest first (ties keep input order), cut to `top_n`."""
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:top_n]]
+
+
+class Rerank(ModelRoute):
+    """`texts` against `query` with a cross-encoder or an embedding model, or `images` against
+    it with a CLIP model."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        request = self._request(req, schemas.RerankRequest)
+        query = _query(request.query, self.limits)
+        texts = images = None
+        if request.images is not None and request.texts is not None:
+            raise falcon.HTTPBadRequest(description='send "texts" or "images" to rank, not both')
+        if request.images is not None:
+            images = params.check_items("images", request.images, self.limits.max_items)
+        elif request.texts is not None:
+            texts = _texts("texts", request.texts, query, self.limits)
+        else:
+            raise params.field_error(
+                "texts", '"texts" is required: a non-empty list of strings (or "images")'
+            )
+        headers = params.download_headers(request.image_download_headers)
+        req.context.items = len(texts or images or [])
+        with self.registry.use(request.name) as model:
+            pixels = model.load_images(images, headers) if images is not None else None
+            scores, _ = relevance(model, query, texts, pixels, request.raw_scores, request.truncate)
+        results = [
+            schemas.Ranked(
+                index,
+                float(scores[index]),
+                texts[index] if request.return_text and texts is not None else None,
+            )
+            for index in ranked(scores, request.top_n)
+        ]
+        respond(resp, schemas.Ranking(results, elapsed_ms(started)))
+
+
+class CohereRerank(ModelRoute):
+    """The request and answer shape of Cohere's and Jina's rerank APIs, which LangChain's and
+    LlamaIndex's rerankers (and the cohere SDK) send; `model` names the model."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = self._request(req, schemas.CohereRerankRequest, "model")
+        query = _query(request.query, self.limits)
+        given = [item if isinstance(item, str) else item.text for item in request.documents]
+        documents = _texts("documents", given, query, self.limits)
+        req.context.items = len(documents)
+        with self.registry.use(request.model) as model:
+            scores, tokens = relevance(model, query, documents, None)
+        results = [
+            schemas.CohereRanked(
+                index,
+                float(scores[index]),
+                schemas.Document(documents[index]) if request.return_documents else None,
+            )
+            for index in ranked(scores, request.top_n)
+        ]
+        meta = schemas.CohereMeta(schemas.CohereBilled(1), schemas.CohereTokens(tokens, 0))
+        usage = schemas.CohereUsage(total_tokens=tokens, documents=len(documents))
+        respond(resp, schemas.CohereRanking(str(uuid.uuid4()), results, request.model, usage, meta))
+
+
+class ClassifyText(ModelRoute):
+    """Class probabilities per text, and the top_k labels by probability."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        request = self._request(req, schemas.ClassifyTextRequest)
+        texts = params.check_texts("text", request.text, self.limits.max_items, self.limits)
+        req.context.items = len(texts)
+        with self.registry.use(request.name) as model:
+            probabilities = classify_texts(model, texts)
+            labels = model.classifier.labels
+        top = [
+            [schemas.Label(labels[i], float(row[i])) for i in ranked(row, request.top_k)]
+            for row in probabilities
+        ]
+        respond(resp, schemas.TextClasses(probabilities, top, elapsed_ms(started)))
