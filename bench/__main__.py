@@ -3,12 +3,13 @@ server against in-process ONNX Runtime, sentence-transformers and infinity-emb i
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
 import orjson
 
-from bench.load import WrkMissing, run_load, text_bodies
+from bench.load import WrkMissing, run_load, text_bodies, wrk_executable
 from bench.sentences import sentences
 
 
@@ -140,6 +141,63 @@ def overhead(
         show(run(engines, list(serve_args), seconds, rounds), as_json)
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--sentences", "count", type=click.IntRange(64, 100_000), default=512, show_default=True
+)
+@click.option(
+    "--engines",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Repository to build the demo model in (default: a temporary one).",
+)
+@click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--workers=2.",
+)
+@click.option("--in-process-only", is_flag=True, help="Only the in-process figures; no server.")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 600),
+    default=10.0,
+    show_default=True,
+    help="How long wrk drives each server load.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Passes over the sentences in-process.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def packing(
+    count: int,
+    engines: Path | None,
+    serve_args: tuple[str, ...],
+    in_process_only: bool,
+    seconds: float,
+    rounds: int,
+    as_json: bool,
+):
+    """Packed vs padded text execution: in-process (random-arrival and sorted groups of 32, ONNX
+    Runtime and OpenVINO f32) and through the server (32 x 1 and 8 x 32, with and without
+    --no-packing), with the padding fraction of each."""
+    from bench.packing import compare_packing
+
+    engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
+    if not in_process_only:
+        try:
+            wrk_executable()
+        except WrkMissing as error:
+            raise click.ClickException(str(error)) from None
+    show(
+        compare_packing(count, engines, list(serve_args), not in_process_only, seconds, rounds),
+        as_json,
+    )
 
 
 @main.command()

@@ -13,8 +13,15 @@ from sentence_transformers.models import Pooling, Transformer
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions
+from builder.packed_text import PACKED_FILE, export_packed, unpackable, verify_packed
 from builder.progress import Progress
-from builder.verify import load_staged, verify_precisions, verify_prompt, verify_text_tower
+from builder.verify import (
+    VERIFICATION_TEXTS,
+    load_staged,
+    verify_precisions,
+    verify_prompt,
+    verify_text_tower,
+)
 from runtime.models import Model
 from runtime.repository.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
 from runtime.text import POOLING_MASK
@@ -179,6 +186,7 @@ def build(
         verification = check(load_staged(staging, manifest), True)
     progress.report(verification["text"])
     manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    manifest = _with_packed(model, staging, manifest, progress)
     manifest = verify_precisions(staging, manifest, check, progress)
     if options.int8 is not None:
         from builder.int8 import add_int8, embedding_plan
@@ -190,3 +198,44 @@ def build(
         )
         manifest = add_int8(staging, manifest, "text", plan, progress)
     return manifest
+
+
+def _with_packed(
+    model: SentenceTransformer, staging: Path, manifest: Manifest, progress: Progress
+) -> Manifest:
+    """`manifest` with the text tower's packed graph, exported and verified against
+    sentence-transformers and the padded graph; or without it, saying why, in
+    build["packing"]."""
+    tower = manifest.towers["text"]
+    why = unpackable(model)
+    if why is None:
+        try:
+            with progress.stage("Exporting the packed text tower (several texts per row)"):
+                token_types = any(t.name == "token_type_ids" for t in tower.inputs)
+                packed = export_packed(model, staging / PACKED_FILE, token_types, tower.dim)
+            with progress.stage("Verifying the packed text tower"):
+                figures = _verify_packed(model, staging, manifest, replace(tower, packed=packed))
+            progress.report(figures)
+            tower = replace(tower, packed=replace(packed, figures=figures))
+            return replace(manifest, towers={**manifest.towers, "text": tower})
+        except Exception as error:  # any failure keeps the padded graph, which passed
+            why = f"its packed graph failed: {error}"
+    (staging / PACKED_FILE).unlink(missing_ok=True)
+    progress.say(f"    text tower: padded graph only, not packed: {why}")
+    return replace(manifest, build={**manifest.build, "packing": why})
+
+
+def _verify_packed(model: SentenceTransformer, staging: Path, manifest: Manifest, tower) -> dict:
+    texts = VERIFICATION_TEXTS
+    padded = load_staged(staging, manifest)
+    packed = load_staged(staging, replace(manifest, towers={**manifest.towers, "text": tower}))
+    try:
+        return verify_packed(
+            packed,
+            padded.embed_text(texts, False, None),
+            model.encode(texts, convert_to_numpy=True),
+            texts,
+        )
+    finally:
+        padded.close()
+        packed.close()

@@ -34,6 +34,9 @@ class RuntimeConfig:
     # Image downloads, and the most pixels one image may decode to.
     fetch: FetchLimits = field(default_factory=FetchLimits)
     max_image_pixels: int = 50_000_000
+    # Text towers with a packed graph run it on the CPU backends (runtime.batching.packing);
+    # False serves the padded graph.
+    packing: bool = True
 
     def __post_init__(self) -> None:
         for precision in (self.precision, *(p for _, p in self.model_precision)):

@@ -6,15 +6,16 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from runtime.backends import Backend, open_backend
+from runtime.backends import Backend, open_backend, select
 from runtime.batching.stats import TowerStats
-from runtime.batching.tower import Collate, Tower
+from runtime.batching.tower import Collate, Split, Tower
 from runtime.classifier import Classifier
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
@@ -25,7 +26,14 @@ from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
-from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
+from runtime.text import (
+    TextEncoder,
+    TextOptions,
+    TokenRow,
+    collate_packed,
+    collate_rows,
+    split_packed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +141,7 @@ class Model:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
             tokenizer = open_tokenizer(TextTokenizer, directory, manifest.tokenizer)
-            names = [tensor.name for tensor in manifest.towers["text"].inputs]
-            collate = partial(collate_rows, tokenizer, names)
-            text = TextEncoder(_tower(entry, "text", runtime, collate), tokenizer, manifest.prompts)
+            text = TextEncoder(_text_tower(entry, runtime, tokenizer), tokenizer, manifest.prompts)
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
@@ -291,14 +297,44 @@ def _tower(
     key: str,
     runtime: RuntimeConfig,
     collate: Collate,
+    spec: TowerSpec | None = None,
+    split: Split | None = None,
 ) -> Tower:
-    spec = entry.manifest.towers[key]
+    spec = spec or entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
     backend = _open(entry, spec, runtime)
     decision = getattr(backend, "decision", None)
     if decision is not None:
         stats.probe(decision.figures)
-    return Tower(spec, backend, stats, collate, runtime.batching)
+    return Tower(spec, backend, stats, collate, runtime.batching, split)
+
+
+def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
+    """The text tower: its packed graph where it has one and runs on a CPU backend in f32 or
+    bf16 (TensorRT plans and the int8 variant are made from the padded graph), else the padded
+    graph."""
+    spec = entry.manifest.towers["text"]
+    if spec.packed is not None and runtime.packing and _packs(entry, spec, runtime):
+        packed = replace(
+            spec,
+            onnx=spec.packed.onnx,
+            inputs=spec.packed.inputs,
+            output=spec.packed.output,
+            int8=None,
+        )
+        split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
+        return _tower(entry, "text", runtime, partial(collate_packed, tokenizer), packed, split)
+    names = [tensor.name for tensor in spec.inputs]
+    return _tower(entry, "text", runtime, partial(collate_rows, tokenizer, names))
+
+
+def _packs(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> bool:
+    if runtime.precision_for(entry.name) == "int8":
+        return False
+    try:
+        return select(spec, runtime, entry.name).backend != "tensorrt"
+    except Exception as error:
+        raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from runtime.batching.batcher import Batch
+from runtime.batching.packing import pack, split
 from runtime.batching.tower import Tower
 from runtime.errors import InputError
 from runtime.preprocessing.tokenizer import TextTokenizer, longest_text
@@ -97,6 +99,8 @@ class TextEncoder:
         truncated like texts. Prompts apply to texts only."""
         self.tower.admit(len(ids))
         for index, row in enumerate(ids):
+            if not row:
+                raise InputError(f"input[{index}] holds no token ids; send at least one")
             bad = next((i for i in row if not 0 <= i < self.tokenizer.vocab_size), None)
             if bad is not None:
                 raise InputError(
@@ -140,3 +144,14 @@ def collate_rows(
 ) -> dict[str, np.ndarray]:
     """One execution's rows as the text tower's padded inputs."""
     return tokenizer.batch([row.ids for row in rows], names, [row.skip for row in rows])
+
+
+def collate_packed(tokenizer: TextTokenizer, rows: list[TokenRow]) -> dict[str, np.ndarray]:
+    """One execution's rows as the packed text graph's inputs (runtime.batching.packing)."""
+    return pack([row.ids for row in rows], tokenizer.spec.pad_id)
+
+
+def split_packed(max_tokens: int, max_items: int, batch: Batch) -> list[Batch]:
+    """A packed text tower's executions: longest texts first, about `max_tokens` tokens and at
+    most `max_items` texts each."""
+    return split(batch, lambda item: len(item[0].items[item[1]].ids), max_tokens, max_items)

@@ -57,9 +57,9 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def minilm(engines):
-    return Model.load(
-        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
-    )
+    """MiniLM on its padded graph, whose batch sizes and shapes these tests count."""
+    config = RuntimeConfig(backend="onnxruntime", threads=2, packing=False)
+    return Model.load(Repository(engines).find(MINILM), config)
 
 
 def make_tower(minilm, recording, rows=False, **batching) -> Tower:

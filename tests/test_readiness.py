@@ -40,9 +40,9 @@ class Faulty(Recording):
 
 @pytest.fixture(scope="module")
 def minilm(engines):
-    return Model.load(
-        Repository(engines).find(MINILM), RuntimeConfig(backend="onnxruntime", threads=2)
-    )
+    """MiniLM on its padded graph, which make_tower (test_batching) collates for."""
+    config = RuntimeConfig(backend="onnxruntime", threads=2, packing=False)
+    return Model.load(Repository(engines).find(MINILM), config)
 
 
 def ids(minilm, text="hello"):

@@ -111,15 +111,16 @@ def test_finish_embeddings_truncates_before_normalising():
     assert np.allclose(finish_embeddings(raw, True, None)[0], np.array([3, 4, 12]) / 13.0)
 
 
-def test_a_corrupt_engine_file_fails_with_an_error_naming_it(engines, tmp_path):
+@pytest.mark.parametrize(("graph", "packing"), [("text.packed.onnx", True), ("text.onnx", False)])
+def test_a_corrupt_engine_file_fails_with_an_error_naming_it(engines, tmp_path, graph, packing):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(engines / slugify(MINILM), copy)
-    (copy / "text.onnx").write_bytes(b"truncated")
+    (copy / graph).write_bytes(b"truncated")
     entry = Repository(tmp_path).find(MINILM)
-    with pytest.raises(ModelLoadError, match=r"text\.onnx"):
-        Model.load(entry)
+    with pytest.raises(ModelLoadError, match=graph.replace(".", r"\.")):
+        Model.load(entry, RuntimeConfig(packing=packing))
 
 
 def test_tensorrt_backend_is_refused_clearly_without_a_plan(engines):

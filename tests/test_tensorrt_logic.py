@@ -165,7 +165,7 @@ def test_fp16_conversion_keeps_io_types_and_accuracy(engines, tmp_path, referenc
     source = engines / slugify(MINILM) / "text.onnx"
     target = tmp_path / "text.fp16.onnx"
     convert_to_fp16(source, target)
-    model = Model.load(Repository(engines).find(MINILM))
+    model = Model.load(Repository(engines).find(MINILM), RuntimeConfig(packing=False))
     texts = ["a cat", "the quick brown fox " * 20, "日本語のテキスト"]
     ids = model.text.tokenizer.token_ids(texts)
     names = model.text.tower.input_names

@@ -299,6 +299,14 @@ OPTIONS = (
         env="INGRAIN_MAX_BATCH_TOKENS",
     ),
     Option(
+        "--packing/--no-packing",
+        "Run text towers that have a packed graph packed (several texts per row, no padding "
+        "between them) on the CPU backends; --no-packing serves their padded graph.",
+        (RuntimeConfig, "packing"),
+        is_flag=True,
+        env="INGRAIN_PACKING",
+    ),
+    Option(
         "--max-queue",
         "Most items waiting per model tower and worker; beyond it requests get 503.",
         (BatchingConfig, "max_queue"),

@@ -128,7 +128,7 @@ def probe_inputs(tower: TowerSpec, rows: int, tokens: int | None) -> dict[str, n
         dtype = np.dtype(tensor.dtype)
         if tensor.name == "input_ids":
             array = (np.arange(int(np.prod(shape))) % 90 + 5).reshape(shape).astype(dtype)
-        elif "mask" in tensor.name:
+        elif "mask" in tensor.name or tensor.name == "segment_ids":  # packed: one text
             array = np.ones(shape, dtype)
         else:
             array = np.zeros(shape, dtype)

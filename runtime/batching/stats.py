@@ -55,6 +55,17 @@ CLIENT_GONE_DROPS = Counter(
     "Requests dropped before execution: their client had closed the connection.",
     TOWER,
 )
+EXECUTED_TOKENS = Counter(
+    "ingrain_executed_tokens",
+    "Token positions executed by text towers (rows x row length), padding included.",
+    TOWER,
+)
+PADDING_TOKENS = Counter(
+    "ingrain_padding_tokens",
+    "Executed token positions that held no text token (padding; packed towers: row tails). "
+    "Padding fraction: ingrain_padding_tokens / ingrain_executed_tokens.",
+    TOWER,
+)
 LAST_INFERENCE = Gauge(
     "ingrain_last_inference_ms",
     "Milliseconds since the epoch of the last execution.",
@@ -130,6 +141,13 @@ class TowerStats:
         for stat, ns in zip(BATCH_STATS, (input_ns, infer_ns, output_ns), strict=True):
             BATCH_COUNT.labels(*self.labels, str(batch_size), stat).inc()
             BATCH_NS.labels(*self.labels, str(batch_size), stat).inc(ns)
+
+    def tokens(self, figures: tuple[int, int] | None) -> None:
+        """Count one execution's (executed, real) token positions; None (images) counts none."""
+        if figures is not None:
+            executed, real = figures
+            EXECUTED_TOKENS.labels(*self.labels).inc(executed)
+            PADDING_TOKENS.labels(*self.labels).inc(executed - real)
 
     def request(self, timer: RequestTimer, succeeded: bool) -> None:
         elapsed = time.perf_counter_ns() - timer.arrival

@@ -21,6 +21,7 @@ from runtime.backends import Backend
 from runtime.batching import BatchingConfig
 from runtime.batching.batcher import Batch, Batcher, Request
 from runtime.batching.client import client_gone
+from runtime.batching.packing import token_figures
 from runtime.batching.stats import BATCH_STATS, TowerStats
 from runtime.errors import Overloaded
 from runtime.repository.manifest import TowerSpec
@@ -28,6 +29,8 @@ from runtime.repository.manifest import TowerSpec
 log = logging.getLogger(__name__)
 
 Collate = Callable[[list[Any]], dict[str, np.ndarray]]
+# Cuts a batch into executions (packed text towers); default: the batcher's `executions`.
+Split = Callable[[Batch], list[Batch]]
 
 
 class Tower:
@@ -38,12 +41,14 @@ class Tower:
         stats: TowerStats,
         collate: Collate,
         batching: BatchingConfig | None = None,
+        split: Split | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
         self.stats = stats
         self.collate = collate
         self.batcher = Batcher(spec.max_batch, batching or BatchingConfig(), stats)
+        self.split = split or self.batcher.executions
         self.input_names = [tensor.name for tensor in spec.inputs]
         stats.engine(backend.name, backend.precision)
         # Health, for readiness: set by the executor thread, read by anyone.
@@ -150,7 +155,7 @@ class Tower:
 
     def _run(self) -> None:
         while (batch := self.batcher.take()) is not None:
-            executions = sorted(self.batcher.executions(batch), key=self.batcher.urgency)
+            executions = sorted(self.split(batch), key=self.batcher.urgency)
             for done, execution in enumerate(executions, start=1):
                 self._execute(execution)
                 if done < len(executions) and self.batcher.newcomers():
@@ -197,6 +202,7 @@ class Tower:
         )
         if any(request.counted for request in requests):  # not warm-ups and probes alone
             self.stats.execution(len(execution), *durations)
+            self.stats.tokens(token_figures(inputs))
         for request in requests:
             for stat, ns in zip(BATCH_STATS, durations, strict=True):
                 request.timer.add(stat, ns)

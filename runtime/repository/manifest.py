@@ -96,6 +96,18 @@ class PlanSpec:
 
 
 @dataclass(frozen=True)
+class PackedSpec:
+    """A text tower's packed graph: several texts per row, told apart by a segment id per token
+    (runtime.batching.packing), with the build's figures for it against the source library and
+    the padded graph (min_cosine, max_abs_error)."""
+
+    onnx: str
+    inputs: list[TensorSpec]
+    output: TensorSpec
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TowerSpec:
     """One exported network (text or image tower) and the profile it was built for."""
 
@@ -114,6 +126,9 @@ class TowerSpec:
     # library (min_cosine, max_abs_error; top1_agreement, max_probability_error for classifiers).
     # Absent in manifests from before OpenVINO: `auto` then serves f32.
     precisions: dict[str, dict] | None = None
+    # Text towers: the packed graph, served on the CPU backends in place of `onnx`. Absent when
+    # the builder kept the padded graph only (build["packing"] says why) and in older manifests.
+    packed: PackedSpec | None = None
     # The verified int8 variant (ingrain-build --int8): {"onnx": file, "min_cosine",
     # "mean_cosine", "top10_overlap" (or "rank_agreement" for pair towers), "kept_f32": [MatMul
     # node names left in f32], "thresholds", "items"}. Served only when asked for.
@@ -216,7 +231,12 @@ class Manifest:
         named = {
             file
             for tower in self.towers.values()
-            for file in (tower.onnx, tower.plan, (tower.int8 or {}).get("onnx"))
+            for file in (
+                tower.onnx,
+                tower.plan,
+                tower.packed and tower.packed.onnx,
+                (tower.int8 or {}).get("onnx"),
+            )
         }
         if self.tokenizer is not None:
             named.add(self.tokenizer.file)
@@ -279,11 +299,21 @@ def _from_dict(kind: type, data: dict[str, Any]) -> Any:
 
 def _tower_from_dict(data: dict[str, Any]) -> TowerSpec:
     plan_info = data.get("plan_info")
+    packed = data.get("packed")
     return replace(
         _from_dict(TowerSpec, data),
         inputs=[_from_dict(TensorSpec, spec) for spec in data["inputs"]],
         output=_from_dict(TensorSpec, data["output"]),
         plan_info=PlanSpec.from_dict(plan_info) if plan_info else None,
+        packed=_packed_from_dict(packed) if packed else None,
+    )
+
+
+def _packed_from_dict(data: dict[str, Any]) -> PackedSpec:
+    return replace(
+        _from_dict(PackedSpec, data),
+        inputs=[_from_dict(TensorSpec, spec) for spec in data["inputs"]],
+        output=_from_dict(TensorSpec, data["output"]),
     )
 
 
