@@ -120,6 +120,30 @@ def test_every_page_file_is_served_and_nothing_else(pages_server):
         assert answer.status_code == 404 and "error" in answer.json(), name
 
 
+@pytest.mark.parametrize("path", (*PAGES, "/pages/docs.js"))
+def test_every_answer_of_the_page_routes_carries_the_policy(guarded, path):
+    """HEAD answers as GET does without the body (RFC 9110: a server that answers GET answers
+    HEAD); `If-None-Match: *` matches; and the 304s, 404s, 405s and OPTIONS answers of these
+    routes carry the pages' headers too."""
+    url = guarded.url + path
+    page = requests.get(url, timeout=10)
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(page.content))
+    assert head.headers["ETag"] == page.headers["ETag"]
+    assert "HEAD" in requests.options(url, timeout=10).headers["Allow"]
+    answers = {
+        200: requests.get(url, headers={"If-None-Match": '"garbage", W/'}, timeout=10),
+        304: requests.get(url, headers={"If-None-Match": "*"}, timeout=10),
+        405: requests.post(url, data="<script>", timeout=10),
+    }
+    answers[404] = requests.get(guarded.url + "/pages/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    for status, answer in [*answers.items(), (200, head), (200, requests.options(url))]:
+        assert answer.status_code == status, (status, answer.text)
+        assert answer.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, status
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", status
+
+
 def test_pages_and_the_api_document_need_no_key_and_give_nothing_without_one(guarded):
     for path in (*PAGES, "/openapi.json", "/pages/playground.mjs", "/pages/swagger-ui-bundle.js"):
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
