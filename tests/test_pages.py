@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,21 @@ def test_pages_and_the_api_document_need_no_key_and_give_nothing_without_one(gua
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
     refused = requests.post(guarded.url + "/embed_text", json={"name": MINILM, "text": "a"})
     assert refused.status_code == 401
+
+
+def test_the_build_command_an_error_suggests_is_safe_to_paste(guarded):
+    """The pages show the server's errors as copyable text: the `ingrain-build NAME` a 404
+    suggests quotes NAME, so pasting it runs ingrain-build on that one name and nothing else."""
+    name = 'x\'; touch pwned; echo $(id) `id` "q"\nnext'
+    answer = requests.post(
+        guarded.url + "/embed_text",
+        json={"name": name, "text": "a"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert answer.status_code == 404
+    suggested = answer.json()["error"].partition("build it with: ")[2]
+    assert shlex.split(suggested) == ["ingrain-build", name]
 
 
 def test_the_installed_package_ships_the_pages(tmp_path):
