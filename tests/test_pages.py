@@ -594,3 +594,40 @@ def test_the_playground_shows_server_errors_as_they_are_and_uses_the_typed_key(o
     public = {"/", "/loaded_models", "/v1/models", "/model_info", "/embed_text"}
     public |= {"/model_classification_labels"}
     assert routes - public <= {f"/pages/{name}" for name in asset_paths()}
+
+
+@pytest.mark.browser
+def test_the_playground_lists_each_model_once_when_the_key_changes_during_a_listing(
+    open_page, guarded
+):
+    """Each key typed starts a listing; one that ends after a newer one started shows nothing,
+    so the table and the chooser hold each model once."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    listed = requests.get(guarded.url + "/v1/models", headers=headers, timeout=10).json()
+    names = sorted(model["id"] for model in listed["data"])
+    page = open_page(guarded, "/")
+    page.wait(lambda: page.css("#models-error:not([hidden])"), "no error was shown")
+    listings = 3
+    page.driver.execute_script(
+        """const key = document.getElementById("api-key");
+        key.value = arguments[0];
+        for (let i = 0; i < arguments[1]; i++) key.dispatchEvent(new Event("change"));""",
+        KEY,
+        listings,
+    )
+    count_infos = """return performance.getEntriesByType("resource")
+        .filter((entry) => new URL(entry.name).pathname === "/model_info").length"""
+    page.wait(
+        lambda: page.driver.execute_script(count_infos) == listings * len(names),
+        "the listings did not end",
+    )
+    page.wait(
+        lambda: "in the repository" in page.text(page.css("#models-status")[0]),
+        "the models were not listed",
+    )
+    rows = [
+        page.text(row.find_element("css selector", "td")) for row in page.css("#models tbody tr")
+    ]
+    assert sorted(rows) == names
+    assert sorted(page.text(option) for option in page.css("#model option")) == names
+    page.check_stayed_home()
