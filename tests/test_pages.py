@@ -28,6 +28,7 @@ from tests.conftest import (
     RERANKER,
     TEXT_CLASSIFIER,
     TIMM,
+    Server,
     start_server,
     stop_server,
 )
@@ -199,10 +200,8 @@ def test_the_page_logic_passes_its_unit_tests():
 # In the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium that can resolve no host name: any request to another origin fails,
-    and each test also checks that none was attempted."""
+def chromium(resolver_rules: str):
+    """Headless Chromium resolving host names by `resolver_rules` only."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
         pytest.skip(
@@ -223,12 +222,20 @@ def browser():
         "--disable-background-networking",
         "--disable-component-update",
         "--no-first-run",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        f"--host-resolver-rules={resolver_rules}",
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(WAIT_S)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium that can resolve no host name: any request to another origin fails,
+    and each test also checks that none was attempted."""
+    driver = chromium("MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
     yield driver
     driver.quit()
 
@@ -630,4 +637,38 @@ def test_the_playground_lists_each_model_once_when_the_key_changes_during_a_list
     ]
     assert sorted(rows) == names
     assert sorted(page.text(option) for option in page.css("#model option")) == names
+    page.check_stayed_home()
+
+
+INSECURE_HOST = "ingrain.test"
+
+
+@pytest.fixture(scope="module")
+def lan_browser():
+    """Chromium that reaches the server by a name other than localhost, as a person on another
+    machine does over plain http: not a secure context, so the page has no clipboard."""
+    driver = chromium(f"MAP {INSECURE_HOST} 127.0.0.1 , MAP * ~NOTFOUND")
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.browser
+def test_copy_curl_selects_the_command_where_the_browser_has_no_clipboard(
+    lan_browser, pages_server, tmp_path
+):
+    port = pages_server.url.rsplit(":", 1)[1]
+    url = f"http://{INSECURE_HOST}:{port}"
+    server = Server(pages_server.process, url, pages_server.model_url, pages_server.log)
+    page = Page(lan_browser, server, "/", tmp_path)
+    assert page.driver.execute_script("return window.isSecureContext") is False
+    choose(page, MINILM)
+    run_panel(page, "similarity", ".heat")
+    page.css("#panel-similarity summary")[0].click()
+    page.css("#panel-similarity details button")[0].click()
+    selection = "return getSelection().toString()"
+    page.wait(lambda: page.driver.execute_script(selection), "the command was not selected")
+    selected = page.driver.execute_script(selection)
+    command = page.text(page.css("#panel-similarity .curl")[0])
+    assert "Ctrl+C" in page.text(page.css("#panel-similarity .copied")[0])
+    assert selected == command and command.startswith(f"curl -sS -X POST '{server.url}/")
     page.check_stayed_home()

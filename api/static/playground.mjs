@@ -115,13 +115,26 @@ async function describe(name) {
   return [name, { info, labels, panels: panelsFor(info, labels !== null) }];
 }
 
+/** Copies `box`'s text. Where the browser has no clipboard for the page (over plain http from
+ * another host than localhost) or refuses it, selects the text for the person to copy. */
+async function copyText(box, note) {
+  try {
+    await navigator.clipboard.writeText(box.textContent);
+    note.textContent = "Copied.";
+  } catch {
+    getSelection().selectAllChildren(box);
+    note.textContent = "Selected: press Ctrl+C to copy.";
+  }
+}
+
 /** A panel: its inputs, a Run button, the answer, the error and the request as curl. */
 function panel(kind, title, inputs, run) {
   const output = el("div", { className: "output" });
   const error = el("pre", { className: "error", hidden: true });
   const curl = el("pre", { className: "curl" });
   const copy = el("button", { type: "button", textContent: "Copy curl" });
-  copy.addEventListener("click", () => navigator.clipboard.writeText(curl.textContent));
+  const copied = el("span", { className: "status copied" });
+  copy.addEventListener("click", () => copyText(curl, copied));
   const button = el("button", { type: "button", textContent: "Run", className: "run" });
   button.addEventListener("click", async () => {
     error.hidden = true;
@@ -144,7 +157,7 @@ function panel(kind, title, inputs, run) {
     button,
     error,
     output,
-    el("details", {}, el("summary", { textContent: "as curl" }), copy, curl),
+    el("details", {}, el("summary", { textContent: "as curl" }), copy, copied, curl),
   );
 }
 
