@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 
 import falcon
 import orjson
@@ -78,7 +79,7 @@ def _method_not_allowed(req, resp, error, params):
 def _model_not_found(req, resp, error: ModelNotFound, params):
     raise falcon.HTTPNotFound(
         description=f"model {error.name!r} is not in the engine repository; build it with: "
-        f"ingrain-build {error.name}",
+        f"ingrain-build {shlex.quote(error.name)}",
         code="model_not_found",
     )
 

@@ -74,11 +74,12 @@ def _read(path: Path) -> tuple[bytes, str]:
 
 
 def _send(req: falcon.Request, resp: falcon.Response, path: Path) -> None:
-    """The file, or 304 when the browser holds this version (Swagger UI's bundle is 1.5 MB)."""
+    """The file, or 304 when the browser holds this version (Swagger UI's bundle is 1.5 MB).
+    Serves HEAD too: Falcon sends a GET answer's headers without its body."""
     data, etag = _read(path)
-    resp.set_headers(HEADERS)
     resp.etag = etag
-    if etag in (req.if_none_match or ()):
+    held = req.if_none_match or ()
+    if etag in held or "*" in held:
         resp.status = falcon.HTTP_NOT_MODIFIED
         return
     resp.content_type = TYPES[path.suffix]
@@ -96,6 +97,8 @@ class Page:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _send(req, resp, self.path)
 
+    on_head = on_get
+
 
 class PageAsset:
     """GET /pages/NAME: a script, style sheet or image of the pages; nothing else is served."""
@@ -111,6 +114,17 @@ class PageAsset:
             raise falcon.HTTPNotFound(description=f"there is no page file {file!r}")
         _send(req, resp, path)
 
+    on_head = on_get
+
+
+class PageHeaders:
+    """The pages' security headers on every answer of their routes: the files, and also their
+    304s, 404s, 405s and OPTIONS answers (which a responder never sees)."""
+
+    def process_response(self, req, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        if isinstance(resource, (Page, PageAsset)):
+            resp.set_headers(HEADERS)
+
 
 def add_page_routes(app: falcon.App) -> None:
     playground = Page("playground.html")
@@ -118,3 +132,4 @@ def add_page_routes(app: falcon.App) -> None:
     app.add_route("/playground", playground)
     app.add_route("/docs", Page("docs.html"))
     app.add_route("/pages/{file}", PageAsset())
+    app.add_middleware(PageHeaders())

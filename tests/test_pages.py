@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.conftest import (
     RERANKER,
     TEXT_CLASSIFIER,
     TIMM,
+    Server,
     start_server,
     stop_server,
 )
@@ -120,11 +122,50 @@ def test_every_page_file_is_served_and_nothing_else(pages_server):
         assert answer.status_code == 404 and "error" in answer.json(), name
 
 
+@pytest.mark.parametrize("path", (*PAGES, "/pages/docs.js"))
+def test_every_answer_of_the_page_routes_carries_the_policy(guarded, path):
+    """HEAD answers as GET does without the body (RFC 9110: a server that answers GET answers
+    HEAD); `If-None-Match: *` matches; and the 304s, 404s, 405s and OPTIONS answers of these
+    routes carry the pages' headers too."""
+    url = guarded.url + path
+    page = requests.get(url, timeout=10)
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(page.content))
+    assert head.headers["ETag"] == page.headers["ETag"]
+    assert "HEAD" in requests.options(url, timeout=10).headers["Allow"]
+    answers = {
+        200: requests.get(url, headers={"If-None-Match": '"garbage", W/'}, timeout=10),
+        304: requests.get(url, headers={"If-None-Match": "*"}, timeout=10),
+        405: requests.post(url, data="<script>", timeout=10),
+    }
+    answers[404] = requests.get(guarded.url + "/pages/%3Cimg%20src=x%20onerror=alert(1)%3E")
+    for status, answer in [*answers.items(), (200, head), (200, requests.options(url))]:
+        assert answer.status_code == status, (status, answer.text)
+        assert answer.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, status
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", status
+
+
 def test_pages_and_the_api_document_need_no_key_and_give_nothing_without_one(guarded):
     for path in (*PAGES, "/openapi.json", "/pages/playground.mjs", "/pages/swagger-ui-bundle.js"):
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
     refused = requests.post(guarded.url + "/embed_text", json={"name": MINILM, "text": "a"})
     assert refused.status_code == 401
+
+
+def test_the_build_command_an_error_suggests_is_safe_to_paste(guarded):
+    """The pages show the server's errors as copyable text: the `ingrain-build NAME` a 404
+    suggests quotes NAME, so pasting it runs ingrain-build on that one name and nothing else."""
+    name = 'x\'; touch pwned; echo $(id) `id` "q"\nnext'
+    answer = requests.post(
+        guarded.url + "/embed_text",
+        json={"name": name, "text": "a"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert answer.status_code == 404
+    suggested = answer.json()["error"].partition("build it with: ")[2]
+    assert shlex.split(suggested) == ["ingrain-build", name]
 
 
 def test_the_installed_package_ships_the_pages(tmp_path):
@@ -159,10 +200,8 @@ def test_the_page_logic_passes_its_unit_tests():
 # In the browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium that can resolve no host name: any request to another origin fails,
-    and each test also checks that none was attempted."""
+def chromium(resolver_rules: str):
+    """Headless Chromium resolving host names by `resolver_rules` only."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
         pytest.skip(
@@ -183,12 +222,20 @@ def browser():
         "--disable-background-networking",
         "--disable-component-update",
         "--no-first-run",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        f"--host-resolver-rules={resolver_rules}",
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(WAIT_S)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium that can resolve no host name: any request to another origin fails,
+    and each test also checks that none was attempted."""
+    driver = chromium("MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
     yield driver
     driver.quit()
 
@@ -554,3 +601,74 @@ def test_the_playground_shows_server_errors_as_they_are_and_uses_the_typed_key(o
     public = {"/", "/loaded_models", "/v1/models", "/model_info", "/embed_text"}
     public |= {"/model_classification_labels"}
     assert routes - public <= {f"/pages/{name}" for name in asset_paths()}
+
+
+@pytest.mark.browser
+def test_the_playground_lists_each_model_once_when_the_key_changes_during_a_listing(
+    open_page, guarded
+):
+    """Each key typed starts a listing; one that ends after a newer one started shows nothing,
+    so the table and the chooser hold each model once."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    listed = requests.get(guarded.url + "/v1/models", headers=headers, timeout=10).json()
+    names = sorted(model["id"] for model in listed["data"])
+    page = open_page(guarded, "/")
+    page.wait(lambda: page.css("#models-error:not([hidden])"), "no error was shown")
+    listings = 3
+    page.driver.execute_script(
+        """const key = document.getElementById("api-key");
+        key.value = arguments[0];
+        for (let i = 0; i < arguments[1]; i++) key.dispatchEvent(new Event("change"));""",
+        KEY,
+        listings,
+    )
+    count_infos = """return performance.getEntriesByType("resource")
+        .filter((entry) => new URL(entry.name).pathname === "/model_info").length"""
+    page.wait(
+        lambda: page.driver.execute_script(count_infos) == listings * len(names),
+        "the listings did not end",
+    )
+    page.wait(
+        lambda: "in the repository" in page.text(page.css("#models-status")[0]),
+        "the models were not listed",
+    )
+    rows = [
+        page.text(row.find_element("css selector", "td")) for row in page.css("#models tbody tr")
+    ]
+    assert sorted(rows) == names
+    assert sorted(page.text(option) for option in page.css("#model option")) == names
+    page.check_stayed_home()
+
+
+INSECURE_HOST = "ingrain.test"
+
+
+@pytest.fixture(scope="module")
+def lan_browser():
+    """Chromium that reaches the server by a name other than localhost, as a person on another
+    machine does over plain http: not a secure context, so the page has no clipboard."""
+    driver = chromium(f"MAP {INSECURE_HOST} 127.0.0.1 , MAP * ~NOTFOUND")
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.browser
+def test_copy_curl_selects_the_command_where_the_browser_has_no_clipboard(
+    lan_browser, pages_server, tmp_path
+):
+    port = pages_server.url.rsplit(":", 1)[1]
+    url = f"http://{INSECURE_HOST}:{port}"
+    server = Server(pages_server.process, url, pages_server.model_url, pages_server.log)
+    page = Page(lan_browser, server, "/", tmp_path)
+    assert page.driver.execute_script("return window.isSecureContext") is False
+    choose(page, MINILM)
+    run_panel(page, "similarity", ".heat")
+    page.css("#panel-similarity summary")[0].click()
+    page.css("#panel-similarity details button")[0].click()
+    selection = "return getSelection().toString()"
+    page.wait(lambda: page.driver.execute_script(selection), "the command was not selected")
+    selected = page.driver.execute_script(selection)
+    command = page.text(page.css("#panel-similarity .curl")[0])
+    assert "Ctrl+C" in page.text(page.css("#panel-similarity .copied")[0])
+    assert selected == command and command.startswith(f"curl -sS -X POST '{server.url}/")
+    page.check_stayed_home()

@@ -13,6 +13,7 @@ import fcntl
 import importlib.util
 import logging
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -56,7 +57,8 @@ class OnDemandBuilds:
 
     def build(self, name: str, library: str | None) -> None:
         """Build `name` into the repository, or raise the HTTP error that says why not."""
-        command = f"ingrain-build {name}" + (f" --library {library}" if library else "")
+        library_option = f" --library {library}" if library else ""
+        command = f"ingrain-build {shlex.quote(name)}{library_option}"
         if not self.settings.enabled:
             raise falcon.HTTPNotFound(
                 description=f"model {name!r} is not in the engine repository and this server "

@@ -44,33 +44,42 @@ async function call(method, path, body, curlBox) {
 
 const query = (path, name) => `${path}?name=${encodeURIComponent(name)}`;
 
+let latestListing = 0; // each listing's number: only the latest one shows its models
+
 async function loadModels() {
+  const listing = ++latestListing;
   const status = $("models-status");
   const errorBox = $("models-error");
   const body = $("models").tBodies[0];
+  status.textContent = "Reading the models…";
   errorBox.hidden = true;
   body.replaceChildren();
-  models.clear();
-  let names;
+  let names, note, described;
   try {
     try {
       const loaded = await call("GET", "/loaded_models", undefined, $("models-curl"));
       names = loaded.models.map((model) => model.name);
-      status.textContent = `${names.length} loaded model(s).`;
+      note = `${names.length} loaded model(s).`;
     } catch (error) {
       // Management routes may answer on the model port only: the repository's list instead.
       if (!(error instanceof ServerError) || error.cause.status !== 404) throw error;
       const listed = await call("GET", "/v1/models", undefined, $("models-curl"));
       names = listed.data.map((model) => model.id);
-      status.textContent = `${names.length} model(s) in the repository (/loaded_models does not answer on this port).`;
+      note = `${names.length} model(s) in the repository (/loaded_models does not answer on this port).`;
     }
-    await Promise.all(names.map(describe));
+    described = await Promise.all(names.map(describe));
   } catch (error) {
+    if (listing !== latestListing) return;
     status.textContent = "The models could not be listed.";
     errorBox.hidden = false;
     errorBox.textContent = error.message;
     return;
   }
+  // A key typed while this listing ran started a newer one: that one shows the models.
+  if (listing !== latestListing) return;
+  models.clear();
+  for (const [name, model] of described) models.set(name, model);
+  status.textContent = note;
   for (const name of names) {
     const { info, labels } = models.get(name);
     body.append(
@@ -92,6 +101,7 @@ async function loadModels() {
   showPanels();
 }
 
+/** A model's name and what the playground needs of it: its info, labels and panels. */
 async function describe(name) {
   const info = await call("GET", query("/model_info", name));
   let labels = null;
@@ -102,7 +112,19 @@ async function describe(name) {
       if (!(error instanceof ServerError) || error.cause.status !== 400) throw error;
     }
   }
-  models.set(name, { info, labels, panels: panelsFor(info, labels !== null) });
+  return [name, { info, labels, panels: panelsFor(info, labels !== null) }];
+}
+
+/** Copies `box`'s text. Where the browser has no clipboard for the page (over plain http from
+ * another host than localhost) or refuses it, selects the text for the person to copy. */
+async function copyText(box, note) {
+  try {
+    await navigator.clipboard.writeText(box.textContent);
+    note.textContent = "Copied.";
+  } catch {
+    getSelection().selectAllChildren(box);
+    note.textContent = "Selected: press Ctrl+C to copy.";
+  }
 }
 
 /** A panel: its inputs, a Run button, the answer, the error and the request as curl. */
@@ -111,7 +133,8 @@ function panel(kind, title, inputs, run) {
   const error = el("pre", { className: "error", hidden: true });
   const curl = el("pre", { className: "curl" });
   const copy = el("button", { type: "button", textContent: "Copy curl" });
-  copy.addEventListener("click", () => navigator.clipboard.writeText(curl.textContent));
+  const copied = el("span", { className: "status copied" });
+  copy.addEventListener("click", () => copyText(curl, copied));
   const button = el("button", { type: "button", textContent: "Run", className: "run" });
   button.addEventListener("click", async () => {
     error.hidden = true;
@@ -134,7 +157,7 @@ function panel(kind, title, inputs, run) {
     button,
     error,
     output,
-    el("details", {}, el("summary", { textContent: "as curl" }), copy, curl),
+    el("details", {}, el("summary", { textContent: "as curl" }), copy, copied, curl),
   );
 }
 
