@@ -113,6 +113,16 @@ main.add_command(build_command)
     "holds names separated by spaces).",
 )
 @click.option(
+    "--default-model",
+    "default_models",
+    multiple=True,
+    envvar="INGRAIN_DEFAULT_MODELS",
+    help="The model that serves Text Embeddings Inference requests (which name no model): "
+    "one per kind (embedding, sparse embedding, reranker, text classifier); the first also "
+    "serves POST /, /info, /tokenize and /decode. Repeatable; the variable holds names "
+    "separated by spaces. Without it, the only loaded model of the kind a route needs.",
+)
+@click.option(
     "--timeout",
     type=click.IntRange(min=1),
     default=120,
@@ -359,6 +369,7 @@ def serve_command(
     intra_op_threads: int | None,
     compile_cache: str,
     preload: tuple[str, ...],
+    default_models: tuple[str, ...],
     timeout: int,
     read_timeout: float,
     max_connections: int,
@@ -412,6 +423,7 @@ def serve_command(
     repository = Repository(engines)
     model_precision = parse_model_precisions(model_precisions)
     named = [("--preload", name) for name in preload]
+    named += [("--default-model", name) for name in default_models]
     for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
         try:
             repository.find(name)
@@ -419,6 +431,7 @@ def serve_command(
             raise click.ClickException(
                 f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
+    check_default_models(repository, default_models)
     configure_logging()
     if intra_op_threads is None:
         intra_op_threads = max(1, (os.cpu_count() or 1) // workers)
@@ -447,6 +460,7 @@ def serve_command(
             engines=engines,
             runtime=runtime,
             preload=preload,
+            default_models=default_models,
             json_logs=log_format == "json",
             max_loaded_models=max_loaded_models,
             api_keys=api_keys,
@@ -495,6 +509,26 @@ def fetch_engines(location: S3Location, cache_dir: Path) -> Path:
             raise click.ClickException(f"{error} (and {cache_dir} holds no models)") from None
         click.echo(f"warning: serving what {cache_dir} holds: {error}", err=True)
     return cache_dir
+
+
+def check_default_models(repository: Repository, names: tuple[str, ...]) -> None:
+    """Each --default-model serves one kind of Text Embeddings Inference request."""
+    from api.tei_kinds import KINDS, kind_of
+
+    chosen: dict[str, str] = {}
+    for name in names:
+        kind = kind_of(repository.find(name).manifest)
+        if kind is None:
+            raise click.BadParameter(
+                f"{name} is not a text model; TEI serves {', '.join(KINDS)} models",
+                param_hint="--default-model",
+            )
+        if kind in chosen:
+            raise click.BadParameter(
+                f"{chosen[kind]} and {name} are both {kind} models; give one per kind",
+                param_hint="--default-model",
+            )
+        chosen[kind] = name
 
 
 def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

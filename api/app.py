@@ -17,6 +17,7 @@ from api.remote_engines import RemoteEngines
 from api.rerank import ClassifyText, CohereRerank, Rerank
 from api.resources import ClassifyImage, Embed, EmbedImage, EmbedText, Health, ModelInfo
 from api.settings import ServerSettings
+from api.tei import add_tei_routes
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
 from runtime.repository.loaded_set import LoadedSet
@@ -46,10 +47,10 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
     embed = Embed(registry, settings.limits)
-    app.add_route("/embed", embed)
     app.add_route("/infer", embed)
     app.add_route("/classify_image", ClassifyImage(registry, settings.limits))
-    app.add_route("/rerank", Rerank(registry, settings.limits))
+    # /embed and /rerank: the ingrain API's, or TEI's, by the body.
+    add_tei_routes(app, registry, settings, embed, Rerank(registry, settings.limits))
     cohere_rerank = CohereRerank(registry, settings.limits)
     app.add_route("/v1/rerank", cohere_rerank)
     app.add_route("/v2/rerank", cohere_rerank)

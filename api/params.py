@@ -26,6 +26,11 @@ READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urle
 
 
 def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
+    """The body as a JSON object, read once per request (a route that chooses between two
+    APIs by the body reads it first)."""
+    cached = getattr(req.context, "json_body", None)
+    if cached is not None:
+        return cached
     media_type = (req.content_type or "").split(";")[0].strip().lower()
     if media_type and media_type not in READABLE_TYPES and not media_type.endswith("+json"):
         raise falcon.HTTPUnsupportedMediaType(
@@ -55,6 +60,7 @@ def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
         raise falcon.HTTPBadRequest(
             description=f"the request body must be a JSON object, not {_json_type(body)}"
         )
+    req.context.json_body = body
     return body
 
 

@@ -24,8 +24,9 @@ from runtime.repository import Entry, Repository
 from runtime.text import POOLING_MASK
 
 
-def respond(resp: falcon.Response, payload: dict[str, Any]) -> None:
-    """JSON out; orjson writes numpy float32 arrays directly."""
+def respond(resp: falcon.Response, payload: Any) -> None:
+    """JSON out (an object, or a list as TEI's answers are); orjson writes numpy float32
+    arrays directly."""
     resp.content_type = falcon.MEDIA_JSON
     resp.data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 

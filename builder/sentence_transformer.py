@@ -71,6 +71,15 @@ def _excludes_prompt(model: SentenceTransformer) -> bool:
     return any(isinstance(m, Pooling) and not m.include_prompt for m in model)
 
 
+def _pooling_mode(model: SentenceTransformer) -> str | None:
+    """The pooling mode (mean, cls, lasttoken...), which TEI's GET /info reports."""
+    for module in model:
+        if isinstance(module, Pooling):
+            mode = getattr(module, "pooling_mode", None)  # sentence-transformers 6
+            return mode if isinstance(mode, str) else module.get_pooling_mode_str()
+    return None
+
+
 def load(source: str, progress: Progress) -> SentenceTransformer:
     with progress.stage(f"Loading {source} with sentence-transformers"):
         try:
@@ -156,7 +165,11 @@ def build(
         },
         tokenizer=tokenizer,
         prompts=prompts,
-        build={"source": source, "modules": [type(module).__name__ for module in model]},
+        build={
+            "source": source,
+            "modules": [type(module).__name__ for module in model],
+            "pooling": _pooling_mode(model),
+        },
     )
 
     def check(staged: Model, strict: bool) -> dict[str, dict]:
