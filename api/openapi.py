@@ -10,6 +10,7 @@ from typing import Any
 import falcon
 
 from api.resources import respond
+from api.tei_openapi import add_tei_paths
 from runtime.repository.manifest import LIBRARIES
 
 JSON = "application/json"
@@ -500,6 +501,8 @@ PATHS["/load_model"]["post"]["responses"]["502"] = {
     "description": "The object store failed or holds a broken version; the error names it.",
     **_json(_ref("Error")),
 }
+
+add_tei_paths(PATHS, SCHEMAS)
 
 DOCUMENT = {
     "openapi": "3.1.0",

@@ -16,11 +16,13 @@ import orjson
 from api import params
 from api.auth import Access, request_port
 from api.settings import Limits
+from api.sparse_output import sparse_output
 from runtime.classifier import read_labels
 from runtime.models import Model
 from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
 from runtime.repository import Entry, Repository
+from runtime.sparse import SPARSE_TASK
 from runtime.text import POOLING_MASK
 
 
@@ -87,9 +89,13 @@ class EmbedText(_ModelRoute):
         options = params.text_options(body, self.limits)
         req.context.items = len(texts)
         with self.registry.use(name) as model:
-            output = _Output(model, "text", body)
-            embeddings = output.run(model.embed_tokens, model.tokenize(texts, options))
-        respond(resp, {"embeddings": embeddings, "processingTimeMs": elapsed_ms(started)})
+            if model.manifest.task == SPARSE_TASK:
+                answer = {"sparse": sparse_output(model, model.tokenize(texts, options), body)}
+            else:
+                output = _Output(model, "text", body)
+                rows = model.tokenize(texts, options)
+                answer = {"embeddings": output.run(model.embed_tokens, rows)}
+        respond(resp, {**answer, "processingTimeMs": elapsed_ms(started)})
 
 
 class EmbedImage(_ModelRoute):

@@ -28,14 +28,15 @@ from api.tei_errors import TEIError, batch_too_large, runtime_errors
 from api.tei_kinds import CLASSIFIER, EMBEDDING, RERANK, SPARSE
 from api.tei_models import ServedModels
 from api.tei_types import (
-    DecodeRequest,
-    EmbedRequest,
-    PredictRequest,
-    RerankRequest,
     ShapeError,
-    SimilarityParameters,
-    SimilarityRequest,
-    TokenizeRequest,
+    TEIDecodeRequest,
+    TEIEmbedRequest,
+    TEIEmbedSparseRequest,
+    TEIPredictRequest,
+    TEIRerankRequest,
+    TEISimilarityParameters,
+    TEISimilarityRequest,
+    TEITokenizeRequest,
     as_id_rows,
     as_rows,
     as_sequences,
@@ -43,6 +44,7 @@ from api.tei_types import (
 from runtime.classifier import activate
 from runtime.models import Model
 from runtime.registry import ModelRegistry
+from runtime.sparse import embed_sparse
 from runtime.text import TextOptions, TokenRow
 
 Request = TypeVar("Request", bound=msgspec.Struct)
@@ -123,7 +125,7 @@ class Embed(_Route):
     """POST /embed: one pooled embedding per input, as a list of lists."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, EmbedRequest)
+        request = self._body(req, TEIEmbedRequest)
         items, options = self._text_request(request)
         name = self.models.pick((EMBEDDING,), "/embed")
         req.context.model, req.context.items = name, len(items)
@@ -142,18 +144,41 @@ def _check_dimensions(model: Model, dimensions: int | None) -> None:
         )
 
 
+class EmbedSparse(_Route):
+    """POST /embed_sparse: each input's non-zero vocabulary entries as [{index, value}]."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = self._body(req, TEIEmbedSparseRequest)
+        items, options = self._text_request(request)
+        name = self.models.pick((SPARSE,), "/embed_sparse")
+        req.context.model, req.context.items = name, len(items)
+        with runtime_errors(), self.registry.use(name) as model:
+            rows = self._token_rows(model, items, options)
+            vectors = embed_sparse(model, rows, request.top_k)
+        respond(
+            resp,
+            [
+                [
+                    {"index": index, "value": value}
+                    for index, value in zip(v.indices.tolist(), v.values.tolist(), strict=True)
+                ]
+                for v in vectors
+            ],
+        )
+
+
 class Similarity(_Route):
     """POST /similarity (and POST / with `inputs.source_sentence`): the cosine similarity of
     `source_sentence` with each of `sentences`."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, SimilarityRequest)
+        request = self._body(req, TEISimilarityRequest)
         sentences = request.inputs.sentences
         if not sentences:
             raise TEIError("Empty", "`inputs.sentences` cannot be empty")
         self._check_count(len(sentences) + 1, self.limits.max_items)
         texts = [request.inputs.source_sentence, *sentences]
-        parameters = request.parameters or SimilarityParameters()
+        parameters = request.parameters or TEISimilarityParameters()
         options = _options(
             parameters.truncate, parameters.truncation_direction, parameters.prompt_name
         )
@@ -169,7 +194,7 @@ class Rerank(_Route):
     """POST /rerank: each text's score against the query, highest first."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, RerankRequest)
+        request = self._body(req, TEIRerankRequest)
         self._check_count(len(request.texts), self.limits.max_documents, "texts")
         self._check_chars([request.query, *request.texts])
         total = len(request.query) + sum(map(len, request.texts))
@@ -213,7 +238,7 @@ class Predict(_Route):
     """POST /predict: every label's score per text or text pair, highest first."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, PredictRequest)
+        request = self._body(req, TEIPredictRequest)
         try:
             sequences, batch = as_sequences(request.inputs)
         except ShapeError as error:
@@ -282,7 +307,7 @@ class Tokenize(_TokenizerRoute):
     """POST /tokenize: the tokens of each input, with byte offsets into it (as TEI gives)."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, TokenizeRequest)
+        request = self._body(req, TEITokenizeRequest)
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
         self._check_count(len(texts), self.limits.max_items)
         self._check_chars(texts)
@@ -300,7 +325,7 @@ class Tokenize(_TokenizerRoute):
 
 
 def _tokens(text: str, encoding: Any) -> list[dict[str, Any]]:
-    """TEI's SimpleToken list: special tokens by name, others by their bytes of `text`."""
+    """TEI's TEISimpleToken list: special tokens by name, others by their bytes of `text`."""
     data = text.encode("utf-8")
     byte_at = np.concatenate([[0], np.cumsum([len(c.encode("utf-8")) for c in text])]).tolist()
     tokens = []
@@ -324,7 +349,7 @@ class Decode(_TokenizerRoute):
     """POST /decode: token ids back to text."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = self._body(req, DecodeRequest)
+        request = self._body(req, TEIDecodeRequest)
         try:
             rows, batch = as_id_rows(request.ids)
         except ShapeError as error:
@@ -456,12 +481,14 @@ def add_tei_routes(
     arguments = (registry, limits, models)
     routes = {
         EMBEDDING: Embed(*arguments),
+        SPARSE: EmbedSparse(*arguments),
         RERANK: Rerank(*arguments),
         CLASSIFIER: Predict(*arguments),
         "similarity": Similarity(*arguments),
     }
     app.add_route("/embed", ByBody(ingrain_embed, routes[EMBEDDING], is_tei_embed, limits))
     app.add_route("/rerank", ByBody(ingrain_rerank, routes[RERANK], is_tei_rerank, limits))
+    app.add_route("/embed_sparse", routes[SPARSE])
     app.add_route("/predict", routes[CLASSIFIER])
     app.add_route("/similarity", routes["similarity"])
     app.add_route("/tokenize", Tokenize(*arguments))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from api.tei_errors import TEIError
-from api.tei_kinds import KINDS, kind_of
+from api.tei_kinds import kind_of
 from runtime.errors import ModelNotFound
 from runtime.registry import ModelRegistry
 
@@ -27,33 +27,28 @@ class ServedModels:
         self._lock = threading.Lock()
 
     def pick(self, kinds: tuple[str, ...], route: str) -> str:
-        """The model that serves `route`, which needs a model of one of `kinds`."""
-        for kind in kinds:  # in the route's order of preference
+        """The model that serves `route`, which needs a model of one of `kinds` (in its order
+        of preference): a --default-model of the first kind that has one, else the only loaded
+        model of the first kind that has any."""
+        for kind in kinds:
             for name in self.defaults:
                 if self._kind(name) == kind:
                     return name
-        candidates = [name for name in self._loaded() if self._kind(name) in kinds]
-        if len(candidates) == 1:
-            return candidates[0]
+        loaded = self._loaded()
         wanted = " or ".join(kind.replace("-", " ") for kind in kinds)
-        if not candidates:
-            raise TEIError(
-                "Validation",
-                f"{route} needs a {wanted} model and none is loaded: load one (POST /load_model) "
-                f"or start the server with {FLAG} NAME",
-                status=400,
-            )
-        raise TEIError(
-            "Validation",
-            f"{route} needs a {wanted} model and several are loaded ({', '.join(candidates)}): "
-            f"choose one with {FLAG} NAME when starting the server",
-            status=400,
-        )
+        for kind in kinds:
+            candidates = [name for name in loaded if self._kind(name) == kind]
+            if candidates:
+                return _only(candidates, route, wanted)
+        return _only([], route, wanted)
 
     def primary(self, route: str) -> tuple[str, str]:
         """The model that serves routes fitting any model (POST /, /info, /tokenize, /decode):
         the first --default-model, else the only loaded model of a kind TEI knows; and its kind."""
-        name = self.defaults[0] if self.defaults else self.pick(KINDS, route)
+        if self.defaults:
+            name = self.defaults[0]
+        else:
+            name = _only([n for n in self._loaded() if self._kind(n)], route, "text")
         kind = self._kind(name)
         assert kind is not None  # the CLI checked the defaults' kinds
         return name, kind
@@ -80,3 +75,22 @@ class ServedModels:
         with self._lock:
             self._kinds[name] = kind
         return kind
+
+
+def _only(candidates: list[str], route: str, wanted: str) -> str:
+    """The one candidate; none or several is a 400 that says how to choose."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise TEIError(
+            "Validation",
+            f"{route} needs a {wanted} model and several are loaded ({', '.join(candidates)}): "
+            f"choose one with {FLAG} NAME when starting the server",
+            status=400,
+        )
+    raise TEIError(
+        "Validation",
+        f"{route} needs a {wanted} model and none is loaded: load one (POST /load_model) or "
+        f"start the server with {FLAG} NAME",
+        status=400,
+    )

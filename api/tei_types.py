@@ -22,7 +22,7 @@ ErrorType = Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokeniz
 Input = str | list[str | TokenId | list[TokenId]]
 
 
-class EmbedRequest(msgspec.Struct):
+class TEIEmbedRequest(msgspec.Struct):
     inputs: Input
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "right"
@@ -31,21 +31,16 @@ class EmbedRequest(msgspec.Struct):
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
-class EmbedSparseRequest(msgspec.Struct):
+class TEIEmbedSparseRequest(msgspec.Struct):
     inputs: Input
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "right"
     prompt_name: str | None = None
+    # Not TEI's: keep only the largest top_k values of each text.
+    top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
-class EmbedAllRequest(msgspec.Struct):
-    inputs: Input
-    truncate: bool | None = None
-    truncation_direction: TruncationDirection = "right"
-    prompt_name: str | None = None
-
-
-class RerankRequest(msgspec.Struct):
+class TEIRerankRequest(msgspec.Struct):
     query: str
     texts: list[str]
     truncate: bool | None = None
@@ -54,7 +49,7 @@ class RerankRequest(msgspec.Struct):
     return_text: bool = False
 
 
-class PredictRequest(msgspec.Struct):
+class TEIPredictRequest(msgspec.Struct):
     # A string, a pair [string, string], or a batch [[string], [string, string], ...].
     inputs: str | list[str | list[str]]
     truncate: bool | None = None
@@ -62,29 +57,29 @@ class PredictRequest(msgspec.Struct):
     raw_scores: bool = False
 
 
-class SimilarityInput(msgspec.Struct):
+class TEISimilarityInput(msgspec.Struct):
     source_sentence: str
     sentences: list[str]
 
 
-class SimilarityParameters(msgspec.Struct):
+class TEISimilarityParameters(msgspec.Struct):
     truncate: bool | None = None
     truncation_direction: TruncationDirection = "right"
     prompt_name: str | None = None
 
 
-class SimilarityRequest(msgspec.Struct):
-    inputs: SimilarityInput
-    parameters: SimilarityParameters | None = None
+class TEISimilarityRequest(msgspec.Struct):
+    inputs: TEISimilarityInput
+    parameters: TEISimilarityParameters | None = None
 
 
-class TokenizeRequest(msgspec.Struct):
+class TEITokenizeRequest(msgspec.Struct):
     inputs: str | list[str]
     add_special_tokens: bool = True
     prompt_name: str | None = None
 
 
-class DecodeRequest(msgspec.Struct):
+class TEIDecodeRequest(msgspec.Struct):
     ids: list[TokenId | list[TokenId]]
     skip_special_tokens: bool = True
 
@@ -92,23 +87,23 @@ class DecodeRequest(msgspec.Struct):
 # Responses (for the OpenAPI document; the handlers write plain lists and dicts).
 
 
-class Rank(msgspec.Struct, omit_defaults=True):
+class TEIRank(msgspec.Struct, omit_defaults=True):
     index: int
     score: float
     text: str | None = None
 
 
-class Prediction(msgspec.Struct):
+class TEIPrediction(msgspec.Struct):
     score: float
     label: str
 
 
-class SparseValue(msgspec.Struct):
+class TEISparseValue(msgspec.Struct):
     index: int
     value: float
 
 
-class SimpleToken(msgspec.Struct):
+class TEISimpleToken(msgspec.Struct):
     id: int
     text: str
     special: bool
@@ -116,7 +111,42 @@ class SimpleToken(msgspec.Struct):
     stop: int | None
 
 
-class ErrorResponse(msgspec.Struct):
+class TEIEmbeddingModel(msgspec.Struct):
+    pooling: str
+
+
+class TEIClassifierModel(msgspec.Struct):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class TEIModelType(msgspec.Struct, omit_defaults=True):
+    """One of the three keys, as TEI's externally tagged enum."""
+
+    embedding: TEIEmbeddingModel | None = None
+    classifier: TEIClassifierModel | None = None
+    reranker: TEIClassifierModel | None = None
+
+
+class TEIInfo(msgspec.Struct):
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    served_model_name: str
+    model_type: TEIModelType
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+
+
+class TEIErrorResponse(msgspec.Struct):
     error: str
     error_type: ErrorType
 

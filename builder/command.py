@@ -38,10 +38,12 @@ engines_option = click.option(
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers", "open_clip", "timm", "cross_encoder"]),
+    type=click.Choice(
+        ["sentence_transformers", "open_clip", "timm", "cross_encoder", "sparse_encoder"]
+    ),
     help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
-    "and local-dir: names, cross_encoder for *ForSequenceClassification models, else "
-    "sentence_transformers).",
+    "and local-dir: names, cross_encoder for *ForSequenceClassification models, sparse_encoder "
+    "for sentence-transformers SparseEncoder (SPLADE) models, else sentence_transformers).",
 )
 @click.option(
     "--task",

@@ -25,6 +25,7 @@ from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
+from runtime.sparse import SPARSE_TASK
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,11 @@ class Model:
             raise InputError(
                 f"model {self.name!r} is a {self.manifest.task} model, not an embedding model; "
                 "use /rerank or /classify_text"
+            )
+        if texts and self.manifest.task == SPARSE_TASK:
+            raise InputError(
+                f"model {self.name!r} is a sparse (SPLADE) embedding model; ask /embed_text or "
+                "/embed_sparse for its sparse embeddings"
             )
         if texts:
             _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
