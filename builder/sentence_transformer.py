@@ -49,7 +49,7 @@ class _SentenceEmbedding(torch.nn.Module):
         return features["sentence_embedding"]
 
 
-def _prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | None:
+def apply_prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | None:
     """The model's prompts with --prompt NAME=TEXT over them, and the default prompt name; set
     on `model` too, so verification compares with the prompts that will be served."""
     model.prompts = {**model.prompts, **options.named_prompts()}
@@ -114,6 +114,20 @@ def max_length_of(source: str, model_max: int | None, requested: int | None) -> 
     return min(requested or model_max, model_max or requested)
 
 
+def text_tower(
+    input_names: list[str], output: str, dim: int, max_batch: int, max_length: int
+) -> TowerSpec:
+    """The manifest's `text.onnx` tower: token inputs, one `dim`-wide float32 row per text."""
+    return TowerSpec(
+        onnx="text.onnx",
+        inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in input_names],
+        output=TensorSpec(output, "float32", ["batch", dim]),
+        dim=dim,
+        max_batch=max_batch,
+        max_seq_len=max_length,
+    )
+
+
 def write_tokenizer(staging: Path, hf_tokenizer: Any, max_length: int) -> TokenizerSpec:
     hf_tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
     return TokenizerSpec(
@@ -134,7 +148,7 @@ def build(
     max_batch, max_seq_len = options.max_batch, options.max_seq_len
     model = load(source, progress)
     hf_tokenizer, input_names = text_inputs(source, model)
-    prompts = _prompts(model, options)
+    prompts = apply_prompts(model, options)
     graph_inputs = [*input_names, POOLING_MASK] if _excludes_prompt(model) else input_names
     max_length = max_length_of(source, model.max_seq_length, max_seq_len)
     with progress.stage("Writing tokenizer.json"):
@@ -153,16 +167,7 @@ def build(
         name=name,
         library="sentence_transformers",
         task="embedding",
-        towers={
-            "text": TowerSpec(
-                onnx="text.onnx",
-                inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in graph_inputs],
-                output=TensorSpec(OUTPUT, "float32", ["batch", dim]),
-                dim=dim,
-                max_batch=max_batch,
-                max_seq_len=max_length,
-            )
-        },
+        towers={"text": text_tower(graph_inputs, OUTPUT, dim, max_batch, max_length)},
         tokenizer=tokenizer,
         prompts=prompts,
         build={

@@ -15,7 +15,13 @@ from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.sentence_transformer import _prompts, max_length_of, text_inputs, write_tokenizer
+from builder.sentence_transformer import (
+    apply_prompts,
+    max_length_of,
+    text_inputs,
+    text_tower,
+    write_tokenizer,
+)
 from builder.verify import (
     VERIFICATION_TEXTS,
     check_token_ids,
@@ -24,7 +30,7 @@ from builder.verify import (
     verify_precisions,
 )
 from runtime.models import Model
-from runtime.repository.manifest import Manifest, TensorSpec, TowerSpec
+from runtime.repository.manifest import Manifest
 from runtime.sparse import SPARSE_TASK
 
 OUTPUT = "sparse_embedding"
@@ -82,7 +88,7 @@ def build(
         raise BuildError("--labels is for timm classifiers and CLIP zero-shot models")
     model = load(source, progress)
     hf_tokenizer, input_names = text_inputs(source, model)
-    prompts = _prompts(model, options)
+    prompts = apply_prompts(model, options)
     max_length = max_length_of(source, model.max_seq_length, options.max_seq_len)
     with progress.stage("Writing tokenizer.json"):
         tokenizer = write_tokenizer(staging, hf_tokenizer, max_length)
@@ -96,16 +102,7 @@ def build(
         name=name,
         library="sparse_encoder",
         task=SPARSE_TASK,
-        towers={
-            "text": TowerSpec(
-                onnx="text.onnx",
-                inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in input_names],
-                output=TensorSpec(OUTPUT, "float32", ["batch", dim]),
-                dim=dim,
-                max_batch=options.max_batch,
-                max_seq_len=max_length,
-            )
-        },
+        towers={"text": text_tower(input_names, OUTPUT, dim, options.max_batch, max_length)},
         tokenizer=tokenizer,
         prompts=prompts,
         build={

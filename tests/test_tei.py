@@ -10,6 +10,8 @@ import requests
 import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import MINILM, QUERY_PROMPT, RERANKER, TEXT_CLASSIFIER, cosines
 from tests.conftest import start_server as start
@@ -408,3 +410,45 @@ def test_sparse_and_dense_requests_do_not_mix(tei, route, body, says):
         return
     assert answer.status_code == 400, answer.text
     assert says in str(answer.json()["error"])
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = (
+    "inputs", "texts", "query", "ids", "normalize", "truncate", "truncation_direction",
+    "prompt_name", "dimensions", "raw_scores", "return_text", "top_k", "parameters",
+    "add_special_tokens", "skip_special_tokens",
+)  # fmt: skip
+ROUTES = (
+    "/",
+    "/embed",
+    "/embed_sparse",
+    "/rerank",
+    "/predict",
+    "/similarity",
+    "/tokenize",
+    "/decode",
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(ROUTES),
+    body=st.dictionaries(st.sampled_from(FIELDS), JSON, min_size=1, max_size=5),
+)
+def test_no_tei_body_gets_a_5xx(tei, route, body):
+    answer = tei.post(route, body)
+    assert answer.status_code < 500, answer.text
+    if answer.status_code >= 400:
+        assert "error" in answer.json()
