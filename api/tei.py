@@ -1,10 +1,10 @@
 """Text Embeddings Inference's HTTP API, so that clients built for TEI (huggingface_hub's
 InferenceClient, LangChain's HuggingFaceEndpointEmbeddings, LlamaIndex, Haystack) work unchanged.
 
-Routes: POST /embed, /embed_sparse, /rerank, /predict, /similarity, /tokenize, /decode and /
-(the served model's own task, as TEI routes it), GET /info. /embed and /rerank are shared with
-the ingrain API and told apart by the body (`ByBody`). Requests name no model: api.tei_models
-chooses it. Errors come out in TEI's shape and statuses (api.tei_errors).
+Routes: POST /embed, /embed_all, /embed_sparse, /rerank, /predict, /similarity, /tokenize,
+/decode and / (the served model's own task, as TEI routes it), GET /info. /embed and /rerank are
+shared with the ingrain API and told apart by the body (`ByBody`). Requests name no model:
+api.tei_models chooses it. Errors come out in TEI's shape and statuses (api.tei_errors).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from api.tei_models import ServedModels
 from api.tei_types import (
     ShapeError,
     TEIDecodeRequest,
+    TEIEmbedAllRequest,
     TEIEmbedRequest,
     TEIEmbedSparseRequest,
     TEIPredictRequest,
@@ -46,6 +47,7 @@ from runtime.models import Model
 from runtime.registry import ModelRegistry
 from runtime.sparse import embed_sparse
 from runtime.text import TextOptions, TokenRow
+from runtime.token_embeddings import token_embeddings
 
 Request = TypeVar("Request", bound=msgspec.Struct)
 
@@ -165,6 +167,30 @@ class EmbedSparse(_Route):
                 for v in vectors
             ],
         )
+
+
+class EmbedAll(_Route):
+    """POST /embed_all: each input's token embeddings (before pooling), as a list per input of
+    one embedding per token; for models built with --token-embeddings."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = self._body(req, TEIEmbedAllRequest)
+        items, options = self._text_request(request)
+        name = self.models.pick((EMBEDDING,), "/embed_all")
+        req.context.model, req.context.items = name, len(items)
+        limit = self.registry.runtime.batching.max_tokens
+        with runtime_errors(), self.registry.use(name) as model:
+            rows = self._token_rows(model, items, options)
+            tokens = sum(len(row.ids) for row in rows)
+            if tokens > limit:  # the answer holds a vector per token: bound its size
+                raise TEIError(
+                    "Validation",
+                    f"the inputs hold {tokens} tokens; /embed_all answers at most {limit} per "
+                    "request (--max-batch-tokens): send fewer or shorter inputs",
+                    status=413,
+                )
+            embeddings = token_embeddings(model, rows)
+        respond(resp, embeddings)
 
 
 class Similarity(_Route):
@@ -489,6 +515,7 @@ def add_tei_routes(
     app.add_route("/embed", ByBody(ingrain_embed, routes[EMBEDDING], is_tei_embed, limits))
     app.add_route("/rerank", ByBody(ingrain_rerank, routes[RERANK], is_tei_rerank, limits))
     app.add_route("/embed_sparse", routes[SPARSE])
+    app.add_route("/embed_all", EmbedAll(*arguments))
     app.add_route("/predict", routes[CLASSIFIER])
     app.add_route("/similarity", routes["similarity"])
     app.add_route("/tokenize", Tokenize(*arguments))

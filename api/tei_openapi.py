@@ -13,6 +13,11 @@ REF = "#/components/schemas/{name}"
 # path -> (summary, request body type, answer type)
 ROUTES: dict[str, tuple[str, Any, Any]] = {
     "/embed": ("TEI: one pooled embedding per input.", tei.TEIEmbedRequest, list[list[float]]),
+    "/embed_all": (
+        "TEI: each input's token embeddings (models built with --token-embeddings).",
+        tei.TEIEmbedAllRequest,
+        list[list[list[float]]],
+    ),
     "/embed_sparse": (
         "TEI: each input's non-zero vocabulary entries (SPLADE models).",
         tei.TEIEmbedSparseRequest,

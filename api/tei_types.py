@@ -40,6 +40,13 @@ class TEIEmbedSparseRequest(msgspec.Struct):
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+class TEIEmbedAllRequest(msgspec.Struct):
+    inputs: Input
+    truncate: bool | None = None
+    truncation_direction: TruncationDirection = "right"
+    prompt_name: str | None = None
+
+
 class TEIRerankRequest(msgspec.Struct):
     query: str
     texts: list[str]

@@ -94,6 +94,8 @@ def build_model(
             library = "cross_encoder"
         elif is_sparse_encoder(source):
             library = "sparse_encoder"
+    if options.token_embeddings and library != "sentence_transformers":
+        raise BuildError("--token-embeddings is for sentence-transformers embedding models")
     try:
         slug = slugify(name)
     except ValueError as error:

@@ -90,6 +90,12 @@ engines_option = click.option(
 @click.option(
     "--num-classes", type=click.IntRange(min=1), help="timm: the classifier's number of classes."
 )
+@click.option(
+    "--token-embeddings",
+    is_flag=True,
+    help="sentence-transformers: also export each token's embedding before pooling (a second "
+    "graph), served on /embed_all for late-interaction use.",
+)
 @click.option("--tensorrt", is_flag=True, help="Also compile TensorRT plans (needs a GPU).")
 @click.option(
     "--precision",
@@ -153,6 +159,7 @@ def build_command(
     default_prompt_name: str | None,
     checkpoint: Path | None,
     num_classes: int | None,
+    token_embeddings: bool,
     tensorrt: bool,
     precision: str,
     min_batch: int,
@@ -202,6 +209,7 @@ def build_command(
             compile_options,
             default_prompt_name,
             task,
+            token_embeddings=token_embeddings,
         )
         if isinstance(engines, S3Location):
             build_and_publish(

@@ -14,6 +14,7 @@ from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions
 from builder.progress import Progress
+from builder.token_embeddings import export_token_tower, verify_token_tower
 from builder.verify import load_staged, verify_precisions, verify_prompt, verify_text_tower
 from runtime.models import Model
 from runtime.repository.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
@@ -163,11 +164,18 @@ def build(
 
     # sentence-transformers 6 renamed the method; older releases only have the long name.
     dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    towers = {"text": text_tower(graph_inputs, OUTPUT, dim, max_batch, max_length)}
+    if options.token_embeddings:
+        with progress.stage("Exporting the token-embedding tower to ONNX"):
+            side = tokenizer.padding_side
+            towers["tokens"] = export_token_tower(
+                model, input_names, max_length, max_batch, side, staging
+            )
     manifest = Manifest(
         name=name,
         library="sentence_transformers",
         task="embedding",
-        towers={"text": text_tower(graph_inputs, OUTPUT, dim, max_batch, max_length)},
+        towers=towers,
         tokenizer=tokenizer,
         prompts=prompts,
         build={
@@ -191,7 +199,9 @@ def build(
                 name,
                 lambda texts, name=name: model.encode(texts, prompt_name=name),
             )
-        return {"text": text}
+        if staged.tokens is None:
+            return {"text": text}
+        return {"text": text, "tokens": verify_token_tower(staged, model, strict)}
 
     with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
         verification = check(load_staged(staging, manifest), True)

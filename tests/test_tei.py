@@ -33,13 +33,13 @@ SPLADE = "test/tiny-splade"
 
 @pytest.fixture(scope="module")
 def tei_engines(tmp_path_factory, minilm_source, pair_sources, splade_source):
-    """MiniLM (with a query prompt), the tiny reranker, the tiny text classifier and a tiny
-    SPLADE model (detected as a SparseEncoder from its saved config)."""
+    """MiniLM (with a query prompt and token embeddings), the tiny reranker, the tiny text
+    classifier and a tiny SPLADE model (detected as a SparseEncoder from its saved config)."""
     from builder import BuildOptions, Progress, build_model
 
     root = tmp_path_factory.mktemp("tei-engines")
     quiet = Progress(quiet=True)
-    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",))
+    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
     build_model(minilm_source, root, name=MINILM, options=options, progress=quiet)
     for name, source in pair_sources.items():
         build_model(str(source), root, name=name, progress=quiet)
@@ -106,6 +106,19 @@ def test_embed_options_follow_tei(tei, reference):
         for side in ("left", "right")
     ]
     assert cosines(np.array(ends[0]), np.array(ends[1]))[0] < 0.99
+
+
+def test_embed_all_equals_sentence_transformers_token_embeddings(tei, reference):
+    texts = TEXTS[:3]
+    answer = tei.post("/embed_all", {"inputs": texts})
+    assert answer.status_code == 200, answer.text
+    expected = reference.encode(texts, output_value="token_embeddings", convert_to_numpy=False)
+    for served, tokens in zip(answer.json(), expected, strict=True):
+        assert np.array(served).shape == tuple(tokens.shape)
+        assert cosines(np.array(served), tokens.numpy()).min() >= 0.999
+    ids = reference.tokenizer(texts[0])["input_ids"]
+    [from_ids] = tei.post("/embed_all", {"inputs": ids}).json()
+    assert cosines(np.array(from_ids), expected[0].numpy()).min() >= 0.999
 
 
 def test_sentence_similarity_is_the_cosine_of_the_embeddings(tei, reference):
@@ -266,6 +279,8 @@ def test_ingrain_requests_on_shared_paths_are_unchanged(tei):
             "less than 256 tokens",
         ),
         ("/embed", {"inputs": "a", "name": MINILM}, 400, "Validation", "one API"),
+        ("/embed_all", {"inputs": ["word " * 300] * 5}, 413, "Validation", "at most 1024"),
+        ("/embed_all", {"inputs": []}, 400, "Empty", "cannot be empty"),
         ("/rerank", {"query": "q", "texts": []}, 400, "Empty", "`texts` cannot be empty"),
         ("/rerank", {"query": "q", "texts": ["a"] * 7}, 413, "Validation", "batch size 7"),
         ("/rerank", {"query": 1, "texts": ["a"]}, 422, "Validation", "$.query"),
@@ -431,6 +446,7 @@ FIELDS = (
 ROUTES = (
     "/",
     "/embed",
+    "/embed_all",
     "/embed_sparse",
     "/rerank",
     "/predict",
@@ -452,3 +468,16 @@ def test_no_tei_body_gets_a_5xx(tei, route, body):
     assert answer.status_code < 500, answer.text
     if answer.status_code >= 400:
         assert "error" in answer.json()
+
+
+def test_default_model_flags_are_checked_before_serving(tei_engines):
+    from click.testing import CliRunner
+
+    from cli import serve_command
+
+    engines = ("--engines", str(tei_engines))
+    twice = ("--default-model", MINILM, "--default-model", MINILM)
+    result = CliRunner().invoke(serve_command, [*engines, *twice])
+    assert result.exit_code == 2 and "give one per kind" in result.output
+    result = CliRunner().invoke(serve_command, [*engines, "--default-model", "nope"])
+    assert result.exit_code == 1 and "ingrain-build nope" in result.output
