@@ -9,7 +9,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from api.server.options import parse_model_precisions, serve_options, settings
+from api.server.options import (
+    check_default_models,
+    parse_model_precisions,
+    serve_options,
+    settings,
+)
 from builder.command import build_command, engines_option
 from runtime.backends import openvino_unavailable, select
 from runtime.config import RuntimeConfig
@@ -58,6 +63,7 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
     repository = Repository(engines)
     model_precision = parse_model_precisions(values["model_precisions"])
     named = [("--preload", name) for name in values["preload"]]
+    named += [("--default-model", name) for name in values["default_models"]]
     for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
         try:
             repository.find(name)
@@ -65,6 +71,7 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
             raise click.ClickException(
                 f"{flag} {name}: not in {engines}; build it with: ingrain-build {name}"
             ) from None
+    check_default_models(repository, values["default_models"])
     configure_logging()
     if values["intra_op_threads"] is None:
         values["intra_op_threads"] = max(1, (os.cpu_count() or 1) // workers)

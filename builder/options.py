@@ -72,6 +72,8 @@ class BuildOptions:
     default_prompt_name: str | None = None
     # Cross-encoders: "rerank" or "text-classification" (default: rerank for one label).
     task: str | None = None
+    # sentence-transformers: also export the per-token embeddings before pooling (tokens.onnx).
+    token_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.tensorrt is not None and self.tensorrt.batch[2] != self.max_batch:

@@ -25,6 +25,7 @@ from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
+from runtime.sparse import SPARSE_TASK
 from runtime.text import TextEncoder, TextOptions, TokenRow, collate_rows
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Model:
         image: ImageEncoder | None,
         classifier: Classifier | None = None,
         pair: PairEncoder | None = None,
+        tokens: TextEncoder | None = None,
     ) -> None:
         self.manifest = manifest
         self.text = text
@@ -95,6 +97,8 @@ class Model:
         self.classifier = classifier
         # Cross-encoders and text classifiers: token ids (of pairs, or of texts) -> logits.
         self.pair = pair
+        # Token embeddings (before pooling), for models built with --token-embeddings.
+        self.tokens = tokens
         # Set by the registry: the engine directory and which build of it this is.
         self.directory: Path | None = None
         self.identity: tuple[int, int] | None = None
@@ -127,14 +131,20 @@ class Model:
         registry's), else the model gets its own from `runtime.fetch`."""
         manifest, directory = entry.manifest, entry.directory
         runtime = runtime or RuntimeConfig()
-        text = image = None
+        text = image = tokens = None
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
             tokenizer = open_tokenizer(TextTokenizer, directory, manifest.tokenizer)
-            names = [tensor.name for tensor in manifest.towers["text"].inputs]
-            collate = partial(collate_rows, tokenizer, names)
-            text = TextEncoder(_tower(entry, "text", runtime, collate), tokenizer, manifest.prompts)
+
+            def encoder(key: str) -> TextEncoder:
+                collate = partial(collate_rows, tokenizer, _names(manifest.towers[key]))
+                return TextEncoder(
+                    _tower(entry, key, runtime, collate), tokenizer, manifest.prompts
+                )
+
+            text = encoder("text")
+            tokens = encoder("tokens") if "tokens" in manifest.towers else None
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
@@ -154,7 +164,7 @@ class Model:
         pair = None
         if "pair" in manifest.towers:
             pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
-        model = cls(manifest, text, image, classifier, pair)
+        model = cls(manifest, text, image, classifier, pair, tokens)
         model.directory = directory
         model.warm_up()
         return model
@@ -191,6 +201,11 @@ class Model:
             raise InputError(
                 f"model {self.name!r} is a {self.manifest.task} model, not an embedding model; "
                 "use /rerank or /classify_text"
+            )
+        if texts and self.manifest.task == SPARSE_TASK:
+            raise InputError(
+                f"model {self.name!r} is a sparse (SPLADE) embedding model; ask /embed_text or "
+                "/embed_sparse for its sparse embeddings"
             )
         if texts:
             _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
@@ -262,14 +277,18 @@ class Model:
         return "; ".join(reasons) or None
 
     def _encoders(self) -> dict[str, TextEncoder | ImageEncoder | PairEncoder]:
-        encoders = (("text", self.text), ("image", self.image), ("pair", self.pair))
+        encoders = (
+            ("text", self.text),
+            ("image", self.image),
+            ("pair", self.pair),
+            ("tokens", self.tokens),
+        )
         return {kind: encoder for kind, encoder in encoders if encoder is not None}
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""
-        for encoder in (self.text, self.image, self.pair):
-            if encoder is not None:
-                encoder.tower.close()
+        for encoder in self._encoders().values():
+            encoder.tower.close()
         if self.image is not None:
             self.image.decoders.shutdown(wait=False)
 
@@ -279,6 +298,10 @@ class Model:
                 f"model {self.name!r} cannot {action}: it takes {self.modalities} only"
             )
         return encoder
+
+
+def _names(spec: TowerSpec) -> list[str]:
+    return [tensor.name for tensor in spec.inputs]
 
 
 def _stack(name: str, images: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -62,12 +62,16 @@ def _worker_exited(server, worker) -> None:
 
 
 def initial_loaded_set(settings: ServerSettings) -> Models:
-    """The --preload models, or every model in the repository up to the maximum."""
+    """The --preload models, or every model in the repository up to the maximum; and the
+    --default-model models in either case (listed first, so the maximum never leaves them out)."""
     repository = Repository(settings.engines)
     if settings.preload:
-        return {name: repository.find(name).manifest.library for name in settings.preload}
-    entries = repository.entries()[: settings.max_loaded_models]
-    return {entry.name: entry.manifest.library for entry in entries}
+        names = dict.fromkeys((*settings.preload, *settings.default_models))
+        return {name: repository.find(name).manifest.library for name in names}
+    entries = sorted(
+        repository.entries(), key=lambda entry: entry.name not in settings.default_models
+    )
+    return {entry.name: entry.manifest.library for entry in entries[: settings.max_loaded_models]}
 
 
 def _address(host: str, port: int) -> str:
