@@ -9,7 +9,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from api.server.options import parse_model_precisions, serve_options, settings
+from api.server.options import (
+    check_default_models,
+    parse_model_precisions,
+    serve_options,
+    settings,
+)
 from builder.command import build_command, engines_option
 from runtime.backends import engine_summary, int8_missing, openvino_unavailable
 from runtime.config import RuntimeConfig
@@ -70,6 +75,7 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
     repository = Repository(engines)
     unreadable = repository.unreadable()
     named = [("--preload", name) for name in values["preload"]]
+    named += [("--default-model", name) for name in values["default_models"]]
     for flag, name in named + [("--model-precision", name) for name, _ in model_precision]:
         if repository.contains(name):
             continue
@@ -80,6 +86,7 @@ def serve_command(engines: Path | S3Location, **values: Any) -> None:
             )
         click.echo(f"warning: {flag} {name}: skipped, it cannot be fetched: {why}", err=True)
     refuse_int8_without_variant(repository, values["precision"], model_precision, values["preload"])
+    check_default_models(repository, values["default_models"])
     if not repository.entries():
         click.echo(
             f"warning: no models in {engines}; build one with: ingrain-build SOURCE "

@@ -22,6 +22,7 @@ from api.routes.openai_api import add_openai_routes
 from api.routes.openapi import OpenAPI
 from api.routes.probes import Health, ModelReady, Ready
 from api.routes.rerank import ClassifyText, CohereRerank, Rerank
+from api.routes.tei import add_tei_routes
 from api.services.on_demand import OnDemandBuilds
 from api.services.readiness import Readiness
 from api.services.remote_engines import RemoteEngines
@@ -52,14 +53,15 @@ def create_app(settings: ServerSettings) -> falcon.App:
     app.add_route("/ready", Ready(readiness))
     app.add_route("/models/ready", ModelReady(readiness, settings.limits))
     app.add_route("/openapi.json", OpenAPI())
-    add_page_routes(app)
+    tei = add_tei_routes(app, registry, settings)
+    add_page_routes(app, tei.root)
     app.add_route("/embed_text", EmbedText(registry, settings.limits))
     app.add_route("/embed_image", EmbedImage(registry, settings.limits))
-    embed = Embed(registry, settings.limits)
-    app.add_route("/embed", embed)
+    embed = Embed(registry, settings.limits, tei.embed)
+    app.add_route("/embed", embed, suffix="shared")  # the ingrain API's, or TEI's, by the body
     app.add_route("/infer", embed)
     app.add_route("/classify_image", ClassifyImage(registry, settings.limits))
-    app.add_route("/rerank", Rerank(registry, settings.limits))
+    app.add_route("/rerank", Rerank(registry, settings.limits, tei.rerank))
     cohere_rerank = CohereRerank(registry, settings.limits)
     app.add_route("/v1/rerank", cohere_rerank)
     app.add_route("/v2/rerank", cohere_rerank)

@@ -25,8 +25,12 @@ class Access(enum.Enum):
     ADMIN = "admin"
 
 
-def access_of(resource: Any) -> Access:
-    return getattr(resource, "access", Access.API)
+def access_of(resource: Any, method: str) -> Access:
+    """The resource's access level for `method`: its own for that method where it sets one
+    (`post_access`: GET / is an open page, POST / an API route), else the resource's."""
+    return getattr(resource, f"{method.lower()}_access", None) or getattr(
+        resource, "access", Access.API
+    )
 
 
 def request_port(req: falcon.Request) -> int | None:
@@ -53,7 +57,7 @@ class ApiKeys:
         self.keys = api_keys + self.admin_keys if api_keys else ()
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params):
-        access = access_of(resource)
+        access = access_of(resource, req.method)
         if req.method == "OPTIONS" or access is Access.OPEN:
             return
         admin = access is Access.ADMIN and bool(self.admin_keys)

@@ -9,6 +9,7 @@ import shlex
 import falcon
 import orjson
 
+from api.routes.tei_errors import TEIError, error_type
 from runtime.errors import (
     ClientGone,
     InputError,
@@ -29,9 +30,13 @@ OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large", 415: "unsuppor
 
 def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     """`{"error": "..."}`, or on the OpenAI routes OpenAI's `{"error": {"message", "type",
-    "param", "code"}}`, so its SDKs raise their own typed errors."""
+    "param", "code"}}`, so its SDKs raise their own typed errors, or on Text Embeddings
+    Inference requests TEI's `{"error", "error_type"}`."""
     resp.content_type = falcon.MEDIA_JSON
     message = error.description or error.title
+    if isinstance(error, TEIError) or getattr(req.context, "tei", False):
+        resp.data = orjson.dumps({"error": message, "error_type": error_type(error)})
+        return
     # The resolved route where there is one: `//v1/embeddings` is routed as /v1/embeddings.
     path = req.uri_template or re.sub("/+", "/", req.path)
     if not (path + "/").startswith(OPENAI_PREFIX):

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import falcon
 
@@ -100,6 +101,20 @@ class Page:
     on_head = on_get
 
 
+class Home(Page):
+    """GET /: the playground. POST / is Text Embeddings Inference's root, which answers as the
+    served model's own route (api.routes.tei.Root) and needs a key like any API route."""
+
+    post_access = Access.API
+
+    def __init__(self, tei_root: Any) -> None:
+        super().__init__("playground.html")
+        self.tei_root = tei_root
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.tei_root.on_post(req, resp)
+
+
 class PageAsset:
     """GET /pages/NAME: a script, style sheet or image of the pages; nothing else is served."""
 
@@ -126,10 +141,10 @@ class PageHeaders:
             resp.set_headers(HEADERS)
 
 
-def add_page_routes(app: falcon.App) -> None:
-    playground = Page("playground.html")
-    app.add_route("/", playground)
-    app.add_route("/playground", playground)
+def add_page_routes(app: falcon.App, tei_root: Any) -> None:
+    """The pages; `tei_root` answers POST / (TEI's root)."""
+    app.add_route("/", Home(tei_root))
+    app.add_route("/playground", Page("playground.html"))
     app.add_route("/docs", Page("docs.html"))
     app.add_route("/pages/{file}", PageAsset())
     app.add_middleware(PageHeaders())

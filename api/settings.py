@@ -42,6 +42,8 @@ class ServerSettings:
     # How models run: backend, threads, batching, image fetching and decoding.
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     preload: tuple[str, ...] = ()
+    # The models that serve Text Embeddings Inference requests (which name none), one per kind.
+    default_models: tuple[str, ...] = ()
     json_logs: bool = False
     # The server's loaded-model set (a file every worker follows); None serves every model.
     loaded_set: Path | None = None
@@ -84,4 +86,10 @@ class ServerSettings:
             raise ValueError(
                 f"--preload: {len(self.preload)} models, more than --max-loaded-models "
                 f"{self.max_loaded_models}"
+            )
+        started = set(self.preload) | set(self.default_models)
+        if len(started) > self.max_loaded_models:
+            raise ValueError(
+                f"--preload and --default-model: {len(started)} models, more than "
+                f"--max-loaded-models {self.max_loaded_models}"
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.options import BuildOptions
 from builder.progress import Progress
-from builder.sources import check_source, classifies_sequences
+from builder.sources import check_source, classifies_sequences, is_sparse_encoder
 from builder.staging import target_directory
 from runtime.repository import Repository, slugify
 from runtime.repository.digests import file_digests
@@ -27,6 +27,7 @@ LIBRARY_BUILDERS = {
     "open_clip": "builder.clip",
     "timm": "builder.timm_classifier",
     "cross_encoder": "builder.cross_encoder",
+    "sparse_encoder": "builder.sparse_encoder",
 }
 SUPPORTED_LIBRARIES = tuple(LIBRARY_BUILDERS)
 PROVENANCE_PACKAGES = (
@@ -88,10 +89,15 @@ def build_model(
                 "ONNX build works here and serves with ONNX Runtime"
             )
     check_source(source, library)
-    if explicit is None and library == "sentence_transformers" and classifies_sequences(source):
-        library = "cross_encoder"
+    if explicit is None and library == "sentence_transformers":
+        if classifies_sequences(source):
+            library = "cross_encoder"
+        elif is_sparse_encoder(source):
+            library = "sparse_encoder"
     if options.int8 is not None and library not in ("sentence_transformers", "cross_encoder"):
         raise BuildError("--int8 is for sentence-transformers embedding models and rerankers")
+    if options.token_embeddings and library != "sentence_transformers":
+        raise BuildError("--token-embeddings is for sentence-transformers embedding models")
     try:
         slug = slugify(name)
     except ValueError as error:

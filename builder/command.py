@@ -44,10 +44,12 @@ engines_option = click.option(
 @click.option("--name", help="The name to serve the model under (default: SOURCE).")
 @click.option(
     "--library",
-    type=click.Choice(["sentence_transformers", "open_clip", "timm", "cross_encoder"]),
+    type=click.Choice(
+        ["sentence_transformers", "open_clip", "timm", "cross_encoder", "sparse_encoder"]
+    ),
     help="The library that loads SOURCE (default: timm for hf_hub: names, open_clip for hf-hub: "
-    "and local-dir: names, cross_encoder for *ForSequenceClassification models, else "
-    "sentence_transformers).",
+    "and local-dir: names, cross_encoder for *ForSequenceClassification models, sparse_encoder "
+    "for sentence-transformers SparseEncoder (SPLADE) models, else sentence_transformers).",
 )
 @click.option(
     "--task",
@@ -93,6 +95,12 @@ engines_option = click.option(
 )
 @click.option(
     "--num-classes", type=click.IntRange(min=1), help="timm: the classifier's number of classes."
+)
+@click.option(
+    "--token-embeddings",
+    is_flag=True,
+    help="sentence-transformers: also export each token's embedding before pooling (a second "
+    "graph), served on /embed_all for late-interaction use.",
 )
 @click.option("--tensorrt", is_flag=True, help="Also compile TensorRT plans (needs a GPU).")
 @click.option(
@@ -179,6 +187,7 @@ def build_command(
     default_prompt_name: str | None,
     checkpoint: Path | None,
     num_classes: int | None,
+    token_embeddings: bool,
     tensorrt: bool,
     precision: str,
     min_batch: int,
@@ -232,6 +241,7 @@ def build_command(
             default_prompt_name,
             task,
             Int8Thresholds(int8_min_cosine, int8_min_overlap) if int8 else None,
+            token_embeddings=token_embeddings,
         )
         if isinstance(engines, S3Location):
             build_and_publish(

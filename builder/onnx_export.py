@@ -9,6 +9,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from runtime.repository.manifest import TensorSpec, TowerSpec
+
 OPSET = 17  # LayerNormalization as one op; TensorRT 10 parses opsets 9-20.
 
 
@@ -48,6 +50,21 @@ def export_token_model(
     example_inputs = tuple(example[name] for name in input_names)
     axes[output_name] = {0: "batch"}
     export_onnx(module, example_inputs, path, input_names, output_name, axes)
+
+
+def token_tower(
+    onnx: str, input_names: list[str], output: str, dim: int, max_batch: int, max_length: int
+) -> TowerSpec:
+    """The manifest's tower for a graph `export_token_model` wrote: token inputs, one
+    `dim`-wide float32 row per batch item."""
+    return TowerSpec(
+        onnx=onnx,
+        inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in input_names],
+        output=TensorSpec(output, "float32", ["batch", dim]),
+        dim=dim,
+        max_batch=max_batch,
+        max_seq_len=max_length,
+    )
 
 
 def _export(module, example, path, input_names, output_name, dynamic_axes) -> None:

@@ -85,6 +85,8 @@ class BuildOptions:
     # Add a verified int8 variant of the text tower (builder.int8), held to these thresholds;
     # None builds none.
     int8: Int8Thresholds | None = None
+    # sentence-transformers: also export the per-token embeddings before pooling (tokens.onnx).
+    token_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.tensorrt is not None and self.tensorrt.batch[2] != self.max_batch:

@@ -11,10 +11,11 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Pooling, Transformer
 
 from builder.errors import BuildError
-from builder.onnx_export import OPSET, export_token_model
+from builder.onnx_export import OPSET, export_token_model, token_tower
 from builder.options import BuildOptions
 from builder.packed_text import PACKED_FILE, export_packed, unpackable, verify_packed
 from builder.progress import Progress
+from builder.token_embeddings import export_token_tower, verify_token_tower
 from builder.verify import (
     VERIFICATION_TEXTS,
     load_staged,
@@ -23,7 +24,7 @@ from builder.verify import (
     verify_text_tower,
 )
 from runtime.models import Model
-from runtime.repository.manifest import Manifest, PromptSpec, TensorSpec, TokenizerSpec, TowerSpec
+from runtime.repository.manifest import Manifest, PromptSpec, TokenizerSpec
 from runtime.text import POOLING_MASK
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
@@ -56,7 +57,7 @@ class _SentenceEmbedding(torch.nn.Module):
         return features["sentence_embedding"]
 
 
-def _prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | None:
+def apply_prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | None:
     """The model's prompts with --prompt NAME=TEXT over them, and the default prompt name; set
     on `model` too, so verification compares with the prompts that will be served."""
     model.prompts = {**model.prompts, **options.named_prompts()}
@@ -76,6 +77,15 @@ def _prompts(model: SentenceTransformer, options: BuildOptions) -> PromptSpec | 
 
 def _excludes_prompt(model: SentenceTransformer) -> bool:
     return any(isinstance(m, Pooling) and not m.include_prompt for m in model)
+
+
+def _pooling_mode(model: SentenceTransformer) -> str | None:
+    """The pooling mode (mean, cls, lasttoken...), which TEI's GET /info reports."""
+    for module in model:
+        if isinstance(module, Pooling):
+            mode = getattr(module, "pooling_mode", None)  # sentence-transformers 6
+            return mode if isinstance(mode, str) else module.get_pooling_mode_str()
+    return None
 
 
 def load(source: str, progress: Progress) -> SentenceTransformer:
@@ -132,7 +142,7 @@ def build(
     max_batch, max_seq_len = options.max_batch, options.max_seq_len
     model = load(source, progress)
     hf_tokenizer, input_names = text_inputs(source, model)
-    prompts = _prompts(model, options)
+    prompts = apply_prompts(model, options)
     graph_inputs = [*input_names, POOLING_MASK] if _excludes_prompt(model) else input_names
     max_length = max_length_of(source, model.max_seq_length, max_seq_len)
     with progress.stage("Writing tokenizer.json"):
@@ -147,23 +157,25 @@ def build(
 
     # sentence-transformers 6 renamed the method; older releases only have the long name.
     dim = getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)()
+    towers = {"text": token_tower("text.onnx", graph_inputs, OUTPUT, dim, max_batch, max_length)}
+    if options.token_embeddings:
+        with progress.stage("Exporting the token-embedding tower to ONNX"):
+            side = tokenizer.padding_side
+            towers["tokens"] = export_token_tower(
+                model, input_names, max_length, max_batch, side, staging
+            )
     manifest = Manifest(
         name=name,
         library="sentence_transformers",
         task="embedding",
-        towers={
-            "text": TowerSpec(
-                onnx="text.onnx",
-                inputs=[TensorSpec(n, "int64", ["batch", "sequence"]) for n in graph_inputs],
-                output=TensorSpec(OUTPUT, "float32", ["batch", dim]),
-                dim=dim,
-                max_batch=max_batch,
-                max_seq_len=max_length,
-            )
-        },
+        towers=towers,
         tokenizer=tokenizer,
         prompts=prompts,
-        build={"source": source, "modules": [type(module).__name__ for module in model]},
+        build={
+            "source": source,
+            "modules": [type(module).__name__ for module in model],
+            "pooling": _pooling_mode(model),
+        },
     )
 
     def check(staged: Model, strict: bool) -> dict[str, dict]:
@@ -180,7 +192,9 @@ def build(
                 name,
                 lambda texts, name=name: model.encode(texts, prompt_name=name),
             )
-        return {"text": text}
+        if staged.tokens is None:
+            return {"text": text}
+        return {"text": text, "tokens": verify_token_tower(staged, model, strict)}
 
     with progress.stage("Verifying ONNX Runtime against sentence-transformers"):
         verification = check(load_staged(staging, manifest), True)

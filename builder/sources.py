@@ -33,20 +33,33 @@ def check_source(source: str, library: str) -> None:
 
 
 def classifies_sequences(source: str) -> bool:
-    """Whether the model's config.json (local, or from the Hub or its cache) names a
-    `*ForSequenceClassification` architecture: a cross-encoder or a text classifier."""
-    config = Path(source).expanduser() / "config.json"
-    try:
-        if not config.parent.is_dir():
-            from huggingface_hub import hf_hub_download
-
-            config = Path(hf_hub_download(source, "config.json", etag_timeout=PROBE_TIMEOUT_S))
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures")
-    except Exception:  # no config.json, or none reachable: not a sequence classifier
-        return False
+    """Whether the model's config.json names a `*ForSequenceClassification` architecture: a
+    cross-encoder or a text classifier."""
+    architectures = _json_file(source, "config.json").get("architectures")
     return isinstance(architectures, list) and any(
         str(name).endswith("ForSequenceClassification") for name in architectures
     )
+
+
+def is_sparse_encoder(source: str) -> bool:
+    """Whether sentence-transformers saved the model as a SparseEncoder (SPLADE)."""
+    config = _json_file(source, "config_sentence_transformers.json")
+    return config.get("model_type") == "SparseEncoder"
+
+
+def _json_file(source: str, name: str) -> dict:
+    """A JSON file of the model, local or from the Hub or its cache; {} when there is none,
+    none reachable, or it is not a JSON object."""
+    path = Path(source).expanduser() / name
+    try:
+        if not path.parent.is_dir():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, name, etag_timeout=PROBE_TIMEOUT_S))
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _probe_hub(hub_id: str) -> None:

@@ -26,6 +26,7 @@ from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
+from runtime.sparse import SPARSE_TASK
 from runtime.text import (
     TextEncoder,
     TextOptions,
@@ -97,6 +98,7 @@ class Model:
         image: ImageEncoder | None,
         classifier: Classifier | None = None,
         pair: PairEncoder | None = None,
+        tokens: TextEncoder | None = None,
     ) -> None:
         self.manifest = manifest
         self.text = text
@@ -104,6 +106,8 @@ class Model:
         self.classifier = classifier
         # Cross-encoders and text classifiers: token ids (of pairs, or of texts) -> logits.
         self.pair = pair
+        # Token embeddings (before pooling), for models built with --token-embeddings.
+        self.tokens = tokens
         # Set by the registry: the engine directory and which build of it this is.
         self.directory: Path | None = None
         self.identity: tuple[int, int] | None = None
@@ -136,12 +140,19 @@ class Model:
         registry's), else the model gets its own from `runtime.fetch`."""
         manifest, directory = entry.manifest, entry.directory
         runtime = runtime or RuntimeConfig()
-        text = image = None
+        text = image = tokens = None
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
                 raise ModelLoadError(f"{directory}: the text tower has no tokenizer in model.json")
             tokenizer = open_tokenizer(TextTokenizer, directory, manifest.tokenizer)
-            text = TextEncoder(_text_tower(entry, runtime, tokenizer), tokenizer, manifest.prompts)
+            text = TextEncoder(
+                _text_tower(entry, "text", runtime, tokenizer), tokenizer, manifest.prompts
+            )
+            tokens = None
+            if "tokens" in manifest.towers:
+                tokens = TextEncoder(
+                    _text_tower(entry, "tokens", runtime, tokenizer), tokenizer, manifest.prompts
+                )
         if "image" in manifest.towers:
             if manifest.image is None:
                 raise ModelLoadError(f"{directory}: the image tower has no image settings")
@@ -161,7 +172,7 @@ class Model:
         pair = None
         if "pair" in manifest.towers:
             pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
-        model = cls(manifest, text, image, classifier, pair)
+        model = cls(manifest, text, image, classifier, pair, tokens)
         model.directory = directory
         model.warm_up()
         return model
@@ -198,6 +209,11 @@ class Model:
             raise InputError(
                 f"model {self.name!r} is a {self.manifest.task} model, not an embedding model; "
                 "use /rerank or /classify_text"
+            )
+        if texts and self.manifest.task == SPARSE_TASK:
+            raise InputError(
+                f"model {self.name!r} is a sparse (SPLADE) embedding model; ask /embed_text or "
+                "/embed_sparse for its sparse embeddings"
             )
         if texts:
             _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
@@ -269,14 +285,18 @@ class Model:
         return "; ".join(reasons) or None
 
     def _encoders(self) -> dict[str, TextEncoder | ImageEncoder | PairEncoder]:
-        encoders = (("text", self.text), ("image", self.image), ("pair", self.pair))
+        encoders = (
+            ("text", self.text),
+            ("image", self.image),
+            ("pair", self.pair),
+            ("tokens", self.tokens),
+        )
         return {kind: encoder for kind, encoder in encoders if encoder is not None}
 
     def close(self) -> None:
         """Stop the towers' executors (each then releases its engine) and the decode threads."""
-        for encoder in (self.text, self.image, self.pair):
-            if encoder is not None:
-                encoder.tower.close()
+        for encoder in self._encoders().values():
+            encoder.tower.close()
         if self.image is not None:
             self.image.decoders.shutdown(wait=False)
 
@@ -286,6 +306,10 @@ class Model:
                 f"model {self.name!r} cannot {action}: it takes {self.modalities} only"
             )
         return encoder
+
+
+def _names(spec: TowerSpec) -> list[str]:
+    return [tensor.name for tensor in spec.inputs]
 
 
 def _stack(name: str, images: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -309,11 +333,11 @@ def _tower(
     return Tower(spec, backend, stats, collate, runtime.batching, split)
 
 
-def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
-    """The text tower: its packed graph where it has one and runs on a CPU backend in f32 or
-    bf16 (TensorRT plans and the int8 variant are made from the padded graph), else the padded
-    graph."""
-    spec = entry.manifest.towers["text"]
+def _text_tower(entry: Entry, key: str, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
+    """A tower of tokens (`text`, or `tokens` for token embeddings): its packed graph where it
+    has one and runs on a CPU backend in f32 or bf16 (TensorRT plans and the int8 variant are
+    made from the padded graph), else the padded graph."""
+    spec = entry.manifest.towers[key]
     if spec.packed is not None and runtime.packing and _packs(entry, spec, runtime):
         packed = replace(
             spec,
@@ -323,9 +347,8 @@ def _text_tower(entry: Entry, runtime: RuntimeConfig, tokenizer: TextTokenizer) 
             int8=None,
         )
         split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
-        return _tower(entry, "text", runtime, partial(collate_packed, tokenizer), packed, split)
-    names = [tensor.name for tensor in spec.inputs]
-    return _tower(entry, "text", runtime, partial(collate_rows, tokenizer, names))
+        return _tower(entry, key, runtime, partial(collate_packed, tokenizer), packed, split)
+    return _tower(entry, key, runtime, partial(collate_rows, tokenizer, _names(spec)))
 
 
 def _packs(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> bool:

@@ -31,6 +31,7 @@ ZERO_SHOT = "test/tiny-clip-zero-shot"
 SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
 RERANKER = "test/tiny-cross-encoder"
 TEXT_CLASSIFIER = "test/tiny-text-classifier"
+SPLADE = "test/tiny-splade"
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
@@ -85,6 +86,14 @@ def pair_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
         RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
         TEXT_CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
     }
+
+
+@pytest.fixture(scope="session")
+def splade_source(tmp_path_factory, minilm_source) -> Path:
+    """A tiny SPLADE SparseEncoder (random MLM head) with MiniLM's tokenizer."""
+    from tests.models import tiny_splade
+
+    return tiny_splade(tmp_path_factory.mktemp("splade"), minilm_source)
 
 
 @pytest.fixture(scope="session")

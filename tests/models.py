@@ -192,3 +192,23 @@ def _tiny_sequence_classifier(
 
 
 TEXT_LABELS = ["negative", "neutral", "positive"]
+
+
+def tiny_splade(directory: Path, minilm_source: str) -> Path:
+    """A SPLADE SparseEncoder: a 2-layer BertForMaskedLM (random MLM head) with the real MiniLM
+    tokenizer, then SpladePooling (max). A negative decoder bias leaves a few hundred non-zero
+    vocabulary entries per text, as trained SPLADE models do."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    hf_dir = directory / "hf"
+    _tiny_bert(hf_dir, minilm_source)
+    model = BertForMaskedLM(BertConfig.from_pretrained(hf_dir))
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(-0.3)
+    model.save_pretrained(hf_dir)
+    modules = [MLMTransformer(str(hf_dir), max_seq_length=64), SpladePooling("max")]
+    SparseEncoder(modules=modules, device="cpu").save(str(directory / "splade"))
+    return directory / "splade"

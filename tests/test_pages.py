@@ -151,6 +151,12 @@ def test_pages_and_the_api_document_need_no_key_and_give_nothing_without_one(gua
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
     refused = requests.post(guarded.url + "/embed_text", json={"name": MINILM, "text": "a"})
     assert refused.status_code == 401
+    # POST / on the playground's path is Text Embeddings Inference's root: an API route.
+    root = requests.post(guarded.url + "/", json={"inputs": "a"}, timeout=30)
+    assert root.status_code == 401
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    embedded = requests.post(guarded.url + "/", json={"inputs": "a"}, headers=keyed, timeout=30)
+    assert embedded.status_code == 200 and len(embedded.json()) == 1  # MiniLM, the only model
 
 
 def test_the_build_command_an_error_suggests_is_safe_to_paste(guarded):

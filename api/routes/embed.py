@@ -14,10 +14,13 @@ import numpy as np
 
 from api.routes import params, schemas
 from api.routes.common import ModelRoute, elapsed_ms, respond
+from api.routes.tei_types import speaks_tei
 from api.settings import Limits
 from runtime.models import Model
 from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
+from runtime.sparse import SPARSE_TASK, embed_sparse
+from runtime.text import TokenRow
 
 
 class _Output:
@@ -44,9 +47,31 @@ class EmbedText(ModelRoute):
         options = params.text_options(request, self.limits)
         req.context.items = len(texts)
         with self.registry.use(request.name) as model:
-            output = _Output(model, "text", request)
-            embeddings = output.run(model.embed_tokens, model.tokenize(texts, options))
-        respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
+            if model.manifest.task == SPARSE_TASK:
+                answer = {"sparse": _sparse(model, model.tokenize(texts, options), request)}
+            else:
+                output = _Output(model, "text", request)
+                rows = model.tokenize(texts, options)
+                answer = {"embeddings": output.run(model.embed_tokens, rows)}
+        respond(resp, schemas.Embeddings(elapsed_ms(started), **answer))
+
+
+def _sparse(
+    model: Model, rows: list[TokenRow], request: schemas.EmbedTextRequest
+) -> list[schemas.SparseEmbedding]:
+    """Each text's non-zero vocabulary entries, pruned to the largest `topK` when asked."""
+    dense_only = {"nDims": request.n_dims is not None, "precision": request.precision != "float32"}
+    for field, given in dense_only.items():
+        if given:
+            raise params.field_error(
+                field,
+                f'"{field}" is for dense embeddings; {model.name!r} gives sparse ones (prune '
+                'them with "topK")',
+            )
+    return [
+        schemas.SparseEmbedding(vector.indices.tolist(), vector.values.tolist())
+        for vector in embed_sparse(model, rows, request.top_k)
+    ]
 
 
 class EmbedImage(ModelRoute):
@@ -59,15 +84,21 @@ class EmbedImage(ModelRoute):
         with self.registry.use(request.name) as model:
             output = _Output(model, "image", request)
             embeddings = output.run(model.embed_images, model.load_images(sources, headers))
-        respond(resp, schemas.Embeddings(embeddings, elapsed_ms(started)))
+        respond(resp, schemas.Embeddings(elapsed_ms(started), embeddings))
 
 
 class Embed(ModelRoute):
-    """Text and/or images in one request; the two towers run at the same time."""
+    """Text and/or images in one request; the two towers run at the same time. At /embed
+    (`on_post_shared`) a Text Embeddings Inference body goes to TEI's route; /infer is ingrain's."""
 
-    def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
+    def __init__(self, registry: ModelRegistry, limits: Limits, tei: Any) -> None:
         super().__init__(registry, limits)
+        self.tei = tei
         self._towers = ThreadPoolExecutor(8, thread_name_prefix="embed")
+
+    def on_post_shared(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = params.read_json_object(req, self.limits)
+        (self.tei if speaks_tei(body, "inputs") else self).on_post(req, resp)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()

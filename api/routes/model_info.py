@@ -31,7 +31,8 @@ class ModelInfo:
         manifest = self._entry(req).manifest
         if manifest.task != "embedding":
             raise falcon.HTTPBadRequest(
-                description=f"model {manifest.name!r} is a classifier; it has no embedding size"
+                description=f"model {manifest.name!r} is a {manifest.task} model; it has no "
+                "(dense) embedding size"
             )
         tower = manifest.towers.get("text") or manifest.towers["image"]
         respond(resp, schemas.EmbeddingSize(tower.dim))

@@ -16,7 +16,9 @@ import msgspec
 from api.auth import Access
 from api.errors import OPENAI_PREFIX
 from api.routes import params, schemas
+from api.routes import tei_types as tei
 from api.routes.common import respond
+from api.routes.schemas import Matrix
 
 JSON = "application/json"
 # A model's name, wherever one is asked for (bodies, the query, the path).
@@ -37,10 +39,54 @@ class Route:
     answers: tuple[tuple[str, str, type], ...] = ()
     # A page for people (or one of its files): HTML out, no key needed.
     page: bool = False
+    # Text Embeddings Inference's: its error shape and statuses (api.routes.tei_errors).
+    tei: bool = False
 
 
 NOT_READY = "Not ready: the error names each model that is not, and why."
 BAD_GATEWAY = "s3:// engines: the object store failed or holds a broken version; it is named."
+# Text Embeddings Inference's POST routes: (path, summary, answer, body).
+TEI: tuple[tuple[str, str, Any, type], ...] = (
+    ("/embed", "one pooled embedding per input.", Matrix, tei.TEIEmbedRequest),
+    (
+        "/embed_all",
+        "each input's token embeddings (models built with --token-embeddings).",
+        list[Matrix],
+        tei.TEIEmbedAllRequest,
+    ),
+    (
+        "/embed_sparse",
+        "each input's non-zero vocabulary entries (SPLADE models).",
+        list[list[tei.TEISparseValue]],
+        tei.TEIEmbedSparseRequest,
+    ),
+    ("/rerank", "texts by relevance to the query.", list[tei.TEIRank], tei.TEIRerankRequest),
+    (
+        "/predict",
+        "label scores per text or pair (one list, or a list per input of a batch).",
+        list[tei.TEIPrediction | list[tei.TEIPrediction]],
+        tei.TEIPredictRequest,
+    ),
+    (
+        "/similarity",
+        "cosine similarity of source_sentence with each sentence.",
+        list[float],
+        tei.TEISimilarityRequest,
+    ),
+    (
+        "/tokenize",
+        "the tokens of each input.",
+        list[list[tei.TEISimpleToken]],
+        tei.TEITokenizeRequest,
+    ),
+    ("/decode", "token ids back to text.", list[str], tei.TEIDecodeRequest),
+)
+# POST / (TEI's root) answers as the served model's own route: one of these.
+TEI_ROOT = ("/embed", "/embed_sparse", "/rerank", "/predict", "/similarity")
+TEI_ROOT_SUMMARY = (
+    "TEI: the served model's own task (as POST /embed, /embed_sparse, /rerank or /predict; "
+    "/similarity for a sentence-similarity body)."
+)
 ROUTES = (
     Route("/health", "get", "Liveness of the inference (or model) server.", schemas.Message),
     Route("/health", "head", "Liveness, headers only.", None),
@@ -170,6 +216,18 @@ ROUTES = (
     ),
     Route("/docs", "get", "This API reference (Swagger UI).", None, page=True),
     Route("/pages/{file}", "get", "A script, style sheet or image of the pages.", None, page=True),
+    # Text Embeddings Inference's API. /embed and /rerank take either API's body (the ingrain
+    # routes above, or TEI's); POST / answers as the served model's own route does.
+    *(
+        Route(path, "post", f"TEI: {summary}", answer, body, tei=True)
+        for path, summary, answer, body in TEI
+    ),
+    *(
+        Route("/", "post", TEI_ROOT_SUMMARY, answer, body, tei=True)
+        for path, _, answer, body in TEI
+        if path in TEI_ROOT
+    ),
+    Route("/info", "get", "TEI: the served model and limits.", tei.TEIInfo, tei=True),
 )
 
 # The errors every route may answer, in the route family's shape (api.errors).
@@ -181,17 +239,40 @@ ERRORS = (
     ("415", "The body is not JSON."),
     ("503", "Overloaded: retry after Retry-After seconds."),
 )
+# Text Embeddings Inference's errors, in its shape ({"error", "error_type"}) but for 401 (a key
+# is checked before any route reads the body).
+TEI_ERRORS = (
+    ("400", "Empty input, or no (or several) models to serve the request: see --default-model."),
+    ("401", "A key is required (when keys are configured)."),
+    ("404", "The default model is no longer in the repository."),
+    ("413", "More inputs, tokens or bytes than the server takes in one request."),
+    ("415", "The body is not JSON."),
+    ("422", "Invalid input; the message says how to fix it."),
+    ("429", "Overloaded: retry after Retry-After seconds."),
+    ("503", "The model is not available right now; retry shortly."),
+)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {JSON: {"schema": schema}}}
 
 
-def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
+def _errors(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    """The errors `route` may answer, in its family's shape (api.errors)."""
+    if route.tei:
+        return {
+            status: {
+                "description": text,
+                **_json(refs[schemas.Error if status == "401" else tei.TEIErrorResponse]),
+            }
+            for status, text in TEI_ERRORS
+        }
     error = refs[schemas.OpenAIError if route.path.startswith(OPENAI_PREFIX) else schemas.Error]
-    responses: dict[str, Any] = {
-        status: {"description": text, **_json(error)} for status, text in ERRORS
-    }
+    return {status: {"description": text, **_json(error)} for status, text in ERRORS}
+
+
+def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    responses = _errors(route, refs)
     if route.page:
         responses["200"] = {"description": "The page.", "content": {"text/html": {}}}
     elif route.answer is None:
@@ -225,6 +306,44 @@ def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
     return operation
 
 
+def _either(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """One operation for two routes on one path and method (/embed and /rerank speak the ingrain
+    API and TEI's, told apart by the body; POST / answers as any of TEI's task routes): either
+    body, and for each status either answer."""
+    merged = {**first, "summary": _joined(first["summary"], second["summary"])}
+    body = _any_of(_schema(first["requestBody"]), _schema(second["requestBody"]))
+    merged["requestBody"] = {"required": True, **_json(body)}
+    responses = dict(first["responses"])
+    for status, answer in second["responses"].items():
+        mine = responses.get(status)
+        responses[status] = (
+            answer
+            if mine is None
+            else {
+                "description": _joined(mine["description"], answer["description"]),
+                **_json(_any_of(_schema(mine), _schema(answer))),
+            }
+        )
+    merged["responses"] = responses
+    return merged
+
+
+def _schema(part: dict[str, Any]) -> dict[str, Any]:
+    return part["content"][JSON]["schema"]
+
+
+def _any_of(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    options: list[dict[str, Any]] = []
+    for schema in (*first.get("anyOf", [first]), *second.get("anyOf", [second])):
+        if schema not in options:
+            options.append(schema)
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _joined(first: str, second: str) -> str:
+    return first if second == first else f"{first} Or {second}"
+
+
 def _with_other_spellings(components: dict[str, Any], kinds: set[type]) -> None:
     """Each request field under both of the names it is accepted as (`nDims` and `n_dims`)."""
     for kind in kinds:
@@ -236,16 +355,21 @@ def _with_other_spellings(components: dict[str, Any], kinds: set[type]) -> None:
 def document() -> dict[str, Any]:
     kinds = [route.answer for route in ROUTES] + [route.body for route in ROUTES]
     kinds += [kind for route in ROUTES for _, _, kind in route.answers]
-    kinds += [schemas.Error, schemas.OpenAIError]
+    kinds += [schemas.Error, schemas.OpenAIError, tei.TEIErrorResponse]
     named = list(dict.fromkeys(kind for kind in kinds if kind is not None))
     found, components = msgspec.json.schema_components(
         named, ref_template="#/components/schemas/{name}"
     )
     refs = dict(zip(named, found, strict=True))
-    _with_other_spellings(components, {route.body for route in ROUTES if route.body is not None})
+    # TEI's bodies are TEI's, field for field: one spelling.
+    ingrain_bodies = {route.body for route in ROUTES if route.body is not None and not route.tei}
+    _with_other_spellings(components, ingrain_bodies)
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        paths.setdefault(route.path, {})[route.method] = _operation(route, refs)
+        operations = paths.setdefault(route.path, {})
+        operation = _operation(route, refs)
+        shared = operations.get(route.method)
+        operations[route.method] = operation if shared is None else _either(shared, operation)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -254,7 +378,9 @@ def document() -> dict[str, Any]:
             "description": "Embedding, reranking and classification inference with the ingrain "
             "API. Fields are accepted in camelCase and snake_case; a field sent as null is the "
             'same as one not sent. Errors are {"error": "..."}, except on the /v1 routes, which '
-            "answer in OpenAI's error shape.",
+            "answer in OpenAI's error shape, and on Text Embeddings Inference's routes and bodies, "
+            'which answer in its shape, {"error": "...", "error_type": "..."}. TEI\'s routes '
+            "take TEI's fields as TEI names them.",
         },
         "components": {
             "schemas": components,

@@ -30,6 +30,11 @@ READABLE_TYPES = ("application/json", "text/plain", "application/x-www-form-urle
 
 
 def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
+    """The body as a JSON object, parsed once per request (kept on `req.context`: /embed and
+    /rerank read it to tell the ingrain API from TEI's, then the chosen route decodes it)."""
+    parsed = getattr(req.context, "json_body", None)
+    if parsed is not None:
+        return parsed
     media_type = (req.content_type or "").split(";")[0].strip().lower()
     if media_type and media_type not in READABLE_TYPES and not media_type.endswith("+json"):
         raise falcon.HTTPUnsupportedMediaType(
@@ -59,6 +64,7 @@ def read_json_object(req: falcon.Request, limits: Limits) -> dict[str, Any]:
         raise falcon.HTTPBadRequest(
             description=f"the request body must be a JSON object, not {_json_type(body)}"
         )
+    req.context.json_body = body
     return body
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import falcon
 import numpy as np
 
 from api.routes import params, schemas
 from api.routes.common import ModelRoute, elapsed_ms, respond
+from api.routes.tei_types import speaks_tei
 from api.settings import Limits
 from runtime.ranking import classify_texts, relevance
+from runtime.registry import ModelRegistry
 
 
 def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str]:
@@ -41,9 +44,20 @@ def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
 
 class Rerank(ModelRoute):
     """`texts` against `query` with a cross-encoder or an embedding model, or `images` against
-    it with a CLIP model."""
+    it with a CLIP model. A Text Embeddings Inference body goes to TEI's route."""
+
+    def __init__(self, registry: ModelRegistry, limits: Limits, tei: Any) -> None:
+        super().__init__(registry, limits)
+        self.tei = tei
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = params.read_json_object(req, self.limits)
+        if speaks_tei(body, "query", "texts"):
+            self.tei.on_post(req, resp)
+        else:
+            self._rerank(req, resp)
+
+    def _rerank(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.RerankRequest)
         query = _query(request.query, self.limits)

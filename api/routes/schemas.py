@@ -100,6 +100,13 @@ class _TextEmbedding(_Embedding, kw_only=True, rename="camel"):
 
 class EmbedTextRequest(_TextEmbedding, kw_only=True, rename="camel"):
     text: Texts
+    top_k: (
+        Annotated[
+            Count,
+            Meta(description="sparse (SPLADE) models: keep each text's largest entries only"),
+        ]
+        | None
+    ) = None
 
 
 class EmbedImageRequest(_Embedding, kw_only=True, rename="camel"):
@@ -204,9 +211,19 @@ class Message(Struct):
     message: str
 
 
-class Embeddings(Struct, rename="camel"):
-    embeddings: Matrix
+class SparseEmbedding(Struct):
+    """A sparse (SPLADE) model's embedding of one text: its non-zero vocabulary entries."""
+
+    indices: Annotated[list[int], Meta(description="vocabulary ids, ascending")]
+    values: list[float]
+
+
+class Embeddings(Struct, rename="camel", omit_defaults=True):
+    """`embeddings` from a dense model, `sparse` from a sparse (SPLADE) one."""
+
     processing_time_ms: Timing
+    embeddings: Matrix | None = None
+    sparse: list[SparseEmbedding] | None = None
 
 
 class TextAndImageEmbeddings(Struct, rename="camel", omit_defaults=True):

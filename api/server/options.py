@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from api.routes.tei_kinds import KINDS, kind_of
 from api.services.on_demand import BuildSettings
 from api.settings import Limits, ReadinessLimits, ServerSettings
 from runtime.backends import BACKENDS
@@ -23,6 +24,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import CACHE_IN_ENGINE, CACHE_OFF, RuntimeConfig
 from runtime.config import PRECISIONS as SERVE_PRECISIONS
 from runtime.preprocessing.fetch import FetchLimits
+from runtime.repository import Repository
 from runtime.repository.s3_cache import RemoteSettings
 
 FROM_FIELD: Any = object()  # the option's default is its settings field's
@@ -100,6 +102,27 @@ def parse_model_precisions(values: tuple[str, ...]) -> tuple[tuple[str, str], ..
             )
         pairs.append((name, precision))
     return tuple(pairs)
+
+
+def check_default_models(repository: Repository, names: tuple[str, ...]) -> None:
+    """Each --default-model is a text model, and serves one kind of Text Embeddings Inference
+    request (checked against the repository, so after the models are found)."""
+    chosen: dict[str, str] = {}
+    for name in names:
+        if not repository.contains(name):  # unreadable in object storage: reported, skipped
+            continue
+        kind = kind_of(repository.find(name).manifest)
+        if kind is None:
+            raise click.BadParameter(
+                f"{name} is not a text model; TEI serves {', '.join(KINDS)} models",
+                param_hint="--default-model",
+            )
+        if kind in chosen:
+            raise click.BadParameter(
+                f"{chosen[kind]} and {name} are both {kind} models; give one per kind",
+                param_hint="--default-model",
+            )
+        chosen[kind] = name
 
 
 def _at_least(minimum: int) -> click.IntRange:
@@ -189,6 +212,17 @@ OPTIONS = (
         (ServerSettings, "preload"),
         multiple=True,
         env="INGRAIN_PRELOAD",
+    ),
+    Option(
+        "--default-model",
+        "The model that serves Text Embeddings Inference requests (which name no model): one per "
+        "kind (embedding, sparse embedding, reranker, text classifier); the first also serves "
+        "POST /, /info, /tokenize and /decode. Repeatable; the variable holds names separated by "
+        "spaces. Without it, the only loaded model of the kind a route needs.",
+        (ServerSettings, "default_models"),
+        multiple=True,
+        env="INGRAIN_DEFAULT_MODELS",
+        dest="default_models",
     ),
     Option(
         "--timeout",

@@ -63,14 +63,18 @@ def _worker_exited(server, worker) -> None:
 
 
 def initial_loaded_set(settings: ServerSettings) -> Models:
-    """The --preload models, or every model in the repository up to the maximum. A preloaded
-    model that could not be fetched from object storage stays in the set (library unknown):
-    it loads once a readable version has been fetched."""
+    """The --preload models, or every model in the repository up to the maximum; and the
+    --default-model models in either case (listed first, so the maximum never leaves them out).
+    A preloaded model that could not be fetched from object storage stays in the set (library
+    unknown): it loads once a readable version has been fetched."""
     repository = Repository(settings.engines)
     if settings.preload:
-        return {name: _library(repository, name) for name in settings.preload}
-    entries = repository.entries()[: settings.max_loaded_models]
-    return {entry.name: entry.manifest.library for entry in entries}
+        names = dict.fromkeys((*settings.preload, *settings.default_models))
+        return {name: _library(repository, name) for name in names}
+    entries = sorted(
+        repository.entries(), key=lambda entry: entry.name not in settings.default_models
+    )
+    return {entry.name: entry.manifest.library for entry in entries[: settings.max_loaded_models]}
 
 
 def _library(repository: Repository, name: str) -> str | None:

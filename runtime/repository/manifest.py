@@ -16,9 +16,10 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "model.json"
 
-LIBRARIES = ("sentence_transformers", "open_clip", "timm", "cross_encoder")
+LIBRARIES = ("sentence_transformers", "open_clip", "timm", "cross_encoder", "sparse_encoder")
 # rerank and text-classification models have one "pair" tower: token ids in, logits out.
-TASKS = ("embedding", "classification", "rerank", "text-classification")
+# sparse-embedding (SPLADE) models have a text tower whose output is vocabulary-sized.
+TASKS = ("embedding", "classification", "rerank", "text-classification", "sparse-embedding")
 
 
 class ManifestError(ValueError):
