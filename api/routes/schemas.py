@@ -18,11 +18,18 @@ from runtime.repository.manifest import LIBRARIES
 from runtime.text import TRUNCATION_SIDES
 
 # Field types shared by several bodies, each with its documentation.
+# Examples are what /docs fills "Try it out" with: the demo model (scripts/serve-demo.sh).
 ModelName = Annotated[
-    str, Meta(min_length=1, description="the model's name, as built (GET /repository_models)")
+    str,
+    Meta(
+        min_length=1,
+        description="the model's name, as built (GET /repository_models)",
+        examples=["sentence-transformers/all-MiniLM-L6-v2"],
+    ),
 ]
 Texts = Annotated[
-    str | Annotated[list[str], Meta(min_length=1)], Meta(description="a string or a list of them")
+    str | Annotated[list[str], Meta(min_length=1)],
+    Meta(description="a string or a list of them", examples=[["a cat", "a dog"]]),
 ]
 Images = Annotated[
     str | Annotated[list[str], Meta(min_length=1)],
