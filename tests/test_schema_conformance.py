@@ -111,10 +111,16 @@ CALLS = [
     ("get", "/models/ready", f"/models/ready?name={MINILM}", None),
     ("get", "/repository_models", "/repository_models", None),
     ("get", "/openapi.json", "/openapi.json", None),
-    ("get", "/", "/", None),
-    ("get", "/playground", "/playground", None),
-    ("get", "/docs", "/docs", None),
-    ("get", "/pages/{file}", "/pages/playground.mjs", None),
+    *(
+        (method, route, path, None)
+        for route, path in (
+            ("/", "/"),
+            ("/playground", "/playground"),
+            ("/docs", "/docs"),
+            ("/pages/{file}", "/pages/playground.mjs"),
+        )
+        for method in ("get", "head")
+    ),
     ("get", "/pages/{file}", "/pages/no-such-file.js", None),
     ("post", "/unload_model", "/unload_model", {"name": TEXT_CLASSIFIER}),
     ("get", "/models/ready", f"/models/ready?name={TEXT_CLASSIFIER}", None),

@@ -210,12 +210,17 @@ ROUTES = (
     Route("/loaded_models", "get", "The loaded set.", schemas.LoadedModels),
     Route("/repository_models", "get", "Every model in the repository.", schemas.RepositoryModels),
     Route("/openapi.json", "get", "This document.", dict),
+    # The pages, for people: GET, and HEAD for link checkers and monitors.
     *(
-        Route(path, "get", "The playground: try each loaded model in the browser.", None, page=True)
-        for path in ("/", "/playground")
+        Route(path, method, summary, None, page=True)
+        for path, summary in (
+            ("/", "The playground: try each loaded model in the browser."),
+            ("/playground", "The playground: try each loaded model in the browser."),
+            ("/docs", "This API reference (Swagger UI)."),
+            ("/pages/{file}", "A script, style sheet or image of the pages."),
+        )
+        for method in ("get", "head")
     ),
-    Route("/docs", "get", "This API reference (Swagger UI).", None, page=True),
-    Route("/pages/{file}", "get", "A script, style sheet or image of the pages.", None, page=True),
     # Text Embeddings Inference's API. /embed and /rerank take either API's body (the ingrain
     # routes above, or TEI's); POST / answers as the served model's own route does.
     *(
