@@ -6,14 +6,13 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from runtime.backends import Backend, open_backend, select
+from runtime.backends import Backend, open_backend, served_graph
 from runtime.batching.stats import TowerStats
 from runtime.batching.tower import Collate, Split, Tower
 from runtime.classifier import Classifier
@@ -334,30 +333,17 @@ def _tower(
 
 
 def _text_tower(entry: Entry, key: str, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
-    """A tower of tokens (`text`, or `tokens` for token embeddings): its packed graph where it
-    has one and runs on a CPU backend in f32 or bf16 (TensorRT plans and the int8 variant are
-    made from the padded graph), else the padded graph."""
+    """A tower of tokens (`text`, or `tokens` for token embeddings), on the graph it serves:
+    packed rows where it has a packed graph that serves here, else padded rows."""
     spec = entry.manifest.towers[key]
-    if spec.packed is not None and runtime.packing and _packs(entry, spec, runtime):
-        packed = replace(
-            spec,
-            onnx=spec.packed.onnx,
-            inputs=spec.packed.inputs,
-            output=spec.packed.output,
-            int8=None,
-        )
-        split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
-        return _tower(entry, key, runtime, partial(collate_packed, tokenizer), packed, split)
-    return _tower(entry, key, runtime, partial(collate_rows, tokenizer, _names(spec)))
-
-
-def _packs(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> bool:
-    if runtime.precision_for(entry.name) == "int8":
-        return False
     try:
-        return select(spec, runtime, entry.name).backend != "tensorrt"
+        served = served_graph(spec, runtime, entry.name)
     except Exception as error:
         raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
+    if served is not spec:
+        split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
+        return _tower(entry, key, runtime, partial(collate_packed, tokenizer), served, split)
+    return _tower(entry, key, runtime, partial(collate_rows, tokenizer, _names(spec)))
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

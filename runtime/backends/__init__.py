@@ -177,6 +177,18 @@ def select(
     return Selection(picked.backend, picked.precision, tuple(notes), tuple(candidates), decision)
 
 
+def served_graph(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> TowerSpec:
+    """The graph a tower serves: its packed one where it has one, packing is on and it runs on a
+    CPU backend in f32 or bf16 (TensorRT plans and the int8 variant are made from the padded
+    graph), else the padded one. Raises BackendUnavailable as `select` does."""
+    if tower.packed is None or not runtime.packing or runtime.precision_for(model) == "int8":
+        return tower
+    if select(tower, runtime, model).backend == "tensorrt":
+        return tower
+    packed = tower.packed
+    return replace(tower, onnx=packed.onnx, inputs=packed.inputs, output=packed.output, int8=None)
+
+
 def engine_summary(
     tower: TowerSpec, runtime: RuntimeConfig, model: str, directory: Path | None
 ) -> dict:
@@ -184,7 +196,7 @@ def engine_summary(
     and under `auto` on the CPU whether that was measured on this host (`chosenBy`: measured,
     or `not measured yet` before the first load) and the figures it was chosen by."""
     try:
-        selection = select(tower, runtime, model, directory)
+        selection = select(served_graph(tower, runtime, model), runtime, model, directory)
     except BackendUnavailable as error:
         return {"backend": None, "precision": None, "chosenBy": None, "error": str(error)}
     chosen_by = "flag or only candidate"
