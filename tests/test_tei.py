@@ -474,3 +474,15 @@ def test_default_model_flags_are_checked_before_serving(tei_engines):
     assert result.exit_code == 2 and "give one per kind" in result.output
     result = CliRunner().invoke(serve_command, [*engines, "--default-model", "nope"])
     assert result.exit_code == 1 and "ingrain-build nope" in result.output
+
+
+def test_tokenize_answers_a_bounded_number_of_tokens(tei):
+    """An object per token: /tokenize holds no more tokens than /embed reads in one request
+    (--max-items inputs of the model's 256 tokens), whatever the characters allow."""
+    limit = MAX_ITEMS * 256
+    one_long = tei.post("/tokenize", {"inputs": "a " * 1000, "add_special_tokens": False})
+    assert one_long.status_code == 200 and len(one_long.json()[0]) == 1000  # past 256: whole
+    answer = tei.post("/tokenize", {"inputs": ["a " * 1500] * 2})
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error_type"] == "Validation"
+    assert f"at most {limit}" in answer.json()["error"]

@@ -349,7 +349,18 @@ class Tokenize(_TokenizerRoute):
                 prompt = model.text.resolve_prompt(TextOptions(prompt_name=request.prompt_name))
                 texts = [(prompt or "") + text for text in texts]
             tokenizer = self._tokenizer(model)
+            assert model.manifest.tokenizer is not None  # as _tokenizer has checked
+            limit = self.limits.max_items * model.manifest.tokenizer.max_length
         encodings = tokenizer.encode_batch(texts, add_special_tokens=request.add_special_tokens)
+        tokens = sum(len(encoding.ids) for encoding in encodings)
+        if tokens > limit:  # the answer holds an object per token: bound its size
+            raise TEIError(
+                "Validation",
+                f"the inputs hold {tokens} tokens; /tokenize answers at most {limit} per request "
+                "(--max-items times the model's maximum input length, the most /embed reads): "
+                "send fewer or shorter inputs",
+                status=413,
+            )
         respond(resp, [_tokens(text, e) for text, e in zip(texts, encodings, strict=True)])
 
 
