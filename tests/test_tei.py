@@ -246,6 +246,9 @@ def test_ingrain_requests_on_shared_paths_are_unchanged(tei):
     missing = tei.post("/embed", {"text": "a"})
     assert missing.status_code == 400 and set(missing.json()) == {"error"}  # the ingrain shape
     assert missing.json()["error"].startswith('"name" is required')
+    # `inputs` is no field of TEI's /rerank: an ingrain body that carries one stays ingrain's.
+    extra = tei.post("/rerank", {"name": RERANKER, "query": QUERY, "texts": DOCUMENTS, "inputs": 1})
+    assert extra.status_code == 200 and extra.json()["results"] == ranked.json()["results"]
 
 
 @pytest.mark.parametrize(
