@@ -291,6 +291,13 @@ def test_ingrain_requests_on_shared_paths_are_unchanged(tei):
         ("/predict", {"inputs": [["a", "b", "c"]]}, 422, "Validation", "inputs[0]"),
         ("/predict", {"inputs": []}, 422, "Validation", "empty"),
         ("/predict", {}, 422, "Validation", "inputs"),
+        (  # the request's own place of the long text, which runs in the group of single texts
+            "/predict",
+            {"inputs": [["a", "b"], ["a " * 600]], "truncate": False},
+            422,
+            "Validation",
+            "text 1 alone is longer",
+        ),
         (
             "/similarity",
             {"inputs": {"source_sentence": "a", "sentences": []}},

@@ -301,7 +301,7 @@ def _logits(model: Model, sequences: list[tuple[str, ...]], truncate: bool) -> n
             continue
         first = [sequences[i][0] for i in group]
         seconds = [sequences[i][1] for i in group] if second else None
-        result = model.pair.logits(first, seconds, truncate)
+        result = model.pair.logits(first, seconds, truncate, positions=group)
         if logits is None:
             logits = np.zeros((len(sequences), result.shape[1]), dtype=np.float32)
         logits[group] = result
