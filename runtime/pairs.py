@@ -84,15 +84,28 @@ class PairEncoder:
         self.tokenizer = tokenizer
         self.activation = activation
 
-    def logits(self, first: list[str], second: list[str] | None, truncate: bool) -> np.ndarray:
+    def logits(
+        self,
+        first: list[str],
+        second: list[str] | None,
+        truncate: bool,
+        positions: list[int] | None = None,
+    ) -> np.ndarray:
         """Logits per text or pair. With `truncate` false, an input past the model's maximum
-        length is refused instead of cut."""
-        return self._infer(self._items(first, second, truncate))
+        length is refused instead of cut, named by its place in `positions` (the request's
+        order, where the inputs are a group of it)."""
+        return self._infer(self._items(first, second, truncate, positions))
 
     def _infer(self, items: list[PairItem]) -> np.ndarray:
         return self.tower.infer(items, lengths=[len(ids) for ids, _ in items])
 
-    def _items(self, first: list[str], second: list[str] | None, truncate: bool) -> list[PairItem]:
+    def _items(
+        self,
+        first: list[str],
+        second: list[str] | None,
+        truncate: bool,
+        positions: list[int] | None = None,
+    ) -> list[PairItem]:
         self.tower.admit(len(first))
         started = time.perf_counter_ns()
         encodings = self.tokenizer.encode(first, second)
@@ -100,8 +113,10 @@ class PairEncoder:
         if not truncate:
             for index, encoding in enumerate(encodings):
                 if encoding.overflowing:
+                    place = positions[index] if positions is not None else index
+                    what = "with the query" if second is not None else "alone"
                     raise InputError(
-                        f"text {index} with the query is longer than this model's "
+                        f"text {place} {what} is longer than this model's "
                         f"{self.tokenizer.spec.max_length} tokens; shorten it, or send "
                         '"truncate": true to let the model read only its first tokens'
                     )

@@ -246,6 +246,9 @@ def test_ingrain_requests_on_shared_paths_are_unchanged(tei):
     missing = tei.post("/embed", {"text": "a"})
     assert missing.status_code == 400 and set(missing.json()) == {"error"}  # the ingrain shape
     assert missing.json()["error"].startswith('"name" is required')
+    # `inputs` is no field of TEI's /rerank: an ingrain body that carries one stays ingrain's.
+    extra = tei.post("/rerank", {"name": RERANKER, "query": QUERY, "texts": DOCUMENTS, "inputs": 1})
+    assert extra.status_code == 200 and extra.json()["results"] == ranked.json()["results"]
 
 
 @pytest.mark.parametrize(
@@ -288,6 +291,13 @@ def test_ingrain_requests_on_shared_paths_are_unchanged(tei):
         ("/predict", {"inputs": [["a", "b", "c"]]}, 422, "Validation", "inputs[0]"),
         ("/predict", {"inputs": []}, 422, "Validation", "empty"),
         ("/predict", {}, 422, "Validation", "inputs"),
+        (  # the request's own place of the long text, which runs in the group of single texts
+            "/predict",
+            {"inputs": [["a", "b"], ["a " * 600]], "truncate": False},
+            422,
+            "Validation",
+            "text 1 alone is longer",
+        ),
         (
             "/similarity",
             {"inputs": {"source_sentence": "a", "sentences": []}},
@@ -474,3 +484,15 @@ def test_default_model_flags_are_checked_before_serving(tei_engines):
     assert result.exit_code == 2 and "give one per kind" in result.output
     result = CliRunner().invoke(serve_command, [*engines, "--default-model", "nope"])
     assert result.exit_code == 1 and "ingrain-build nope" in result.output
+
+
+def test_tokenize_answers_a_bounded_number_of_tokens(tei):
+    """An object per token: /tokenize holds no more tokens than /embed reads in one request
+    (--max-items inputs of the model's 256 tokens), whatever the characters allow."""
+    limit = MAX_ITEMS * 256
+    one_long = tei.post("/tokenize", {"inputs": "a " * 1000, "add_special_tokens": False})
+    assert one_long.status_code == 200 and len(one_long.json()[0]) == 1000  # past 256: whole
+    answer = tei.post("/tokenize", {"inputs": ["a " * 1500] * 2})
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error_type"] == "Validation"
+    assert f"at most {limit}" in answer.json()["error"]

@@ -301,7 +301,7 @@ def _logits(model: Model, sequences: list[tuple[str, ...]], truncate: bool) -> n
             continue
         first = [sequences[i][0] for i in group]
         seconds = [sequences[i][1] for i in group] if second else None
-        result = model.pair.logits(first, seconds, truncate)
+        result = model.pair.logits(first, seconds, truncate, positions=group)
         if logits is None:
             logits = np.zeros((len(sequences), result.shape[1]), dtype=np.float32)
         logits[group] = result
@@ -349,8 +349,30 @@ class Tokenize(_TokenizerRoute):
                 prompt = model.text.resolve_prompt(TextOptions(prompt_name=request.prompt_name))
                 texts = [(prompt or "") + text for text in texts]
             tokenizer = self._tokenizer(model)
-        encodings = tokenizer.encode_batch(texts, add_special_tokens=request.add_special_tokens)
+            assert model.manifest.tokenizer is not None  # as _tokenizer has checked
+            limit = self.limits.max_items * model.manifest.tokenizer.max_length
+        encodings = _encode_within(tokenizer, texts, request.add_special_tokens, limit)
         respond(resp, [_tokens(text, e) for text, e in zip(texts, encodings, strict=True)])
+
+
+def _encode_within(
+    tokenizer: Tokenizer, texts: list[str], add_special_tokens: bool, limit: int
+) -> list[Any]:
+    """Each text's encoding, stopping at the text that takes the total past `limit` tokens (the
+    answer holds an object per token: both its size and the work are bounded)."""
+    encodings, tokens = [], 0
+    for text in texts:
+        encodings.append(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        tokens += len(encodings[-1].ids)
+        if tokens > limit:
+            raise TEIError(
+                "Validation",
+                f"the inputs hold more than {limit} tokens; /tokenize answers at most {limit} per "
+                "request (--max-items times the model's maximum input length, the most /embed "
+                "reads): send fewer or shorter inputs",
+                status=413,
+            )
+    return encodings
 
 
 def _tokens(text: str, encoding: Any) -> list[dict[str, Any]]:

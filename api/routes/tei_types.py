@@ -156,8 +156,10 @@ class TEIErrorResponse(msgspec.Struct):
 
 def speaks_tei(body: dict[str, Any], *fields: str) -> bool:
     """Whether a body on a path both APIs have (/embed, /rerank) is TEI's: it has all of TEI's
-    `fields` and no model `name` (TEI requests name none). `inputs` with `name` is refused."""
-    if "inputs" in body and "name" in body:
+    `fields` and no model `name` (TEI requests name none). Where `inputs` is TEI's field (/embed),
+    `inputs` with `name` is refused; elsewhere a body with `name` is the ingrain API's, whatever
+    else it holds, as it was before TEI's routes."""
+    if "inputs" in fields and "inputs" in body and "name" in body:
         raise TEIError(
             "Validation",
             '"inputs" is a Text Embeddings Inference field and "name" an ingrain API field: '
