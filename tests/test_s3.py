@@ -600,3 +600,34 @@ def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
     finally:
         stop_server(one)
         stop_server(two)
+
+
+def test_a_manifest_whose_file_entries_are_not_sizes_and_digests_is_skipped_by_list_and_sync(
+    s3_env, engines, tmp_path
+):
+    """A manifest (matching its pointer) whose file list has a size that is not a number of
+    bytes: `ingrain list` and a sync skip that model with the reason and show the others."""
+    location = S3Location(BUCKET, "file-entries")
+    publish_copy(engines, tmp_path / "v1", location, None)
+    manifest = json.loads(
+        (engines / "sentence-transformers--all-MiniLM-L6-v2" / "model.json").read_text()
+    )
+    manifest["name"] = "sizeless"
+    manifest["files"]["tokenizer.json"]["bytes"] = "lots"
+    data = json.dumps(manifest).encode()
+    put(f"{location.prefix}/sizeless/versions/v1/model.json", data)
+    pointer = {
+        "name": "sizeless",
+        "version": "v1",
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    put(f"{location.prefix}/sizeless/current.json", json.dumps(pointer).encode())
+
+    listed = ingrain("list", "--engines", str(location))
+    assert listed.returncode == 0, listed.stderr
+    assert MINILM in listed.stdout
+    assert "skipped sizeless: " in listed.stderr and "no size in bytes" in listed.stderr
+    cache = S3Cache(ObjectStore(location), tmp_path / "cache")
+    assert cache.sync_all() == []
+    assert Repository(tmp_path / "cache").contains(MINILM)
+    assert "no size in bytes" in Repository(tmp_path / "cache").unreadable()["sizeless"]
