@@ -631,3 +631,28 @@ def test_a_manifest_whose_file_entries_are_not_sizes_and_digests_is_skipped_by_l
     assert cache.sync_all() == []
     assert Repository(tmp_path / "cache").contains(MINILM)
     assert "no size in bytes" in Repository(tmp_path / "cache").unreadable()["sizeless"]
+
+
+def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engines, tmp_path):
+    """Two published versions, each with a corrupt file, and a pointer moved back and forth
+    between them: each is fetched once, then skipped at every poll, whichever the pointer
+    names (versions are never rewritten), instead of fetched again at each move."""
+    location = S3Location(BUCKET, "flapping")
+    versions = [publish_copy(engines, tmp_path / f"v{n}", location, None) for n in (1, 2)]
+    for version in versions:
+        put(f"flapping/{version.slug}/versions/{version.version}/tokenizer.json", b"{}")
+    cache = S3Cache(ObjectStore(location), tmp_path / "cache")
+
+    def point_at(version) -> str:
+        put(f"flapping/{version.slug}/current.json", version.as_json().encode())
+        assert cache.sync_all() == []
+        return Repository(tmp_path / "cache").unreadable()[MINILM]
+
+    first = [point_at(version) for version in versions]
+    assert all("SHA-256" in reason for reason in first)
+    for version in versions:  # a fetch now would find the file missing, not corrupt
+        s3 = boto3.client("s3")
+        s3.delete_object(
+            Bucket=BUCKET, Key=f"flapping/{version.slug}/versions/{version.version}/tokenizer.json"
+        )
+    assert [point_at(version) for version in versions * 2] == first * 2

@@ -410,12 +410,12 @@ def _check_file_list(name: str, manifest: Manifest) -> None:
         size, digest = item.get("bytes"), item.get("sha256")
         try:
             safe_relative(file)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ManifestError(f"no size in bytes ({size!r})")
+            if not isinstance(digest, str):
+                raise ManifestError(f"no SHA-256 ({digest!r})")
         except ManifestError as error:
-            raise BrokenVersion(f"{name}: {error}; publish it again") from None
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BrokenVersion(f"{name}: file {file!r} has no size in bytes ({size!r})")
-        if not isinstance(digest, str):
-            raise BrokenVersion(f"{name}: file {file!r} has no SHA-256 ({digest!r})")
+            raise BrokenVersion(f"{name}: bad file entry {file!r}: {error}") from None
     try:
         check_layout(set(manifest.files or {}), manifest.named_files())
     except ManifestError as error:
