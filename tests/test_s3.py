@@ -656,3 +656,28 @@ def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engi
             Bucket=BUCKET, Key=f"flapping/{version.slug}/versions/{version.version}/tokenizer.json"
         )
     assert [point_at(version) for version in versions * 2] == first * 2
+
+
+def test_the_load_check_loads_a_version_as_the_server_would_serve_it(s3_env, engines, tmp_path):
+    """A version whose packed graph is damaged but whose padded one is whole: a server that
+    serves padded graphs (--no-packing) takes it, one that packs refuses it."""
+    location = S3Location(BUCKET, "packing-check")
+    copy_model(engines, MINILM, tmp_path / "damaged")
+    (directory,) = list((tmp_path / "damaged").iterdir())
+    packed = Manifest.read(directory).towers["text"].packed.onnx
+    (directory / packed).write_bytes(b"\x08\x01not a graph")
+    manifest = Manifest.read(directory)
+    replace(manifest, files=file_digests(directory)).write(directory)
+    version = ObjectStore(location).publish(directory)
+
+    for packing in (False, True):
+        root = tmp_path / f"cache-{packing}"
+        runtime = RuntimeConfig(backend="onnxruntime", packing=packing)
+        S3Cache(ObjectStore(location), root, load_checker(runtime)).sync_all()
+        fetched = Repository(root).contains(MINILM)
+        assert fetched == (not packing), Repository(root).unreadable()
+        if fetched:
+            record = json.loads((root / version.slug / VERSION_FILE).read_text())
+            assert record["version"] == version.version
+        else:
+            assert "does not load" in Repository(root).unreadable()[MINILM]
