@@ -4,6 +4,7 @@ and host, cached across restarts and measured again when the model or a backend 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -242,3 +243,84 @@ def test_ingrain_list_says_whether_the_choice_was_measured(minilm, tmp_path):
     model.close()
     after = CliRunner().invoke(main, ["list", "--engines", str(engines)])
     assert after.exit_code == 0 and f"{chosen.label}(measured)" in after.output, after.output
+
+
+def _lossy_choice(stored: Path) -> None:
+    record = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**record, "choice": "onnxruntime/int8"}))
+
+
+def _unknown_backend(stored: Path) -> None:
+    record = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**record, "choice": "tensorrt/f16"}))
+
+
+def _figures_not_numbers(stored: Path) -> None:
+    record = json.loads(stored.read_text())
+    stored.write_text(json.dumps({**record, "figures": {ORT: {"1x16": "fast"}}}))
+
+
+def _pipe(stored: Path) -> None:
+    stored.unlink()
+    os.mkfifo(stored)
+
+
+def _link_to_endless_device(stored: Path) -> None:
+    stored.unlink()
+    stored.symlink_to("/dev/zero")
+
+
+def _lock_is_a_pipe(stored: Path) -> None:
+    stored.unlink()
+    lock = stored.with_suffix(".lock")
+    lock.unlink(missing_ok=True)
+    os.mkfifo(lock)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _lossy_choice,
+        _unknown_backend,
+        _figures_not_numbers,
+        _pipe,
+        _link_to_endless_device,
+        _lock_is_a_pipe,
+    ],
+)
+def test_a_hostile_state_file_is_measured_again_never_trusted_or_waited_on(minilm, tmp_path, spoil):
+    """A stored choice that `auto` could not have made (a lossy or unknown candidate, figures
+    that are not milliseconds) or a state file or lock that is not a small regular file (a
+    pipe nobody writes, a link to /dev/zero) is measured again: it neither picks the engine,
+    nor fails the load, nor blocks it."""
+    tower = tower_of(minilm)
+    opened: list[str] = []
+
+    def opener(candidate: Candidate):
+        opened.append(candidate.label)
+        if candidate != Candidate("onnxruntime", "f32"):
+            raise AssertionError(f"{candidate.label} is not a candidate")
+        return OnnxRuntimeBackend(minilm / tower.onnx, threads=1)
+
+    candidates = [Candidate("onnxruntime", "f32")]
+    files = [minilm / tower.onnx]
+    decision, backend = decide(tmp_path, tower, files, candidates, 1, opener)
+    backend.close()
+    (stored,) = tmp_path.glob("backend-choice-*.json")
+    spoil(stored)
+    results: list = []
+
+    def load_again():
+        try:
+            results.append(decide(tmp_path, tower, files, candidates, 1, opener))
+        except Exception as error:
+            results.append(error)
+
+    loader = threading.Thread(target=load_again, daemon=True)
+    loader.start()
+    loader.join(timeout=120)
+    assert not loader.is_alive(), "the load waited on the state file"
+    ((decision, backend),) = results
+    backend.close()
+    assert decision.source == "measured" and decision.choice == Candidate("onnxruntime", "f32")
+    decision.summary()

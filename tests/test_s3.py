@@ -601,3 +601,84 @@ def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
     finally:
         stop_server(one)
         stop_server(two)
+
+
+def test_a_manifest_whose_file_entries_are_not_sizes_and_digests_is_skipped_by_list_and_sync(
+    s3_env, engines, tmp_path
+):
+    """A manifest (matching its pointer) whose file list has a size that is not a number of
+    bytes: `ingrain list` and a sync skip that model with the reason and show the others."""
+    location = S3Location(BUCKET, "file-entries")
+    publish_copy(engines, tmp_path / "v1", location, None)
+    manifest = json.loads(
+        (engines / "sentence-transformers--all-MiniLM-L6-v2" / "model.json").read_text()
+    )
+    manifest["name"] = "sizeless"
+    manifest["files"]["tokenizer.json"]["bytes"] = "lots"
+    data = json.dumps(manifest).encode()
+    put(f"{location.prefix}/sizeless/versions/v1/model.json", data)
+    pointer = {
+        "name": "sizeless",
+        "version": "v1",
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    put(f"{location.prefix}/sizeless/current.json", json.dumps(pointer).encode())
+
+    listed = ingrain("list", "--engines", str(location))
+    assert listed.returncode == 0, listed.stderr
+    assert MINILM in listed.stdout
+    assert "skipped sizeless: " in listed.stderr and "no size in bytes" in listed.stderr
+    cache = S3Cache(ObjectStore(location), tmp_path / "cache")
+    assert cache.sync_all() == []
+    assert Repository(tmp_path / "cache").contains(MINILM)
+    assert "no size in bytes" in Repository(tmp_path / "cache").unreadable()["sizeless"]
+
+
+def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engines, tmp_path):
+    """Two published versions, each with a corrupt file, and a pointer moved back and forth
+    between them: each is fetched once, then skipped at every poll, whichever the pointer
+    names (versions are never rewritten), instead of fetched again at each move."""
+    location = S3Location(BUCKET, "flapping")
+    versions = [publish_copy(engines, tmp_path / f"v{n}", location, None) for n in (1, 2)]
+    for version in versions:
+        put(f"flapping/{version.slug}/versions/{version.version}/tokenizer.json", b"{}")
+    cache = S3Cache(ObjectStore(location), tmp_path / "cache")
+
+    def point_at(version) -> str:
+        put(f"flapping/{version.slug}/current.json", version.as_json().encode())
+        assert cache.sync_all() == []
+        return Repository(tmp_path / "cache").unreadable()[MINILM]
+
+    first = [point_at(version) for version in versions]
+    assert all("SHA-256" in reason for reason in first)
+    for version in versions:  # a fetch now would find the file missing, not corrupt
+        s3 = boto3.client("s3")
+        s3.delete_object(
+            Bucket=BUCKET, Key=f"flapping/{version.slug}/versions/{version.version}/tokenizer.json"
+        )
+    assert [point_at(version) for version in versions * 2] == first * 2
+
+
+def test_the_load_check_loads_a_version_as_the_server_would_serve_it(s3_env, engines, tmp_path):
+    """A version whose packed graph is damaged but whose padded one is whole: a server that
+    serves padded graphs (--no-packing) takes it, one that packs refuses it."""
+    location = S3Location(BUCKET, "packing-check")
+    copy_model(engines, MINILM, tmp_path / "damaged")
+    (directory,) = list((tmp_path / "damaged").iterdir())
+    packed = Manifest.read(directory).towers["text"].packed.onnx
+    (directory / packed).write_bytes(b"\x08\x01not a graph")
+    manifest = Manifest.read(directory)
+    replace(manifest, files=file_digests(directory)).write(directory)
+    version = ObjectStore(location).publish(directory)
+
+    for packing in (False, True):
+        root = tmp_path / f"cache-{packing}"
+        runtime = RuntimeConfig(backend="onnxruntime", packing=packing)
+        S3Cache(ObjectStore(location), root, load_checker(runtime)).sync_all()
+        fetched = Repository(root).contains(MINILM)
+        assert fetched == (not packing), Repository(root).unreadable()
+        if fetched:
+            record = json.loads((root / version.slug / VERSION_FILE).read_text())
+            assert record["version"] == version.version
+        else:
+            assert "does not load" in Repository(root).unreadable()[MINILM]

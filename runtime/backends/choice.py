@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import platform
+import stat
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,8 @@ LOCK_WAIT_S = 60.0
 # Precisions that change results: measured and shown, never chosen by `auto`.
 LOSSY = ("int8",)
 KEY_VERSION = 1
+# A state file is a few hundred bytes; anything much larger is not one.
+MAX_STATE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -240,14 +243,48 @@ def state_file(state_dir: Path, tower: TowerSpec, key: dict) -> Path:
 
 
 def read_cached(path: Path, key: dict) -> Decision | None:
-    """The decision stored at `path` if it was made under `key`."""
+    """The decision stored at `path` if it was made under `key` and is one `auto` could have
+    made (a lossless candidate of the key, figures in milliseconds); anything else, including
+    a file that is not a small regular one (a pipe, a link, a device), is measured again."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(_read_small(path))
         if stored.get("key") != key:
             return None
-        return Decision(Candidate.parse(stored["choice"]), stored["figures"], "cached")
+        choice = Candidate.parse(stored["choice"])
+        figures = stored["figures"]
+        if stored["choice"] not in key["candidates"] or choice.precision in LOSSY:
+            return None
+        if not all(
+            isinstance(shapes, dict) and all(_is_milliseconds(ms) for ms in shapes.values())
+            for shapes in figures.values()
+        ):
+            return None
+        return Decision(choice, figures, "cached")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _is_milliseconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """A descriptor of `path` opened without blocking or following a link (a pipe with no
+    writer, a link to a device or elsewhere); OSError unless it is a regular file."""
+    handle = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise OSError(f"{path} is not a regular file")
+    return handle
+
+
+def _read_small(path: Path) -> bytes:
+    """The file's bytes; ValueError past MAX_STATE_BYTES (a state file is a few hundred)."""
+    with os.fdopen(_open_regular(path, os.O_RDONLY), "rb") as stream:
+        data = stream.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_STATE_BYTES} bytes")
+    return data
 
 
 @contextmanager
@@ -256,7 +293,8 @@ def _exclusive(path: Path) -> Iterator[bool]:
     within LOCK_WAIT_S, or the directory is not writable; the block runs anyway)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (closed below)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        handle = os.fdopen(_open_regular(path.with_suffix(".lock"), flags), "a")
     except OSError as error:
         log.warning("%s: cannot keep the backend choice (%s); probing without a cache", path, error)
         yield False

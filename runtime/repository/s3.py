@@ -220,23 +220,14 @@ class ObjectStore:
                 f"{self.location.url(key)} is not the manifest of {published.name!r} with file "
                 "digests; publish the model again with this version of ingrain-build"
             )
+        _check_file_list(published.name, manifest)
         return data, manifest
 
     def download(self, published: Published, target: Path) -> Manifest:
         """Fetch a version into the empty directory `target`, every file checked against its
         SHA-256 and size; the manifest is written last."""
         data, manifest = self.manifest(published)
-        wanted = []
-        for name, expected in (manifest.files or {}).items():
-            try:
-                wanted.append((int(expected["bytes"]), name, str(expected["sha256"])))
-                safe_relative(name)
-            except (ManifestError, KeyError, TypeError, ValueError) as error:
-                raise BrokenVersion(f"{published.name}: bad file entry {name!r}: {error}") from None
-        try:
-            check_layout(set(manifest.files or {}), manifest.named_files())
-        except ManifestError as error:
-            raise BrokenVersion(f"{published.name}: {error}; publish it again") from None
+        wanted = [(item["bytes"], name, item["sha256"]) for name, item in manifest.files.items()]
         for size, name, digest in sorted(wanted):  # small files first: a broken one fails sooner
             path = target / safe_relative(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +400,26 @@ class ObjectStore:
                 f"cannot reach the object store at {endpoint} for {url}: {error}; check "
                 "AWS_ENDPOINT_URL and the network"
             ) from None
+
+
+def _check_file_list(name: str, manifest: Manifest) -> None:
+    """Raise BrokenVersion unless every file entry has a name inside the engine directory, a
+    size in bytes and a SHA-256, and the names can all be written and include what the model
+    needs: a listing, a sync or a download then reads them as they are."""
+    for file, item in (manifest.files or {}).items():
+        size, digest = item.get("bytes"), item.get("sha256")
+        try:
+            safe_relative(file)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ManifestError(f"no size in bytes ({size!r})")
+            if not isinstance(digest, str):
+                raise ManifestError(f"no SHA-256 ({digest!r})")
+        except ManifestError as error:
+            raise BrokenVersion(f"{name}: bad file entry {file!r}: {error}") from None
+    try:
+        check_layout(set(manifest.files or {}), manifest.named_files())
+    except ManifestError as error:
+        raise BrokenVersion(f"{name}: {error}; publish it again") from None
 
 
 def _explain(code: str, status: int | None, error: Exception) -> str:

@@ -35,6 +35,8 @@ from runtime.repository.staging import entry_lock, staging_directory
 log = logging.getLogger(__name__)
 
 VERSION_FILE = ".published.json"  # inside an entry: hidden, so not part of the model
+# Broken versions remembered per model (each a few hundred bytes of reason).
+MAX_BROKEN_VERSIONS = 16
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ class S3Cache:
         # Called on a downloaded version before it replaces the cached one; raises
         # LoadCheckFailed when the version cannot serve (runtime.repository.load_check).
         self.check = check
-        # slug -> (a version found broken, why): polls skip it (it cannot heal), /load_model
-        # retries.
-        self._broken: dict[str, tuple[str, str]] = {}
+        # slug -> {version found broken: why}, the latest few: polls skip them (versions are
+        # never rewritten, so they cannot heal), /load_model retries. Several, so that a
+        # pointer moving back and forth between broken versions is not fetched at every poll.
+        self._broken: dict[str, dict[str, str]] = {}
         self._reported: dict[str, str] = {}
 
     def sync_all(self) -> list[str]:
@@ -76,9 +79,9 @@ class S3Cache:
         everything, bad_pointers = self.store.scan()
         unreadable = dict(bad_pointers)
         for published in everything:
-            broken = self._broken.get(published.slug)
-            if broken is not None and broken[0] == published.version:
-                unreadable[published.name] = broken[1]
+            broken = self._broken.get(published.slug, {}).get(published.version)
+            if broken is not None:
+                unreadable[published.name] = broken
                 continue
             try:
                 self._sync(published)
@@ -167,7 +170,10 @@ class S3Cache:
         try:
             self._fetch(published)
         except BrokenVersion as error:
-            self._broken[published.slug] = (published.version, str(error))
+            broken = self._broken.setdefault(published.slug, {})
+            broken[published.version] = str(error)
+            while len(broken) > MAX_BROKEN_VERSIONS:
+                del broken[next(iter(broken))]  # the longest known
             raise
 
     def _fetch(self, published: Published) -> None:
