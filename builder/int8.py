@@ -371,10 +371,12 @@ def _with_int8(manifest: Manifest, key: str, int8: dict) -> Manifest:
 
 def _load(staging: Path, manifest: Manifest, precision: str | None) -> Model:
     """The staged model on ONNX Runtime (f32, or its int8 variant), with a small token budget
-    so its warm-up stays short."""
+    so its warm-up stays short, on the padded graph: the int8 variant is made from it (and
+    served unpacked), so its sensitivity feeds are padded rows."""
     config = RuntimeConfig(
         backend="onnxruntime",
         precision=precision or "f32",
         batching=BatchingConfig(max_tokens=1024),
+        packing=False,
     )
     return Model.load(Entry(staging, manifest), config)
