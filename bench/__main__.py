@@ -4,6 +4,7 @@ server against in-process ONNX Runtime, sentence-transformers and infinity-emb i
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -22,6 +23,22 @@ def show(report: dict, as_json: bool, prefix: str = "") -> None:
             show(value, False, f"{prefix}{key}.")
         else:
             click.echo(f"{prefix + key:<60} {value}")
+
+
+def engines_option(what: str) -> Callable:
+    return click.option(
+        "--engines",
+        type=click.Path(file_okay=False, path_type=Path),
+        help=f"Repository to build {what} in (default: a temporary one).",
+    )
+
+
+serve_args_option = click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--backend=onnxruntime.",
+)
 
 
 @click.group()
@@ -48,17 +65,8 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
 @click.option(
     "--sentences", "count", type=click.IntRange(64, 100_000), default=2000, show_default=True
 )
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the demo model in (default: a temporary one).",
-)
-@click.option(
-    "--serve-arg",
-    "serve_args",
-    multiple=True,
-    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--workers=2.",
-)
+@engines_option("the demo model")
+@serve_args_option
 @click.option(
     "--infinity",
     type=click.Path(dir_okay=False, exists=True),
@@ -116,17 +124,8 @@ def compare(
 
 
 @main.command()
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the tiny model in (default: a temporary one).",
-)
-@click.option(
-    "--serve-arg",
-    "serve_args",
-    multiple=True,
-    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--backend=onnxruntime.",
-)
+@engines_option("the tiny model")
+@serve_args_option
 @click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -147,17 +146,8 @@ def overhead(
 @click.option(
     "--sentences", "count", type=click.IntRange(64, 100_000), default=512, show_default=True
 )
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the demo model in (default: a temporary one).",
-)
-@click.option(
-    "--serve-arg",
-    "serve_args",
-    multiple=True,
-    help="Extra ingrain-serve argument (repeatable), e.g. --serve-arg=--workers=2.",
-)
+@engines_option("the demo model")
+@serve_args_option
 @click.option("--in-process-only", is_flag=True, help="Only the in-process figures; no server.")
 @click.option(
     "--seconds",
@@ -205,11 +195,7 @@ def packing(
     "--sentences", "count", type=click.IntRange(66, 100_000), default=1320, show_default=True
 )
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True)
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the cross-encoder in (default: a temporary one).",
-)
+@engines_option("the cross-encoder")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
     """/rerank pairs/s against CrossEncoder.predict in-process, one run."""
@@ -219,11 +205,7 @@ def rerank(count: int, concurrency: int, engines: Path | None, as_json: bool):
 
 
 @main.command()
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the cross-encoder in (default: a temporary one).",
-)
+@engines_option("the cross-encoder")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def fairness(engines: Path | None, as_json: bool):
     """One-document /rerank requests beside one of the maximum documents (their latency in
@@ -236,11 +218,7 @@ def fairness(engines: Path | None, as_json: bool):
 @main.command()
 @click.option("--minutes", type=click.FloatRange(0.1, 600), default=10.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
-@click.option(
-    "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Repository to build the models in (default: a temporary one).",
-)
+@engines_option("the models")
 @click.option(
     "--backend",
     type=click.Choice(["auto", "openvino", "onnxruntime"]),
