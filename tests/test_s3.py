@@ -344,7 +344,8 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
     assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
     assert "SHA-256" in answer.json()["error"]
     ready = requests.get(manual.url + "/ready", timeout=30)
-    assert ready.status_code == 200  # it serves the cached version, and says what it skipped
+    # It serves the cached version, and says what it skipped.
+    assert ready.status_code == 200, ready.text
     assert [item["name"] for item in ready.json()["unreadable"]] == [MINILM]
     wait_for(
         lambda: f"s3://{BUCKET}/{corrupt}" in polling.log.read_text(),
