@@ -9,7 +9,7 @@ import shlex
 import falcon
 import orjson
 
-from api.routes.tei_errors import TEIError, error_type
+from api.routes.tei_errors import TEIError, error_type, is_tei_request
 from runtime.errors import (
     ClientGone,
     InputError,
@@ -34,7 +34,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HT
     Inference requests TEI's `{"error", "error_type"}`."""
     resp.content_type = falcon.MEDIA_JSON
     message = error.description or error.title
-    if isinstance(error, TEIError) or getattr(req.context, "tei", False):
+    if isinstance(error, TEIError) or is_tei_request(req):
         resp.data = orjson.dumps({"error": message, "error_type": error_type(error)})
         return
     # The resolved route where there is one: `//v1/embeddings` is routed as /v1/embeddings.

@@ -25,7 +25,7 @@ from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
-from runtime.sparse import SPARSE_TASK
+from runtime.sparse import SPARSE_TASK, QueryLookup, open_query_lookup
 from runtime.text import (
     TextEncoder,
     TextOptions,
@@ -107,6 +107,8 @@ class Model:
         self.pair = pair
         # Token embeddings (before pooling), for models built with --token-embeddings.
         self.tokens = tokens
+        # Inference-free SPLADE: the query side's lookup (runtime.sparse), set by load.
+        self.sparse_query: QueryLookup | None = None
         # Set by the registry: the engine directory and which build of it this is.
         self.directory: Path | None = None
         self.identity: tuple[int, int] | None = None
@@ -172,6 +174,7 @@ class Model:
         if "pair" in manifest.towers:
             pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
         model = cls(manifest, text, image, classifier, pair, tokens)
+        model.sparse_query = open_query_lookup(directory, manifest.sparse_query)
         model.directory = directory
         model.warm_up()
         return model

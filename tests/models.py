@@ -212,3 +212,35 @@ def tiny_splade(directory: Path, minilm_source: str) -> Path:
     modules = [MLMTransformer(str(hf_dir), max_seq_length=64), SpladePooling("max")]
     SparseEncoder(modules=modules, device="cpu").save(str(directory / "splade"))
     return directory / "splade"
+
+
+def tiny_inference_free_splade(directory: Path, minilm_source: str) -> Path:
+    """Inference-free SPLADE as sentence-transformers builds it (a Router): documents through a
+    2-layer BertForMaskedLM (random MLM head, the real MiniLM tokenizer) and SpladePooling
+    (max, log1p_relu), queries through a SparseStaticEmbedding of random weights, a third of
+    them 0 (as IDF-like weights of unseen tokens are)."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import (
+        MLMTransformer,
+        Router,
+        SparseStaticEmbedding,
+        SpladePooling,
+    )
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(1)
+    hf_dir = directory / "hf"
+    _tiny_bert(hf_dir, minilm_source)
+    model = BertForMaskedLM(BertConfig.from_pretrained(hf_dir))
+    with torch.no_grad():
+        model.cls.predictions.bias.fill_(-0.3)
+    model.save_pretrained(hf_dir)
+    document = MLMTransformer(str(hf_dir), max_seq_length=64)
+    weights = torch.rand(model.config.vocab_size) * 3
+    weights[torch.rand(model.config.vocab_size) < 1 / 3] = 0
+    query = SparseStaticEmbedding(tokenizer=document.tokenizer, weight=weights, frozen=True)
+    pooling = SpladePooling("max", activation_function="log1p_relu")
+    router = Router.for_query_document([query], [document, pooling])
+    encoder = SparseEncoder(modules=[router], similarity_fn_name="dot", device="cpu")
+    encoder.save(str(directory / "inference-free"))
+    return directory / "inference-free"

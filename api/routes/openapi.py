@@ -244,8 +244,9 @@ ERRORS = (
     ("415", "The body is not JSON."),
     ("503", "Overloaded: retry after Retry-After seconds."),
 )
-# Text Embeddings Inference's errors, in its shape ({"error", "error_type"}) but for 401 (a key
-# is checked before any route reads the body).
+# Text Embeddings Inference's errors, in its shape ({"error", "error_type"}). On /embed and
+# /rerank a 401 comes before the body says which API the request is: the ingrain shape there
+# (the two operations' answers are merged).
 TEI_ERRORS = (
     ("400", "Empty input, or no (or several) models to serve the request: see --default-model."),
     ("401", "A key is required (when keys are configured)."),
@@ -268,7 +269,7 @@ def _errors(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
         return {
             status: {
                 "description": text,
-                **_json(refs[schemas.Error if status == "401" else tei.TEIErrorResponse]),
+                **_json(refs[tei.TEIErrorResponse]),
             }
             for status, text in TEI_ERRORS
         }

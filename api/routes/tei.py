@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from api.routes import params
 from api.routes.common import respond
 from api.routes.rerank import ranked
-from api.routes.tei_errors import TEIError, batch_too_large, runtime_errors
+from api.routes.tei_errors import TEI_PATHS, TEIError, batch_too_large, runtime_errors
 from api.routes.tei_kinds import CLASSIFIER, EMBEDDING, RERANK, SPARSE
 from api.routes.tei_models import ServedModels
 from api.routes.tei_types import (
@@ -231,10 +231,12 @@ class Rerank(_Route):
         self._check_chars([request.query, *request.texts])
         total = len(request.query) + sum(map(len, request.texts))
         if total > self.limits.max_rerank_chars:
-            raise TEIError(
+            raise TEIError(  # too large, as TEI answers a body over its limit: 413
                 "Validation",
                 f"the query and texts hold {total} characters; the limit is "
-                f"{self.limits.max_rerank_chars} per request",
+                f"{self.limits.max_rerank_chars} per request (--max-rerank-chars), so send fewer "
+                "or shorter texts",
+                status=413,
             )
         name = self.models.pick((RERANK,), "/rerank")
         req.context.model, req.context.items = name, len(request.texts)
@@ -509,11 +511,15 @@ def add_tei_routes(app: falcon.App, registry: ModelRegistry, settings: ServerSet
         CLASSIFIER: Predict(*arguments),
         "similarity": Similarity(*arguments),
     }
-    app.add_route("/embed_sparse", routes[SPARSE])
-    app.add_route("/embed_all", EmbedAll(*arguments))
-    app.add_route("/predict", routes[CLASSIFIER])
-    app.add_route("/similarity", routes["similarity"])
-    app.add_route("/tokenize", Tokenize(*arguments))
-    app.add_route("/decode", Decode(*arguments))
-    app.add_route("/info", Info(registry, settings, models))
+    own = {
+        "/embed_sparse": routes[SPARSE],
+        "/embed_all": EmbedAll(*arguments),
+        "/predict": routes[CLASSIFIER],
+        "/similarity": routes["similarity"],
+        "/tokenize": Tokenize(*arguments),
+        "/decode": Decode(*arguments),
+        "/info": Info(registry, settings, models),
+    }
+    for path in TEI_PATHS:  # the paths whose every error is in TEI's shape (tei_errors)
+        app.add_route(path, own[path])
     return TEIRoutes(routes[EMBEDDING], routes[RERANK], Root(routes, models, limits))

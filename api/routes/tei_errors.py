@@ -11,6 +11,19 @@ import falcon
 from runtime.errors import InputError, ModelUnavailable, Overloaded
 from runtime.text import TextTooLong
 
+# TEI's own paths: all of its routes but POST / (shared with the pages' GET /), /embed and
+# /rerank (shared with the ingrain API, told apart by the body, which is read only once the key
+# is checked). An error raised before the route runs (a missing key) is in TEI's shape on these.
+TEI_PATHS = (
+    "/embed_sparse",
+    "/embed_all",
+    "/predict",
+    "/similarity",
+    "/tokenize",
+    "/decode",
+    "/info",
+)
+
 # TEI's `impl From<&ErrorType> for StatusCode`.
 STATUS = {
     "Unhealthy": 503,
@@ -39,6 +52,14 @@ def batch_too_large(size: int, limit: int) -> TEIError:
     return TEIError(
         "Validation", f"batch size {size} > maximum allowed batch size {limit}", status=413
     )
+
+
+def is_tei_request(req: falcon.Request) -> bool:
+    """Whether a request is TEI's: its route says so (api.routes.tei marks it once the body
+    has told), or its path and method are TEI's alone."""
+    if getattr(req.context, "tei", False) or req.uri_template in TEI_PATHS:
+        return True
+    return req.uri_template == "/" and req.method == "POST"
 
 
 def error_type(error: falcon.HTTPError) -> str:

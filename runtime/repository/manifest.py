@@ -165,6 +165,19 @@ class PromptSpec:
 
 
 @dataclass(frozen=True)
+class SparseQuerySpec:
+    """Inference-free SPLADE's query side (sentence-transformers' SparseStaticEmbedding in a
+    Router): no network, a weight per vocabulary token (`weights`, a float32 .npy), looked up
+    for each distinct token of a query as `tokenizer` (which adds no special tokens) gives them.
+    `default_task` is the side ("query" or "document") serving requests that name none, as
+    SparseEncoder.encode does without a task."""
+
+    weights: str
+    tokenizer: TokenizerSpec
+    default_task: str = "document"
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """How to turn a decoded image into the image tower's uint8 NCHW input, with Pillow.
 
@@ -222,6 +235,8 @@ class Manifest:
     # Every other file of the engine directory: relative path -> {"sha256": hex, "bytes": n}
     # (runtime.repository.digests). Readers of a copy (an object-store cache) check them.
     files: dict[str, dict[str, Any]] | None = None
+    # Inference-free SPLADE models: the query side, which runs without the text tower.
+    sparse_query: SparseQuerySpec | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -243,6 +258,8 @@ class Manifest:
             named.add(self.tokenizer.file)
         if self.classifier is not None:
             named |= {self.classifier.labels_file, self.classifier.class_embeddings}
+        if self.sparse_query is not None:
+            named |= {self.sparse_query.weights, self.sparse_query.tokenizer.file}
         return named - {None}
 
     @classmethod
@@ -260,6 +277,7 @@ class Manifest:
             image = data.get("image")
             classifier = data.get("classifier")
             prompts = data.get("prompts")
+            sparse_query = data.get("sparse_query")
             manifest = cls(
                 name=data["name"],
                 library=data["library"],
@@ -271,6 +289,7 @@ class Manifest:
                 prompts=_from_dict(PromptSpec, prompts) if prompts else None,
                 build=data.get("build", {}),
                 files=_files(data.get("files")),
+                sparse_query=_sparse_query_from_dict(sparse_query) if sparse_query else None,
             )
         except (KeyError, TypeError, AttributeError) as error:
             raise ManifestError(f"malformed manifest: {error!r}") from error
@@ -307,6 +326,12 @@ def _tower_from_dict(data: dict[str, Any]) -> TowerSpec:
         output=_from_dict(TensorSpec, data["output"]),
         plan_info=PlanSpec.from_dict(plan_info) if plan_info else None,
         packed=_packed_from_dict(packed) if packed else None,
+    )
+
+
+def _sparse_query_from_dict(data: dict[str, Any]) -> SparseQuerySpec:
+    return replace(
+        _from_dict(SparseQuerySpec, data), tokenizer=_from_dict(TokenizerSpec, data["tokenizer"])
     )
 
 
