@@ -19,8 +19,8 @@ from api.settings import Limits
 from runtime.models import Model
 from runtime.quantize import output_ranges, quantize
 from runtime.registry import ModelRegistry
-from runtime.sparse import SPARSE_TASK, embed_sparse
-from runtime.text import TokenRow
+from runtime.sparse import SPARSE_TASK, embed_sparse_side
+from runtime.text import TextOptions
 
 
 class _Output:
@@ -48,7 +48,7 @@ class EmbedText(ModelRoute):
         req.context.items = len(texts)
         with self.registry.use(request.name) as model:
             if model.manifest.task == SPARSE_TASK:
-                answer = {"sparse": _sparse(model, model.tokenize(texts, options), request)}
+                answer = {"sparse": _sparse(model, texts, options, request)}
             else:
                 output = _Output(model, "text", request)
                 rows = model.tokenize(texts, options)
@@ -57,9 +57,10 @@ class EmbedText(ModelRoute):
 
 
 def _sparse(
-    model: Model, rows: list[TokenRow], request: schemas.EmbedTextRequest
+    model: Model, texts: list[str], options: TextOptions, request: schemas.EmbedTextRequest
 ) -> list[schemas.SparseEmbedding]:
-    """Each text's non-zero vocabulary entries, pruned to the largest `topK` when asked."""
+    """Each text's non-zero vocabulary entries from the side `task` asks for, pruned to the
+    largest `topK` when asked."""
     dense_only = {"nDims": request.n_dims is not None, "precision": request.precision != "float32"}
     for field, given in dense_only.items():
         if given:
@@ -70,7 +71,9 @@ def _sparse(
             )
     return [
         schemas.SparseEmbedding(vector.indices.tolist(), vector.values.tolist())
-        for vector in embed_sparse(model, rows, request.top_k)
+        for vector in embed_sparse_side(
+            model, list(texts), options, request.task, request.top_k, partial(model.tokenize, texts)
+        )
     ]
 
 

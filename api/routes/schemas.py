@@ -36,6 +36,14 @@ Images = Annotated[
     Meta(description="an image URL, data URI or base64 string, or a list of them"),
 ]
 TextList = Annotated[list[str], Meta(min_length=1)]
+SparseTask = Annotated[
+    Literal["query", "document"],
+    Meta(
+        description="sparse (SPLADE) models: embed as SparseEncoder.encode_query or "
+        "encode_document does (inference-free models: the query side is a lookup, the document "
+        "side the model); without it, as SparseEncoder.encode does"
+    ),
+]
 Normalize = Annotated[bool, Meta(description="scale each embedding to length 1")]
 Dims = Annotated[
     int, Meta(description="keep the first dimensions (Matryoshka), from 1 to the model's size")
@@ -114,6 +122,7 @@ class EmbedTextRequest(_TextEmbedding, kw_only=True, rename="camel"):
         ]
         | None
     ) = None
+    task: SparseTask | None = None
 
 
 class EmbedImageRequest(_Embedding, kw_only=True, rename="camel"):

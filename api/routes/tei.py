@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -47,7 +48,7 @@ from api.settings import Limits, ServerSettings
 from runtime.classifier import activate
 from runtime.models import Model
 from runtime.registry import ModelRegistry
-from runtime.sparse import embed_sparse
+from runtime.sparse import embed_sparse_side
 from runtime.text import TextOptions, TokenRow
 from runtime.token_embeddings import token_embeddings
 
@@ -163,9 +164,10 @@ class EmbedSparse(_Route):
         request, items, options, name = self._inputs(
             req, TEIEmbedSparseRequest, SPARSE, "/embed_sparse"
         )
+        self._check_chars([item for item in items if isinstance(item, str)])
         with runtime_errors(), self.registry.use(name) as model:
-            rows = self._token_rows(model, items, options)
-            vectors = embed_sparse(model, rows, request.top_k)
+            rows = partial(self._token_rows, model, items)
+            vectors = embed_sparse_side(model, items, options, request.task, request.top_k, rows)
         respond(
             resp,
             [

@@ -41,6 +41,9 @@ class TEIEmbedRequest(TEIEmbedAllRequest):
 class TEIEmbedSparseRequest(TEIEmbedAllRequest):
     # Not TEI's: keep only the largest top_k values of each text.
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Not TEI's: sentence-transformers' task, "query" (encode_query: an inference-free model's
+    # lookup) or "document" (encode_document); None: the model's default side (encode).
+    task: Literal["query", "document"] | None = None
 
 
 class TEIRerankRequest(msgspec.Struct):
