@@ -80,6 +80,13 @@ TEI: tuple[tuple[str, str, Any, type], ...] = (
         tei.TEITokenizeRequest,
     ),
     ("/decode", "token ids back to text.", list[str], tei.TEIDecodeRequest),
+    (
+        "/vertex",
+        "Vertex AI's shape: each instance as /rerank (a rerank body) or the served model's own "
+        "route.",
+        tei.TEIVertexResponse,
+        tei.TEIVertexRequest,
+    ),
 )
 # POST / (TEI's root) answers as the served model's own route: one of these.
 TEI_ROOT = ("/embed", "/embed_sparse", "/rerank", "/predict", "/similarity")

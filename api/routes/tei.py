@@ -2,7 +2,8 @@
 InferenceClient, LangChain's HuggingFaceEndpointEmbeddings, LlamaIndex, Haystack) work unchanged.
 
 Routes: POST /embed, /embed_all, /embed_sparse, /rerank, /predict, /similarity, /tokenize,
-/decode and / (the served model's own task, as TEI routes it), GET /info. /embed and /rerank are
+/decode, / (the served model's own task, as TEI routes it) and /vertex (Vertex AI's shape),
+GET /info. /embed and /rerank are
 shared with the ingrain API, whose routes there hand TEI bodies on (`speaks_tei`); POST / is
 shared with the playground's GET / (api.pages.Home). Requests name no model:
 api.routes.tei_models chooses it. Errors come out in TEI's shape and statuses
@@ -26,7 +27,13 @@ from tokenizers import Tokenizer
 from api.routes import params
 from api.routes.common import respond
 from api.routes.rerank import ranked
-from api.routes.tei_errors import TEI_PATHS, TEIError, batch_too_large, runtime_errors
+from api.routes.tei_errors import (
+    TEI_PATHS,
+    TEIError,
+    batch_too_large,
+    error_type,
+    runtime_errors,
+)
 from api.routes.tei_kinds import CLASSIFIER, EMBEDDING, RERANK, SPARSE
 from api.routes.tei_models import ServedModels
 from api.routes.tei_types import (
@@ -40,6 +47,7 @@ from api.routes.tei_types import (
     TEISimilarityParameters,
     TEISimilarityRequest,
     TEITokenizeRequest,
+    TEIVertexRequest,
     as_id_rows,
     as_rows,
     as_sequences,
@@ -471,6 +479,78 @@ class Info:
         )
 
 
+# The route an instance of /vertex that is not a rerank body goes to, by the served model's
+# kind (TEI's vertex_compatibility: classifiers and rerankers predict).
+VERTEX_ROUTES = {EMBEDDING: EMBEDDING, SPARSE: SPARSE, RERANK: CLASSIFIER, CLASSIFIER: CLASSIFIER}
+
+
+class Vertex(_Route):
+    """POST /vertex: Vertex AI's shape, `{"instances": [...]}` answered `{"predictions":
+    [...]}`. As in TEI, an instance that is a rerank body goes to /rerank, any other to the
+    served model's own route; each answers as that route does, in order, and the first instance
+    that fails fails the request (its error names the instance). The instances together hold at
+    most --max-items inputs (rerank texts: --max-documents), as one request to their route."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        limits: Limits,
+        models: ServedModels,
+        routes: dict[str, Any],
+    ) -> None:
+        super().__init__(registry, limits, models)
+        self.routes = routes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = self._body(req, TEIVertexRequest)
+        plan = [self._route(index, instance) for index, instance in enumerate(request.instances)]
+        documents = sum(size for route, size in plan if route == RERANK)
+        inputs = sum(size for route, size in plan if route != RERANK)
+        if documents > self.limits.max_documents:
+            raise batch_too_large(documents, self.limits.max_documents)
+        if inputs > self.limits.max_items:
+            raise batch_too_large(inputs, self.limits.max_items)
+        predictions = []
+        for index, (instance, (route, _)) in enumerate(zip(request.instances, plan, strict=True)):
+            req.context.json_body = instance  # what the route reads as its body
+            answer = falcon.Response()
+            try:
+                self.routes[route].on_post(req, answer)
+            except falcon.HTTPError as error:
+                raise TEIError(
+                    error_type(error),
+                    f"`instances[{index}]`: {error.description or error.title}",
+                    status=error.status_code,
+                    headers=error.headers,
+                ) from None
+            predictions.append(msgspec.Raw(answer.data))
+        req.context.items = inputs + documents
+        respond(resp, {"predictions": predictions})
+
+    def _route(self, index: int, instance: Any) -> tuple[str, int]:
+        """The route of one instance and its inputs as that route counts them (1 for a body
+        the route will refuse, saying why)."""
+        if not isinstance(instance, dict):
+            raise TEIError(
+                "Validation",
+                f"`instances[{index}]` is not a JSON object: each instance is a body of /embed, "
+                "/embed_sparse, /predict or /rerank",
+            )
+        try:
+            rerank = msgspec.convert(instance, TEIRerankRequest)
+            return RERANK, len(rerank.texts)
+        except msgspec.ValidationError:
+            pass
+        route = VERTEX_ROUTES[self.models.primary("/vertex")[1]]
+        try:
+            if route == CLASSIFIER:
+                inputs = msgspec.convert(instance, TEIPredictRequest).inputs
+                return route, len(as_sequences(inputs)[0])
+            return route, len(as_rows(msgspec.convert(instance, TEIEmbedAllRequest).inputs)[0])
+        except (msgspec.ValidationError, ShapeError):
+            return route, 1
+
+
 class TEIRoutes(NamedTuple):
     """TEI's routes on paths it shares with the ingrain API (/embed, /rerank) and the pages (/)."""
 
@@ -521,6 +601,7 @@ def add_tei_routes(app: falcon.App, registry: ModelRegistry, settings: ServerSet
         "/tokenize": Tokenize(*arguments),
         "/decode": Decode(*arguments),
         "/info": Info(registry, settings, models),
+        "/vertex": Vertex(*arguments, routes),
     }
     for path in TEI_PATHS:  # the paths whose every error is in TEI's shape (tei_errors)
         app.add_route(path, own[path])

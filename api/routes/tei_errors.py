@@ -22,6 +22,7 @@ TEI_PATHS = (
     "/tokenize",
     "/decode",
     "/info",
+    "/vertex",
 )
 
 # TEI's `impl From<&ErrorType> for StatusCode`.

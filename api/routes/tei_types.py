@@ -90,7 +90,24 @@ class TEIDecodeRequest(msgspec.Struct):
     skip_special_tokens: bool = True
 
 
+class TEIVertexRequest(msgspec.Struct):
+    """Vertex AI's prediction body: each instance a body of /rerank (told by its `query` and
+    `texts`) or of the served model's own route (/embed, /embed_sparse or /predict)."""
+
+    instances: list[Any]
+
+
 # Responses (for the OpenAPI document; the handlers write plain lists and dicts).
+
+
+class TEIVertexResponse(msgspec.Struct):
+    predictions: Annotated[
+        list[list[Any]],
+        msgspec.Meta(
+            description="one per instance, in order: the answer of the route it went to "
+            "(/embed, /embed_sparse, /predict or /rerank)"
+        ),
+    ]
 
 
 class TEIRank(msgspec.Struct, omit_defaults=True):
