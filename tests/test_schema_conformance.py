@@ -90,6 +90,13 @@ CALLS = [
     ("post", "/", "/", {"inputs": TEXTS[0]}),
     ("post", "/", "/", {"query": QUERY, "texts": TEXTS}),
     ("post", "/", "/", {"inputs": {"source_sentence": QUERY, "sentences": TEXTS}}),
+    (
+        "post",
+        "/vertex",
+        "/vertex",
+        {"instances": [{"inputs": TEXTS}, {"query": QUERY, "texts": TEXTS}]},
+    ),
+    ("post", "/vertex", "/vertex", {"instances": [{"inputs": "a"}, {"inputs": []}]}),
     ("get", "/metrics", "/metrics", None),
     ("get", "/metrics/prometheus", "/metrics/prometheus", None),
     ("get", "/model_embedding_size", f"/model_embedding_size?name={MINILM}", None),
