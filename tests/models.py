@@ -194,50 +194,48 @@ def _tiny_sequence_classifier(
 TEXT_LABELS = ["negative", "neutral", "positive"]
 
 
-def tiny_splade(directory: Path, minilm_source: str) -> Path:
-    """A SPLADE SparseEncoder: a 2-layer BertForMaskedLM (random MLM head) with the real MiniLM
-    tokenizer, then SpladePooling (max). A negative decoder bias leaves a few hundred non-zero
-    vocabulary entries per text, as trained SPLADE models do."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+def _splade_mlm(hf_dir: Path, minilm_source: str, seed: int):
+    """A 2-layer BertForMaskedLM (random MLM head) with the real MiniLM tokenizer, as
+    sentence-transformers' MLMTransformer. A negative decoder bias leaves a few hundred non-zero
+    vocabulary entries per text after SPLADE's activation, as trained SPLADE models do."""
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer
     from transformers import BertConfig, BertForMaskedLM
 
-    torch.manual_seed(0)
-    hf_dir = directory / "hf"
+    torch.manual_seed(seed)
     _tiny_bert(hf_dir, minilm_source)
     model = BertForMaskedLM(BertConfig.from_pretrained(hf_dir))
     with torch.no_grad():
         model.cls.predictions.bias.fill_(-0.3)
     model.save_pretrained(hf_dir)
-    modules = [MLMTransformer(str(hf_dir), max_seq_length=64), SpladePooling("max")]
+    return MLMTransformer(str(hf_dir), max_seq_length=64)
+
+
+def tiny_splade(directory: Path, minilm_source: str) -> Path:
+    """A SPLADE SparseEncoder: the tiny MLM (_splade_mlm), then SpladePooling (max)."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    modules = [_splade_mlm(directory / "hf", minilm_source, seed=0), SpladePooling("max")]
     SparseEncoder(modules=modules, device="cpu").save(str(directory / "splade"))
     return directory / "splade"
 
 
 def tiny_inference_free_splade(directory: Path, minilm_source: str) -> Path:
-    """Inference-free SPLADE as sentence-transformers builds it (a Router): documents through a
-    2-layer BertForMaskedLM (random MLM head, the real MiniLM tokenizer) and SpladePooling
-    (max, log1p_relu), queries through a SparseStaticEmbedding of random weights, a third of
-    them 0 (as IDF-like weights of unseen tokens are)."""
+    """Inference-free SPLADE as sentence-transformers builds it (a Router): documents through
+    the tiny MLM (_splade_mlm) and SpladePooling (max, log1p_relu), queries through a
+    SparseStaticEmbedding of random weights, a third of them 0 (as IDF-like weights of unseen
+    tokens are)."""
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import (
-        MLMTransformer,
         Router,
         SparseStaticEmbedding,
         SpladePooling,
     )
-    from transformers import BertConfig, BertForMaskedLM
 
-    torch.manual_seed(1)
-    hf_dir = directory / "hf"
-    _tiny_bert(hf_dir, minilm_source)
-    model = BertForMaskedLM(BertConfig.from_pretrained(hf_dir))
-    with torch.no_grad():
-        model.cls.predictions.bias.fill_(-0.3)
-    model.save_pretrained(hf_dir)
-    document = MLMTransformer(str(hf_dir), max_seq_length=64)
-    weights = torch.rand(model.config.vocab_size) * 3
-    weights[torch.rand(model.config.vocab_size) < 1 / 3] = 0
+    document = _splade_mlm(directory / "hf", minilm_source, seed=1)
+    vocabulary = len(document.tokenizer.get_vocab())
+    weights = torch.rand(vocabulary) * 3
+    weights[torch.rand(vocabulary) < 1 / 3] = 0
     query = SparseStaticEmbedding(tokenizer=document.tokenizer, weight=weights, frozen=True)
     pooling = SpladePooling("max", activation_function="log1p_relu")
     router = Router.for_query_document([query], [document, pooling])

@@ -496,3 +496,15 @@ def test_tokenize_answers_a_bounded_number_of_tokens(tei):
     assert answer.status_code == 413, answer.text
     assert answer.json()["error_type"] == "Validation"
     assert f"at most {limit}" in answer.json()["error"]
+
+
+def test_one_sided_splade_serves_every_task_with_its_tower(tei, splade_source):
+    """`task` picks a side of inference-free models (tests/test_tei_more.py); a SPLADE model
+    of one side serves both with it, as SparseEncoder.encode_query / encode_document do."""
+    expected = sparse_reference(splade_source, TEXTS[:2])
+    for task in ("query", "document"):
+        answer = tei.post("/embed_sparse", {"inputs": TEXTS[:2], "task": task})
+        assert answer.status_code == 200, answer.text
+        for row, reference_row in zip(answer.json(), expected, strict=True):
+            indices = [entry["index"] for entry in row]
+            assert_sparse_equal(indices, [entry["value"] for entry in row], reference_row)
