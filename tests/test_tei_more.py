@@ -5,6 +5,8 @@ InferenceClient, which needs real HTTP."""
 
 from __future__ import annotations
 
+import json
+
 import falcon.testing
 import numpy as np
 import pytest
@@ -97,6 +99,7 @@ def encoded(reference, texts: list[str], task: str | None) -> np.ndarray:
 
 def test_inference_free_build_is_verified_on_both_sides(engines):
     from runtime.repository import Repository
+    from runtime.repository.manifest import Manifest
 
     entry = Repository(engines).find(INFERENCE_FREE)
     manifest = entry.manifest
@@ -113,6 +116,7 @@ def test_inference_free_build_is_verified_on_both_sides(engines):
         figures = manifest.build["verification"][side]
         assert figures["index_mismatches"] == 0 and figures["max_relative_error"] <= 1e-4
     assert manifest.build["verification"]["query"]["max_abs_error"] == 0  # a lookup: exact
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
 
 
 @pytest.mark.parametrize("task", [None, "query", "document"])
