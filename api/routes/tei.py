@@ -3,11 +3,10 @@ InferenceClient, LangChain's HuggingFaceEndpointEmbeddings, LlamaIndex, Haystack
 
 Routes: POST /embed, /embed_all, /embed_sparse, /rerank, /predict, /similarity, /tokenize,
 /decode, / (the served model's own task, as TEI routes it) and /vertex (Vertex AI's shape),
-GET /info. /embed and /rerank are
-shared with the ingrain API, whose routes there hand TEI bodies on (`speaks_tei`); POST / is
-shared with the playground's GET / (api.pages.Home). Requests name no model:
-api.routes.tei_models chooses it. Errors come out in TEI's shape and statuses
-(api.routes.tei_errors).
+GET /info. /embed and /rerank are shared with the ingrain API, whose routes there hand TEI
+bodies on (`speaks_tei`); POST / is shared with the playground's GET / (api.pages.Home).
+Requests name no model: api.routes.tei_models chooses it. Errors come out in TEI's shape and
+statuses (api.routes.tei_errors).
 """
 
 from __future__ import annotations
