@@ -141,6 +141,8 @@ class Model:
         registry's), else the model gets its own from `runtime.fetch`."""
         manifest, directory = entry.manifest, entry.directory
         runtime = runtime or RuntimeConfig()
+        # Before any tower starts: a broken lookup fails the load with nothing to close.
+        sparse_query = open_query_lookup(directory, manifest.sparse_query)
         text = image = tokens = None
         if "text" in manifest.towers:
             if manifest.tokenizer is None:
@@ -174,7 +176,7 @@ class Model:
         if "pair" in manifest.towers:
             pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
         model = cls(manifest, text, image, classifier, pair, tokens)
-        model.sparse_query = open_query_lookup(directory, manifest.sparse_query)
+        model.sparse_query = sparse_query
         model.directory = directory
         model.warm_up()
         return model

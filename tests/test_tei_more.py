@@ -308,3 +308,18 @@ def test_huggingface_hub_sees_tei_errors_and_answers(keyed_server, sources):
         [TEXTS[0]], normalize_embeddings=True
     )
     assert cosines(served, expected).min() >= 0.9999
+
+
+def test_a_broken_query_lookup_fails_the_load(engines, tmp_path):
+    import shutil
+
+    from runtime.errors import ModelLoadError
+    from runtime.models import Model
+    from runtime.repository import Entry, Repository
+
+    entry = Repository(engines).find(INFERENCE_FREE)
+    copy = tmp_path / "engine"
+    shutil.copytree(entry.directory, copy)
+    (copy / "query_weights.npy").write_bytes(b"\x93NUMPY not an array")
+    with pytest.raises(ModelLoadError, match=r"query_weights\.npy"):
+        Model.load(Entry(copy, entry.manifest), EXACT)
