@@ -190,7 +190,8 @@ def _run_label(run: dict) -> str:
     marks = {"measured": "(measured)", "not measured yet": "(unmeasured)"}
     mark = marks.get(run["chosenBy"], "")
     int8 = run["probe"] and run["probe"].get("onnxruntime/int8")
-    return f"{run['backend']}/{run['precision']}{mark}" + ("+int8" if int8 else "")
+    large = f",>{run['split']['above']}:{run['split']['large']}" if run.get("split") else ""
+    return f"{run['backend']}/{run['precision']}{large}{mark}" + ("+int8" if int8 else "")
 
 
 @main.command("remove")

@@ -194,20 +194,30 @@ def engine_summary(
 ) -> dict:
     """What the tower runs on here, for `ingrain list` and /model_info: backend, precision,
     and under `auto` on the CPU whether that was measured on this host (`chosenBy`: measured,
-    or `not measured yet` before the first load) and the figures it was chosen by."""
+    or `not measured yet` before the first load), the figures it was chosen by, and the
+    engine that runs the larger executions where it keeps two (`split`)."""
     try:
         selection = select(served_graph(tower, runtime, model), runtime, model, directory)
     except BackendUnavailable as error:
-        return {"backend": None, "precision": None, "chosenBy": None, "error": str(error)}
+        return {
+            "backend": None,
+            "precision": None,
+            "chosenBy": None,
+            "split": None,
+            "error": str(error),
+        }
     chosen_by = "flag or only candidate"
     if selection.candidates:
         chosen_by = "measured" if selection.decision is not None else "not measured yet"
-    figures = selection.decision.figures if selection.decision is not None else None
+    decision = selection.decision
+    split = decision.split if decision is not None else None
     return {
         "backend": selection.backend,
         "precision": selection.precision,
         "chosenBy": chosen_by,
-        "probe": figures,
+        "probe": decision.figures if decision is not None else None,
+        # Executions of more than `above` tokens run on `large` (backend/precision).
+        "split": split.to_json() if split is not None else None,
     }
 
 

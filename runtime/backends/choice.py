@@ -6,6 +6,12 @@ the server really uses and run on the shapes the batcher forms: one short row, a
 at a typical length. Rounds are interleaved (every candidate once per shape per round, the order
 rotating), so a noisy neighbour slows all of them alike; the figure per shape is the median.
 
+Where one candidate is clearly fastest on short executions and another on full batches (on a
+CPU with BF16, ONNX Runtime f32 often answers one text sooner while OpenVINO bf16 runs a full
+batch 2-3x faster), the tower keeps both and runs each execution on the one that is faster at
+its size: the crossover comes from a straight line (fixed cost + cost per token) fitted through
+each candidate's two figures.
+
 The choice and its figures are kept in a small JSON file per tower and key, the key being
 everything that could change the answer (CPU model and flags, backend versions, the model
 files' SHA-256, threads, the candidates): a restart with the same key probes nothing. A file
@@ -34,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend
+from runtime.backends.split import SplitBackend
 from runtime.repository.digests import sha256_file
 from runtime.repository.manifest import TowerSpec, write_atomically
 
@@ -48,7 +55,10 @@ PROBE_BUDGET_S = 3.0
 LOCK_WAIT_S = 60.0
 # Precisions that change results: measured and shown, never chosen by `auto`.
 LOSSY = ("int8",)
-KEY_VERSION = 1
+KEY_VERSION = 2
+# Each of two candidates must beat the other by this much on its own shape for the tower to
+# keep both (a second engine costs its memory; a small gain is not worth it).
+SPLIT_MARGIN = 1.2
 # A state file is a few hundred bytes; anything much larger is not one.
 MAX_STATE_BYTES = 1 << 20
 
@@ -69,6 +79,18 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Split:
+    """Executions of more than `above` tokens (rows x row length; images: rows) run on
+    `large`; the others on the decision's `choice`."""
+
+    large: Candidate
+    above: int
+
+    def to_json(self) -> dict:
+        return {"large": self.large.label, "above": self.above}
+
+
+@dataclass(frozen=True)
 class Decision:
     """What `auto` runs a tower on, the figures it chose by, and whether they were measured now
     or read from the state file."""
@@ -77,16 +99,32 @@ class Decision:
     # candidate label -> shape label ("1x16") -> median milliseconds
     figures: dict[str, dict[str, float]]
     source: str  # "measured" or "cached"
+    split: Split | None = None
+
+    @property
+    def label(self) -> str:
+        """The choice as `ingrain list` and the logs show it."""
+        if self.split is None:
+            return self.choice.label
+        return (
+            f"{self.choice.label} up to {self.split.above} tokens, {self.split.large.label} above"
+        )
 
     def summary(self) -> str:
         parts = [
             f"{label} " + " ".join(f"{shape}: {ms:.2f} ms" for shape, ms in shapes.items())
             for label, shapes in self.figures.items()
         ]
-        return f"{self.choice.label} ({self.source}; {'; '.join(parts)})"
+        return f"{self.label} ({self.source}; {'; '.join(parts)})"
 
     def to_json(self) -> dict:
-        return {"choice": self.choice.label, "source": self.source, "figures": self.figures}
+        split = {"split": self.split.to_json()} if self.split is not None else {}
+        return {
+            "choice": self.choice.label,
+            "source": self.source,
+            "figures": self.figures,
+            **split,
+        }
 
 
 def choose(figures: dict[str, dict[str, float]]) -> Candidate:
@@ -105,6 +143,46 @@ def choose(figures: dict[str, dict[str, float]]) -> Candidate:
         return math.exp(sum(math.log(max(value, 1e-9)) for value in values) / len(values))
 
     return Candidate.parse(min(eligible, key=score))
+
+
+def plan(figures: dict[str, dict[str, float]]) -> tuple[Candidate, Split | None]:
+    """The choice, and a split where the fastest lossless candidate on the smallest probe shape
+    is not the fastest on the largest and each beats the other by SPLIT_MARGIN on its own
+    shape. The threshold is where the two candidates' cost lines (fixed + per token, through
+    their two figures) cross."""
+    choice = choose(figures)
+    lossless = {
+        label: shapes
+        for label, shapes in figures.items()
+        if Candidate.parse(label).precision not in LOSSY and len(shapes) >= 2
+    }
+    if len(lossless) < 2:
+        return choice, None
+    shapes = sorted(next(iter(lossless.values())), key=shape_tokens)
+    small, large = shapes[0], shapes[-1]
+    fast_small = min(lossless, key=lambda label: lossless[label][small])
+    fast_large = min(lossless, key=lambda label: lossless[label][large])
+    if fast_small == fast_large:
+        return choice, None
+    a, b = lossless[fast_small], lossless[fast_large]
+    if a[large] < b[large] * SPLIT_MARGIN or b[small] < a[small] * SPLIT_MARGIN:
+        return choice, None
+    tokens_small, tokens_large = shape_tokens(small), shape_tokens(large)
+
+    def line(figures: dict[str, float]) -> tuple[float, float]:
+        per_token = (figures[large] - figures[small]) / (tokens_large - tokens_small)
+        return figures[small] - per_token * tokens_small, per_token
+
+    (fixed_a, slope_a), (fixed_b, slope_b) = line(a), line(b)
+    crossing = (fixed_b - fixed_a) / (slope_a - slope_b)
+    above = int(min(max(crossing, tokens_small), tokens_large - 1))
+    return Candidate.parse(fast_small), Split(Candidate.parse(fast_large), above)
+
+
+def shape_tokens(label: str) -> int:
+    """Tokens an execution of the shape holds ("32x64": 2048; an image batch "8": 8)."""
+    rows, _, tokens = label.partition("x")
+    return int(rows) * (int(tokens) if tokens else 1)
 
 
 def probe_shapes(tower: TowerSpec) -> list[tuple[int, int | None]]:
@@ -259,7 +337,15 @@ def read_cached(path: Path, key: dict) -> Decision | None:
             for shapes in figures.values()
         ):
             return None
-        return Decision(choice, figures, "cached")
+        split = None
+        if "split" in stored:
+            large, above = stored["split"]["large"], stored["split"]["above"]
+            if large not in key["candidates"] or Candidate.parse(large).precision in LOSSY:
+                return None
+            if not isinstance(above, int) or isinstance(above, bool) or above < 0:
+                return None
+            split = Split(Candidate.parse(large), above)
+        return Decision(choice, figures, "cached", split)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -337,11 +423,11 @@ def decide(
         return decision, _keep(decision, backends, opener)
     cached = read_cached(path, key)
     if cached is not None:
-        return cached, opener(cached.choice)
+        return cached, _open_decision(cached, opener)
     with _exclusive(path) as locked:
         cached = read_cached(path, key)  # another worker may have probed while we waited
         if cached is not None:
-            return cached, opener(cached.choice)
+            return cached, _open_decision(cached, opener)
         decision, backends = _probe(tower, candidates, shapes, opener)
         if locked:
             stored = {"key": key, **decision.to_json(), "measured": time.time()}
@@ -367,13 +453,27 @@ def _probe(tower, candidates, shapes, opener) -> tuple[Decision, dict[str, Backe
     except Exception:
         _close(backends.values())
         raise
-    return Decision(choose(figures), figures, "measured"), backends
+    choice, split = plan(figures)
+    return Decision(choice, figures, "measured", split), backends
 
 
 def _keep(decision: Decision, backends: dict[str, Backend], opener) -> Backend:
-    chosen = backends.pop(decision.choice.label, None)
+    """The decision's backend(s), taken from the probe's where it opened them."""
+    kept = [decision.choice] + ([decision.split.large] if decision.split else [])
+    opened = {c.label: backends.pop(c.label, None) or opener(c) for c in kept}
     _close(backends.values())
-    return chosen if chosen is not None else opener(decision.choice)
+    return _combine(decision, opened)
+
+
+def _open_decision(decision: Decision, opener) -> Backend:
+    return _keep(decision, {}, opener)
+
+
+def _combine(decision: Decision, opened: dict[str, Backend]) -> Backend:
+    small = opened[decision.choice.label]
+    if decision.split is None:
+        return small
+    return SplitBackend(small, opened[decision.split.large.label], decision.split.above)
 
 
 def _close(backends) -> None:
