@@ -190,8 +190,11 @@ def _run_label(run: dict) -> str:
     marks = {"measured": "(measured)", "not measured yet": "(unmeasured)"}
     mark = marks.get(run["chosenBy"], "")
     int8 = run["probe"] and run["probe"].get("onnxruntime/int8")
-    large = f",>{run['split']['above']}:{run['split']['large']}" if run.get("split") else ""
-    return f"{run['backend']}/{run['precision']}{large}{mark}" + ("+int8" if int8 else "")
+    split = run.get("split")
+    engines = f"{run['backend']}/{run['precision']}"
+    if split:
+        engines = f"{split['small']},>{split['above']}:{split['large']}"
+    return f"{engines}{mark}" + ("+int8" if int8 else "")
 
 
 @main.command("remove")

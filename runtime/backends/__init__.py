@@ -210,15 +210,21 @@ def engine_summary(
     if selection.candidates:
         chosen_by = "measured" if selection.decision is not None else "not measured yet"
     decision = selection.decision
-    split = decision.split if decision is not None else None
-    return {
+    summary = {
         "backend": selection.backend,
         "precision": selection.precision,
         "chosenBy": chosen_by,
         "probe": decision.figures if decision is not None else None,
-        # Executions of more than `above` tokens run on `large` (backend/precision).
-        "split": split.to_json() if split is not None else None,
+        "split": None,
     }
+    if decision is not None and decision.split is not None:
+        # Two engines, named as /metrics names them; executions of more than `above` tokens
+        # run on `large` (backend/precision), the others on `small`.
+        large = decision.split.large
+        summary["backend"] = "+".join(dict.fromkeys((selection.backend, large.backend)))
+        summary["precision"] = "+".join(dict.fromkeys((selection.precision, large.precision)))
+        summary["split"] = {"small": decision.choice.label, **decision.split.to_json()}
+    return summary
 
 
 VNNI = {"avx512_vnni", "avx_vnni"}
