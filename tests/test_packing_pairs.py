@@ -4,6 +4,9 @@ builder, run on both CPU backends and served over real HTTP."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import requests
@@ -11,10 +14,16 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from builder import Progress, build_model
+from runtime.backends.tensorrt.plan import (
+    output_max_shape,
+    packed_row_lengths,
+    plan_profiles,
+    select_profile,
+)
 from runtime.config import RuntimeConfig
 from runtime.models import Model
-from runtime.repository import Repository
-from runtime.repository.manifest import Manifest
+from runtime.repository import Repository, slugify
+from runtime.repository.manifest import Manifest, PlanSpec
 from runtime.text import TokenRow
 from tests.conftest import (
     CLIP,
@@ -208,3 +217,27 @@ def test_served_packed_towers_match_the_source_libraries(
     # Padded, every CLIP text runs at the 77-token context; packed, at its own length.
     executed, padding = token_counters(packed_server, CLIP, "text_encoder")
     assert 0 < executed - padding < 77 * len(TEXTS)
+
+
+def test_packed_plans_profile_rows_by_row_length_up_to_the_longest_text():
+    assert packed_row_lengths(128, 256) == (1, 128, 256)  # rows grow to 256 tokens
+    assert packed_row_lengths(512, 256) == (1, 128, 512)  # or to the longest text
+    assert packed_row_lengths(77, 256) == (1, 128, 256)
+    profiles = plan_profiles((1, 8, 32), packed_row_lengths(512, 256))
+    assert select_profile(profiles, 3, 300) == 0 and select_profile(profiles, 20, 512) == 1
+
+
+def test_a_packed_plan_holds_at_most_one_text_per_token_of_its_largest_input():
+    assert output_max_shape((-1, 384), (32, 256)) == (32 * 256, 384)
+    assert output_max_shape((8, 384), (8, 77)) == (8, 384)  # padded: as TensorRT says
+
+
+def test_a_packed_plan_round_trips_through_model_json(packed_engines):
+    manifest = Manifest.read(packed_engines / slugify(CLIP))
+    text = manifest.towers["text"]
+    info = PlanSpec("10.9.0", "NVIDIA A10G", "8.6", tuple(plan_profiles((1, 8, 32), (1, 128, 256))))
+    packed = replace(text.packed, plan="text.packed.plan", plan_info=info)
+    planned = replace(manifest, towers={"text": replace(text, packed=packed)})
+    read = Manifest.from_dict(json.loads(planned.to_json()))
+    assert read.towers["text"].packed == packed
+    assert "text.packed.plan" in read.named_files()
