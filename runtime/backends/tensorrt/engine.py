@@ -69,10 +69,12 @@ class _Slot:
         self.events = [cuda.Event() for _ in range(4)]
 
     def output_shape(self, output: str) -> tuple[int, ...]:
-        """The last execution's output shape."""
-        if self.allocator is not None:
-            return self.allocator.shape
-        return tuple(self.context.get_tensor_shape(output))
+        """The enqueued execution's output shape. A data-dependent one is reported to the
+        allocator as the execution runs: wait for it first."""
+        if self.allocator is None:
+            return tuple(self.context.get_tensor_shape(output))
+        self.stream.synchronize()
+        return self.allocator.shape
 
     def _allocate(self, name: str, shape: tuple[int, ...], engine) -> None:
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
