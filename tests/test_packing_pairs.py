@@ -14,12 +14,15 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from builder import Progress, build_model
+from builder.packed import segment_attention
+from builder.packed_pairs import first_tokens
 from runtime.backends.tensorrt.plan import (
     output_max_shape,
     packed_row_lengths,
     plan_profiles,
     select_profile,
 )
+from runtime.batching.packing import pack
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
@@ -241,3 +244,20 @@ def test_a_packed_plan_round_trips_through_model_json(packed_engines):
     read = Manifest.from_dict(json.loads(planned.to_json()))
     assert read.towers["text"].packed == packed
     assert "text.packed.plan" in read.named_files()
+
+
+def test_pack_keeps_each_pairs_token_types_with_its_tokens():
+    ids = [[101, 7, 102, 8, 102], [101, 102], [101, 5, 5, 102, 9, 9, 9, 102]]
+    types = [[0, 0, 0, 1, 1], [0, 0], [0, 0, 0, 0, 1, 1, 1, 1]]
+    inputs = pack(ids, pad_id=0, token_types=types)
+    for pair, (pair_ids, pair_types) in enumerate(zip(ids, types, strict=True), start=1):
+        here = inputs["segment_ids"] == pair
+        assert inputs["input_ids"][here].tolist() == pair_ids
+        assert inputs["token_type_ids"][here].tolist() == pair_types
+    assert (inputs["token_type_ids"][inputs["segment_ids"] == 0] == 0).all()
+
+
+def test_first_tokens_gathers_each_segments_first_token_in_segment_order():
+    segments = torch.tensor([[3, 3, 3, 1, 1, 0], [2, 2, 2, 2, 4, 0]])
+    _, positions = segment_attention(segments, torch.float32)
+    assert first_tokens(segments, positions).tolist() == [3, 6, 0, 10]
