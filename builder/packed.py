@@ -45,6 +45,59 @@ def segment_attention(
     return mask[:, None], positions
 
 
+def pool_segments(
+    hidden: torch.Tensor,
+    segment_ids: torch.Tensor,
+    positions: torch.Tensor,
+    modes: tuple[str, ...],
+) -> list[torch.Tensor]:
+    """sentence-transformers' pooling modes, per text. Sums per text are scatter-adds over
+    the flattened tokens, never matrix products: OpenVINO runs those in bf16 on a BF16 CPU,
+    which would round every hidden state that pooling adds up."""
+    width = hidden.shape[-1]
+    flat_segments = segment_ids.reshape(-1)
+    flat_hidden = hidden.reshape(-1, width)
+    flat_positions = positions.reshape(-1, 1).to(hidden.dtype)
+    slots = torch.arange(segment_ids.max() + 1, device=hidden.device)  # slot 0: row tails
+    texts = slots[1:]
+
+    def per_slot(values: torch.Tensor) -> torch.Tensor:
+        """Sums of `values` [tokens, n] per slot: [1 + texts, n]."""
+        zeros = torch.zeros_like(slots[:, None], dtype=values.dtype) + torch.zeros_like(values[:1])
+        index = flat_segments[:, None].expand(-1, values.shape[1])
+        return zeros.scatter_add(0, index, values)
+
+    def per_text(values: torch.Tensor) -> torch.Tensor:
+        return per_slot(values)[1:]
+
+    slot_counts = per_slot(torch.ones_like(flat_positions))
+    counts = slot_counts[1:]
+    lengths = slot_counts[flat_segments]  # each token's text length
+    vectors = []
+    for mode in modes:
+        if mode == "mean":
+            vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9))
+        elif mode == "mean_sqrt_len_tokens":
+            vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9).sqrt())
+        elif mode == "cls":
+            vectors.append(per_text(flat_hidden * (flat_positions == 0)))
+        elif mode == "lasttoken":
+            vectors.append(per_text(flat_hidden * (flat_positions == lengths - 1)))
+        elif mode == "weightedmean":
+            weights = flat_positions + 1
+            total = per_text(weights).clamp(min=1e-9)
+            vectors.append(per_text(flat_hidden * weights) / total)
+        elif mode == "max":
+            member = segment_ids[None] == texts[:, None, None]  # [texts, rows, length]
+            row = member.any(-1).to(torch.int32).argmax(-1)  # each text's row
+            own = segment_ids[row] == texts[:, None]  # [texts, length]
+            values = hidden[row].masked_fill(~own[:, :, None], float("-inf"))
+            vectors.append(values.max(dim=1).values)
+        else:
+            raise ValueError(f"pooling mode {mode!r} has no packed form")
+    return vectors
+
+
 def verification_mixes(count: int) -> list[list[int]]:
     """Orders of `count` verification items to pack together: as given, reversed, and the even
     items before the odd ones, so every item shares rows with different neighbours."""

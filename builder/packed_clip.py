@@ -7,19 +7,30 @@ the full context length; packed, the inputs are `input_ids` and `segment_ids` as
 sentence-transformers text graphs (builder.packed_text), the mask is block-diagonal and causal,
 position embeddings restart at each text, and each text's pooled token is read from its own
 segment. The output is one embedding per text, [texts, dim], in segment order.
+
+A Hugging Face text tower (CustomTextCLIP's HFTextEncoder) packs as sentence-transformers
+models do: a bidirectional encoder with a block-diagonal mask, its mean or first-token pooler
+per text, then its projection.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, HFTextEncoder, MeanPooler
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import ResidualAttentionBlock, TextTransformer
 
 from builder.onnx_export import export_onnx
-from builder.packed import segment_attention
+from builder.packed import (
+    pool_segments,
+    position_offset,
+    segment_attention,
+    transformer_unpackable,
+)
 from builder.packed_text import OUTPUT, PACKED_INPUTS
 from runtime.repository.manifest import PackedSpec, TensorSpec
 
@@ -33,11 +44,7 @@ def _text(model: torch.nn.Module) -> torch.nn.Module | str:
         return model  # classic CLIP keeps its text parts on the model itself
     if isinstance(model, CustomTextCLIP) and isinstance(model.text, TextTransformer):
         return model.text
-    text = getattr(model, "text", None)
-    return (
-        f"its text tower is {type(text or model).__name__}, not OpenCLIP's own text "
-        "transformer (a Hugging Face text tower keeps the padded graph)"
-    )
+    return f"its text tower is {type(getattr(model, 'text', model)).__name__}"
 
 
 def _pool_type(text: torch.nn.Module) -> str:
@@ -50,8 +57,18 @@ def _eos_id(text: torch.nn.Module) -> int | None:
     return getattr(text, "eos_id", None)
 
 
+def _hf_text(model: torch.nn.Module) -> HFTextEncoder | None:
+    text = getattr(model, "text", None)
+    return text if isinstance(text, HFTextEncoder) else None
+
+
 def unpackable(model: torch.nn.Module) -> str | None:
     """Why the model's text tower cannot run packed (None when it can try)."""
+    hf_text = _hf_text(model)
+    if hf_text is not None:
+        if _hf_pooling(hf_text) is None:
+            return f"its text pooler ({type(hf_text.pooler).__name__}) has no packed form"
+        return transformer_unpackable(hf_text.transformer)
     text = _text(model)
     if isinstance(text, str):
         return text
@@ -122,6 +139,45 @@ class PackedClipText(torch.nn.Module):
         return row, key.masked_fill(~own, -1).argmax(-1)
 
 
+def _hf_pooling(text: HFTextEncoder) -> str | None:
+    """The pooling mode (builder.packed.pool_segments) of a Hugging Face text tower's pooler:
+    a masked mean, or the first token's last hidden state."""
+    pooler = text.pooler
+    if isinstance(pooler, MeanPooler):
+        return "mean"
+    first_token = isinstance(pooler, ClsLastHiddenStatePooler) or (
+        isinstance(pooler, ClsPooler) and not pooler.use_pooler_output
+    )
+    return "cls" if first_token and pooler.cls_token_position == 0 else None
+
+
+class PackedHFClipText(torch.nn.Module):
+    """A Hugging Face CLIP text tower over packed rows (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        text = _hf_text(model)
+        self.transformer = text.transformer
+        self.projection = text.proj
+        self.mode = _hf_pooling(text)
+        self.position_offset = position_offset(self.transformer)
+        parameters = inspect.signature(self.transformer.forward).parameters
+        self.takes_token_types = "token_type_ids" in parameters
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        mask, positions = segment_attention(segment_ids, self.transformer.dtype)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": positions + self.position_offset,
+        }
+        if self.takes_token_types:  # explicit: the model's buffered zeros stop at its maximum
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+        hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
+        [pooled] = pool_segments(hidden, segment_ids, positions, (self.mode,))
+        return self.projection(pooled)
+
+
 def _residual_block(
     block: ResidualAttentionBlock, x: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
@@ -146,8 +202,12 @@ def _residual_block(
 
 def export_packed(model: torch.nn.Module, path: Path, dim: int) -> PackedSpec:
     """Export the packed graph to `path`, traced on two rows holding four texts."""
-    module = PackedClipText(model)
-    vocabulary = module.text.token_embedding.num_embeddings
+    if _hf_text(model) is not None:
+        module = PackedHFClipText(model)
+        vocabulary = module.transformer.config.vocab_size
+    else:
+        module = PackedClipText(model)
+        vocabulary = module.text.token_embedding.num_embeddings
     start, end = vocabulary - 2, vocabulary - 1  # CLIP's start and end of text
     example_ids = torch.tensor(
         [[start, 320, 1125, end, start, 500, end, 0], [start, 320, 1125, 530, end, start, end, 0]]

@@ -20,6 +20,7 @@ from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
 from builder.onnx_export import export_onnx
 from builder.packed import (
+    pool_segments,
     position_offset,
     segment_attention,
     transformer_unpackable,
@@ -78,62 +79,11 @@ class PackedSentenceEmbedding(torch.nn.Module):
         if self.takes_token_types:
             inputs["token_type_ids"] = torch.zeros_like(input_ids)
         hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
-        pooled = torch.cat(self._pool(hidden, segment_ids, positions), dim=-1)
+        pooled = torch.cat(pool_segments(hidden, segment_ids, positions, self.modes), dim=-1)
         features = {"sentence_embedding": pooled}
         for module in self.after:
             features = module(features)
         return features["sentence_embedding"]
-
-    def _pool(
-        self, hidden: torch.Tensor, segment_ids: torch.Tensor, positions: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """sentence-transformers' pooling modes, per text. Sums per text are scatter-adds over
-        the flattened tokens, never matrix products: OpenVINO runs those in bf16 on a BF16 CPU,
-        which would round every hidden state that pooling adds up."""
-        width = hidden.shape[-1]
-        flat_segments = segment_ids.reshape(-1)
-        flat_hidden = hidden.reshape(-1, width)
-        flat_positions = positions.reshape(-1, 1).to(hidden.dtype)
-        slots = torch.arange(segment_ids.max() + 1, device=hidden.device)  # slot 0: row tails
-        texts = slots[1:]
-
-        def per_slot(values: torch.Tensor) -> torch.Tensor:
-            """Sums of `values` [tokens, n] per slot: [1 + texts, n]."""
-            zeros = torch.zeros_like(slots[:, None], dtype=values.dtype) + torch.zeros_like(
-                values[:1]
-            )
-            index = flat_segments[:, None].expand(-1, values.shape[1])
-            return zeros.scatter_add(0, index, values)
-
-        def per_text(values: torch.Tensor) -> torch.Tensor:
-            return per_slot(values)[1:]
-
-        slot_counts = per_slot(torch.ones_like(flat_positions))
-        counts = slot_counts[1:]
-        lengths = slot_counts[flat_segments]  # each token's text length
-        vectors = []
-        for mode in self.modes:
-            if mode == "mean":
-                vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9))
-            elif mode == "mean_sqrt_len_tokens":
-                vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9).sqrt())
-            elif mode == "cls":
-                vectors.append(per_text(flat_hidden * (flat_positions == 0)))
-            elif mode == "lasttoken":
-                vectors.append(per_text(flat_hidden * (flat_positions == lengths - 1)))
-            elif mode == "weightedmean":
-                weights = flat_positions + 1
-                total = per_text(weights).clamp(min=1e-9)
-                vectors.append(per_text(flat_hidden * weights) / total)
-            elif mode == "max":
-                member = segment_ids[None] == texts[:, None, None]  # [texts, rows, length]
-                row = member.any(-1).to(torch.int32).argmax(-1)  # each text's row
-                own = segment_ids[row] == texts[:, None]  # [texts, length]
-                values = hidden[row].masked_fill(~own[:, :, None], float("-inf"))
-                vectors.append(values.max(dim=1).values)
-            else:
-                raise ValueError(f"pooling mode {mode!r} has no packed form")
-        return vectors
 
 
 def export_packed(

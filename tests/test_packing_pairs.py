@@ -5,6 +5,7 @@ builder, run on both CPU backends and served over real HTTP."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -57,7 +58,8 @@ def packed_engines(tmp_path_factory, pair_sources, clip_sources):
     quiet = Progress(quiet=True)
     for name, source in pair_sources.items():
         build_model(str(source), root, name=name, progress=quiet)
-    build_model(f"local-dir:{clip_sources[CLIP]}", root, name=CLIP, progress=quiet)
+    for name in (CLIP, CUSTOM_CLIP):
+        build_model(f"local-dir:{clip_sources[name]}", root, name=name, progress=quiet)
     return root
 
 
@@ -125,10 +127,11 @@ def clip_rows(model: Model) -> list[TokenRow]:
     return [TokenRow([start]), *rows, TokenRow([start] + [320] * (context - 2) + [end])]
 
 
+@pytest.mark.parametrize("name", [CLIP, CUSTOM_CLIP])  # OpenCLIP's own text tower, and BERT's
 def test_a_packed_clip_text_tower_matches_the_padded_graph_and_open_clip(
-    packed_engines, clip_reference
+    packed_engines, clip_reference, name
 ):
-    entry = Repository(packed_engines).find(CLIP)
+    entry = Repository(packed_engines).find(name)
     packed_spec = entry.manifest.towers["text"].packed
     assert packed_spec is not None and packed_spec.figures["min_cosine"] >= 0.9999
     for backend in BACKENDS:
@@ -141,12 +144,12 @@ def test_a_packed_clip_text_tower_matches_the_padded_graph_and_open_clip(
                 embeddings[packing] = model.embed_tokens(rows, normalize=False, n_dims=None)
             finally:
                 model.close()
-        assert {len(row.ids) for row in rows} >= {1, 77}
+        assert {len(row.ids) for row in rows} >= {1, entry.manifest.tokenizer.max_length}
         cosine = cosines(embeddings[True], embeddings[False]).min()
         error = np.abs(embeddings[True] - embeddings[False]).max()
-        print(f"CLIP text {backend}: min cosine {cosine:.7f}, max abs {error:.2e}")
+        print(f"{name} text {backend}: min cosine {cosine:.7f}, max abs {error:.2e}")
         assert cosine >= 0.9999
-    reference, _, tokenizer = clip_reference[CLIP]
+    reference, _, tokenizer = clip_reference[name]
     with torch.no_grad():
         expected = reference.encode_text(tokenizer(TEXTS)).numpy()
     model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
@@ -157,17 +160,24 @@ def test_a_packed_clip_text_tower_matches_the_padded_graph_and_open_clip(
     assert cosines(served, expected).min() >= 0.9999
 
 
-def test_a_clip_with_a_hugging_face_text_tower_builds_padded_only_saying_why(
+def test_a_clip_text_tower_that_reads_its_padding_builds_padded_only_saying_why(
     tmp_path, clip_sources, capsys
 ):
-    build_model(f"local-dir:{clip_sources[CUSTOM_CLIP]}", tmp_path, name="custom")
-    manifest = Manifest.read(tmp_path / "custom")
+    """Without a causal mask (and without a padding mask), a CLIP text token attends to the
+    padding after its text: the padded output depends on it, and packing would change it."""
+    source = tmp_path / "bidirectional"
+    shutil.copytree(clip_sources[CLIP], source)
+    config = json.loads((source / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["no_causal_mask"] = True
+    (source / "open_clip_config.json").write_text(json.dumps(config))
+    build_model(f"local-dir:{source}", tmp_path / "engines", name="bidirectional")
+    manifest = Manifest.read(tmp_path / "engines" / "bidirectional")
     assert manifest.towers["text"].packed is None
-    assert "HFTextEncoder" in manifest.build["packing"]
-    assert not (tmp_path / "custom" / "text.packed.onnx").exists()
+    assert "attends to the padding" in manifest.build["packing"]
+    assert not (tmp_path / "engines" / "bidirectional" / "text.packed.onnx").exists()
     said = capsys.readouterr().err
-    assert "text tower: padded graph only, not packed: its text tower is HFTextEncoder" in said
-    model = Model.load(Repository(tmp_path).find("custom"))
+    assert "text tower: padded graph only, not packed: its text transformer attends" in said
+    model = Model.load(Repository(tmp_path / "engines").find("bidirectional"))
     try:
         assert model.text.tower.spec.onnx == "text.onnx"
     finally:
