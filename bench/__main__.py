@@ -163,6 +163,11 @@ def overhead(
     show_default=True,
     help="Passes over the sentences in-process.",
 )
+@click.option(
+    "--pairs",
+    is_flag=True,
+    help="Also a MiniLM-sized cross-encoder in-process (query, sentence pairs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def packing(
     count: int,
@@ -171,6 +176,7 @@ def packing(
     in_process_only: bool,
     seconds: float,
     rounds: int,
+    pairs: bool,
     as_json: bool,
 ):
     """Packed vs padded text execution: in-process (random-arrival and sorted groups of 32, ONNX
@@ -185,7 +191,9 @@ def packing(
         except WrkMissing as error:
             raise click.ClickException(str(error)) from None
     show(
-        compare_packing(count, engines, list(serve_args), not in_process_only, seconds, rounds),
+        compare_packing(
+            count, engines, list(serve_args), not in_process_only, seconds, rounds, pairs
+        ),
         as_json,
     )
 

@@ -16,6 +16,9 @@ from builder.errors import BuildError
 from builder.image_input import ImageInput
 from builder.onnx_export import OPSET, export_onnx
 from builder.options import DEFAULT_PROMPT, BuildOptions, write_labels
+from builder.packed import add_packed
+from builder.packed_clip import export_packed, unpackable
+from builder.packed_text import PACKED_FILE, verify_packed
 from builder.progress import Progress
 from builder.verify import (
     load_staged,
@@ -300,4 +303,13 @@ def build(
     for figures in verification.values():
         progress.report(figures)
     manifest = replace(manifest, build={**manifest.build, "verification": verification})
+    manifest = add_packed(
+        manifest,
+        "text",
+        staging / PACKED_FILE,
+        unpackable(model),
+        lambda: export_packed(model, staging / PACKED_FILE, text_dim),
+        lambda trial: verify_packed(staging, manifest, trial, reference_texts),
+        progress,
+    )
     return verify_precisions(staging, manifest, check, progress)

@@ -9,7 +9,8 @@ return the logits exactly.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,13 @@ from sentence_transformers import CrossEncoder
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_token_model
 from builder.options import BuildOptions, write_labels
+from builder.packed import add_packed
+from builder.packed_pairs import PACKED_FILE, export_packed, unpackable, verify_packed
 from builder.progress import Progress
 from builder.sentence_transformer import max_length_of, text_inputs, write_tokenizer
 from builder.verify import VERIFICATION_TEXTS, check_max_abs, check_token_ids, load_staged
 from runtime.classifier import activate
+from runtime.models import Model
 from runtime.repository.manifest import ClassifierSpec, Manifest, TensorSpec, TowerSpec
 
 OUTPUT = "scores"
@@ -105,10 +109,20 @@ def build(
         classifier=ClassifierSpec(kind="logits", labels_file=labels_file, activation=activation),
         build={"source": source, "architectures": config.architectures},
     )
+    checks = _checks(model, task, activation, max_length)
     with progress.stage("Verifying ONNX Runtime against the source model"):
-        report = _verify(staging, manifest, model, max_length)
+        report, padded = _verify(staging, manifest, model, checks)
     progress.report(report)
     manifest = replace(manifest, build={**manifest.build, "verification": {"pair": report}})
+    manifest = add_packed(
+        manifest,
+        "pair",
+        staging / PACKED_FILE,
+        unpackable(model),
+        lambda: export_packed(model, staging / PACKED_FILE, input_names, len(labels)),
+        lambda trial: _verify_packed(staging, trial, checks, padded),
+        progress,
+    )
     if options.int8 is not None:
         if task != "rerank":
             raise BuildError("--int8 is for embedding models and rerankers, not text classifiers")
@@ -142,41 +156,80 @@ def _activation(source: str, model: CrossEncoder, task: str, problem_type: str |
     return ACTIVATIONS[kind]
 
 
-def _verify(staging: Path, manifest: Manifest, model: CrossEncoder, max_length: int) -> dict:
-    """Token ids equal to the source tokenizer's, and scores (reranker: CrossEncoder.predict on
-    pairs) or probabilities (classifier: the transformers model on texts) within 1e-4."""
+@dataclass(frozen=True)
+class _Checks:
+    """The verification inputs of a pair tower and the source library's outputs for them:
+    rerankers' scores (CrossEncoder.predict) on pairs, or classifiers' probabilities (the
+    transformers model) on texts."""
+
+    inputs: list
+    first: list[str]
+    second: list[str] | None
+    names: list[str]
+    expected: np.ndarray
+    what: str
+
+
+def _checks(model: CrossEncoder, task: str, activation: str, max_length: int) -> _Checks:
+    if task == "rerank":
+        pairs = verification_pairs()
+        first, second = [q for q, _ in pairs], [d for _, d in pairs]
+        names = [f"the pair ({q[:30]!r}, {d[:30]!r})" for q, d in pairs]
+        expected = np.asarray(model.predict(pairs, batch_size=8), dtype=np.float32)
+        return _Checks(pairs, first, second, names, expected, "reranker")
+    texts = VERIFICATION_TEXTS
+    encoded = model[0].tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model.model(**encoded).logits.float().numpy()
+    expected = activate(logits, activation)
+    names = [repr(text[:60]) for text in texts]
+    return _Checks(texts, texts, None, names, expected, "text classifier")
+
+
+def _outputs(served: Model, checks: _Checks, order: list[int] | None = None) -> np.ndarray:
+    """The served model's scores or probabilities for the checks' inputs (in `order`)."""
+    assert served.pair is not None and served.classifier is not None
+    order = order if order is not None else list(range(len(checks.first)))
+    first = [checks.first[i] for i in order]
+    second = None if checks.second is None else [checks.second[i] for i in order]
+    logits = served.pair.logits(first, second, truncate=True)
+    if checks.second is not None:
+        return activate(logits, served.pair.activation)[:, 0]
+    return served.classifier.probabilities(logits)
+
+
+def _verify(
+    staging: Path, manifest: Manifest, model: CrossEncoder, checks: _Checks
+) -> tuple[dict, np.ndarray]:
+    """Token ids equal to the source tokenizer's, and outputs within 1e-4 of the source
+    library's; the figures and the padded graph's outputs."""
     served = load_staged(staging, manifest)
-    assert served.pair is not None and manifest.classifier is not None
     try:
-        if manifest.task == "rerank":
-            pairs = verification_pairs()
-            first, second = [q for q, _ in pairs], [d for _, d in pairs]
-            names = [f"the pair ({q[:30]!r}, {d[:30]!r})" for q, d in pairs]
-            _check_ids(served, model, pairs, first, second, names)
-            logits = served.pair.logits(first, second, truncate=True)
-            ours = activate(logits, served.pair.activation)[:, 0]
-            theirs = np.asarray(model.predict(pairs, batch_size=8), dtype=np.float32)
-            return check_max_abs(ours, theirs, "reranker", names)
-        texts = VERIFICATION_TEXTS
-        names = [repr(text[:60]) for text in texts]
-        _check_ids(served, model, texts, texts, None, names)
-        ours = served.classifier.probabilities(served.pair.logits(texts, None, truncate=True))
-        encoded = model[0].tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        with torch.no_grad():
-            logits = model.model(**encoded).logits.float().numpy()
-        theirs = activate(logits, manifest.classifier.activation)
-        return check_max_abs(ours, theirs, "text classifier", names)
+        _check_ids(served, model, checks)
+        ours = _outputs(served, checks)
+        return check_max_abs(ours, checks.expected, checks.what, checks.names), ours
     finally:
         served.close()
 
 
-def _check_ids(served, model, inputs, first, second, names) -> None:
+def _verify_packed(staging: Path, trial: Manifest, checks: _Checks, padded: np.ndarray) -> dict:
+    """The packed graph in several mixes against the source library and the padded graph."""
+    served = load_staged(staging, trial)
+    try:
+        assert served.pair is not None and served.pair.tower.spec.onnx == PACKED_FILE
+        run = partial(_outputs, served, checks)
+        return verify_packed(run, padded, checks.expected, checks.names, checks.what)
+    finally:
+        served.close()
+
+
+def _check_ids(served: Model, model: CrossEncoder, checks: _Checks) -> None:
     assert served.pair is not None
     tokenizer = served.pair.tokenizer
-    encodings = tokenizer.encode(first, second)
+    encodings = tokenizer.encode(checks.first, checks.second)
     items = [(encoding.ids, encoding.type_ids) for encoding in encodings]
     ours = tokenizer.batch(items, ["input_ids"])["input_ids"]
-    theirs = model.preprocess(inputs)["input_ids"].numpy()
-    check_token_ids(ours, theirs, names)
+    theirs = model.preprocess(checks.inputs)["input_ids"].numpy()
+    check_token_ids(ours, theirs, checks.names)

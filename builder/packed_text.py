@@ -10,7 +10,7 @@ dim], texts being the largest segment id.
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,16 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
 from builder.onnx_export import export_onnx
-from builder.verify import compare
+from builder.packed import (
+    pool_segments,
+    position_offset,
+    segment_attention,
+    transformer_unpackable,
+    verification_mixes,
+)
+from builder.verify import VERIFICATION_TEXTS, compare, load_staged
 from runtime.batching.packing import SEGMENT_IDS
-from runtime.models import Model
-from runtime.repository.manifest import PackedSpec, TensorSpec
+from runtime.repository.manifest import Manifest, PackedSpec, TensorSpec
 
 PACKED_INPUTS = ("input_ids", SEGMENT_IDS)
 PACKED_FILE = "text.packed.onnx"
@@ -43,12 +49,7 @@ def unpackable(model: SentenceTransformer) -> str | None:
     for module in modules[2:]:
         if not isinstance(module, AFTER_POOLING):
             return f"it has a {type(module).__name__} module after pooling"
-    transformer = modules[0].auto_model
-    if transformer.config.is_encoder_decoder or getattr(transformer.config, "is_decoder", False):
-        return "its transformer is not a bidirectional encoder"
-    if "position_ids" not in inspect.signature(transformer.forward).parameters:
-        return f"{type(transformer).__name__} does not take position ids"
-    return None
+    return transformer_unpackable(modules[0].auto_model)
 
 
 class PackedSentenceEmbedding(torch.nn.Module):
@@ -66,81 +67,23 @@ class PackedSentenceEmbedding(torch.nn.Module):
         )
         self.after = torch.nn.ModuleList(modules[2:])
         self.takes_token_types = takes_token_types
-        # RoBERTa-style embeddings number positions from padding_idx + 1.
-        padding_idx = getattr(getattr(self.transformer, "embeddings", None), "padding_idx", None)
-        self.position_offset = 0 if padding_idx is None else padding_idx + 1
+        self.position_offset = position_offset(self.transformer)
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [rows, length, length]
-        length = segment_ids.shape[1]
-        earlier = torch.ones(length, length, dtype=torch.bool, device=same.device).tril(-1)
-        positions = (same & earlier).sum(-1)  # tokens of the same text before each token
-        dtype = self.transformer.dtype
-        mask = torch.zeros(same.shape, dtype=dtype).masked_fill(~same, torch.finfo(dtype).min)
+        mask, positions = segment_attention(segment_ids, self.transformer.dtype)
         inputs = {
             "input_ids": input_ids,
-            "attention_mask": mask[:, None],
+            "attention_mask": mask,
             "position_ids": positions + self.position_offset,
         }
         if self.takes_token_types:
             inputs["token_type_ids"] = torch.zeros_like(input_ids)
         hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
-        pooled = torch.cat(self._pool(hidden, segment_ids, positions), dim=-1)
+        pooled = torch.cat(pool_segments(hidden, segment_ids, positions, self.modes), dim=-1)
         features = {"sentence_embedding": pooled}
         for module in self.after:
             features = module(features)
         return features["sentence_embedding"]
-
-    def _pool(
-        self, hidden: torch.Tensor, segment_ids: torch.Tensor, positions: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """sentence-transformers' pooling modes, per text. Sums per text are scatter-adds over
-        the flattened tokens, never matrix products: OpenVINO runs those in bf16 on a BF16 CPU,
-        which would round every hidden state that pooling adds up."""
-        width = hidden.shape[-1]
-        flat_segments = segment_ids.reshape(-1)
-        flat_hidden = hidden.reshape(-1, width)
-        flat_positions = positions.reshape(-1, 1).to(hidden.dtype)
-        slots = torch.arange(segment_ids.max() + 1, device=hidden.device)  # slot 0: row tails
-        texts = slots[1:]
-
-        def per_slot(values: torch.Tensor) -> torch.Tensor:
-            """Sums of `values` [tokens, n] per slot: [1 + texts, n]."""
-            zeros = torch.zeros_like(slots[:, None], dtype=values.dtype) + torch.zeros_like(
-                values[:1]
-            )
-            index = flat_segments[:, None].expand(-1, values.shape[1])
-            return zeros.scatter_add(0, index, values)
-
-        def per_text(values: torch.Tensor) -> torch.Tensor:
-            return per_slot(values)[1:]
-
-        slot_counts = per_slot(torch.ones_like(flat_positions))
-        counts = slot_counts[1:]
-        lengths = slot_counts[flat_segments]  # each token's text length
-        vectors = []
-        for mode in self.modes:
-            if mode == "mean":
-                vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9))
-            elif mode == "mean_sqrt_len_tokens":
-                vectors.append(per_text(flat_hidden) / counts.clamp(min=1e-9).sqrt())
-            elif mode == "cls":
-                vectors.append(per_text(flat_hidden * (flat_positions == 0)))
-            elif mode == "lasttoken":
-                vectors.append(per_text(flat_hidden * (flat_positions == lengths - 1)))
-            elif mode == "weightedmean":
-                weights = flat_positions + 1
-                total = per_text(weights).clamp(min=1e-9)
-                vectors.append(per_text(flat_hidden * weights) / total)
-            elif mode == "max":
-                member = segment_ids[None] == texts[:, None, None]  # [texts, rows, length]
-                row = member.any(-1).to(torch.int32).argmax(-1)  # each text's row
-                own = segment_ids[row] == texts[:, None]  # [texts, length]
-                values = hidden[row].masked_fill(~own[:, :, None], float("-inf"))
-                vectors.append(values.max(dim=1).values)
-            else:
-                raise ValueError(f"pooling mode {mode!r} has no packed form")
-        return vectors
 
 
 def export_packed(
@@ -165,23 +108,36 @@ def export_packed(
 
 
 def verify_packed(
-    packed: Model, padded: np.ndarray, reference: np.ndarray, texts: list[str]
+    staging: Path,
+    manifest: Manifest,
+    trial: Manifest,
+    reference: Callable[[list[str]], np.ndarray],
+    texts: list[str] = VERIFICATION_TEXTS,
 ) -> dict:
-    """The packed graph on `texts` laid out in several mixes (all together, reversed, halves
-    interleaved) must match sentence-transformers (`reference`) and the padded graph
-    (`padded`) to MIN_COSINE on every text; figures of the worst mix."""
-    order = list(range(len(texts)))
-    mixes = [order, order[::-1], order[::2] + order[1::2]]
-    served = np.empty((len(mixes), *reference.shape), np.float32)
-    labels = [repr(text[:60]) for text in texts]
-    for which, mix in enumerate(mixes):
-        served[which][mix] = packed.embed_text([texts[i] for i in mix], False, None)
-    stacked = [np.concatenate(list(served)), np.tile(reference, (len(mixes), 1))]
-    against_source = compare(*stacked, "packed text tower", labels * len(mixes))
-    stacked[1] = np.tile(padded, (len(mixes), 1))
-    against_padded = compare(
-        *stacked, "packed text tower (against the padded graph)", labels * len(mixes)
-    )
+    """The text tower of `trial` (`manifest` with its packed graph) on `texts` laid out in
+    several mixes (all together, reversed, halves interleaved) must match the source library
+    (`reference`) and the padded graph of `manifest` to MIN_COSINE on every text; figures of
+    all mixes."""
+    padded, packed = load_staged(staging, manifest), load_staged(staging, trial)
+    try:
+        assert (
+            packed.text is not None
+            and packed.text.tower.spec.onnx == trial.towers["text"].packed.onnx
+        ), "the staged model does not serve its packed graph"
+        mixes = verification_mixes(len(texts))
+        served = np.empty((len(mixes), len(texts), packed.text.tower.spec.dim), np.float32)
+        for which, mix in enumerate(mixes):
+            served[which][mix] = packed.embed_text([texts[i] for i in mix], False, None)
+        expected = [reference(texts), padded.embed_text(texts, False, None)]
+    finally:
+        padded.close()
+        packed.close()
+    labels = [repr(text[:60]) for text in texts] * len(mixes)
+    stacked = np.concatenate(list(served))
+    what = "packed text tower"
+    against_source = compare(stacked, np.tile(expected[0], (len(mixes), 1)), what, labels)
+    what += " (against the padded graph)"
+    against_padded = compare(stacked, np.tile(expected[1], (len(mixes), 1)), what, labels)
     return {
         **against_source,
         "padded_min_cosine": against_padded["min_cosine"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,11 @@ from sentence_transformers.models import Pooling, Transformer
 from builder.errors import BuildError
 from builder.onnx_export import OPSET, export_token_model, token_tower
 from builder.options import BuildOptions
+from builder.packed import add_packed
 from builder.packed_text import PACKED_FILE, export_packed, unpackable, verify_packed
 from builder.progress import Progress
 from builder.token_embeddings import export_token_tower, verify_token_tower
 from builder.verify import (
-    VERIFICATION_TEXTS,
     load_staged,
     verify_precisions,
     verify_prompt,
@@ -221,35 +222,15 @@ def _with_packed(
     sentence-transformers and the padded graph; or without it, saying why, in
     build["packing"]."""
     tower = manifest.towers["text"]
-    why = unpackable(model)
-    if why is None:
-        try:
-            with progress.stage("Exporting the packed text tower (several texts per row)"):
-                token_types = any(t.name == "token_type_ids" for t in tower.inputs)
-                packed = export_packed(model, staging / PACKED_FILE, token_types, tower.dim)
-            with progress.stage("Verifying the packed text tower"):
-                figures = _verify_packed(model, staging, manifest, replace(tower, packed=packed))
-            progress.report(figures)
-            tower = replace(tower, packed=replace(packed, figures=figures))
-            return replace(manifest, towers={**manifest.towers, "text": tower})
-        except Exception as error:  # any failure keeps the padded graph, which passed
-            why = f"its packed graph failed: {error}"
-    (staging / PACKED_FILE).unlink(missing_ok=True)
-    progress.say(f"    text tower: padded graph only, not packed: {why}")
-    return replace(manifest, build={**manifest.build, "packing": why})
-
-
-def _verify_packed(model: SentenceTransformer, staging: Path, manifest: Manifest, tower) -> dict:
-    texts = VERIFICATION_TEXTS
-    padded = load_staged(staging, manifest)
-    packed = load_staged(staging, replace(manifest, towers={**manifest.towers, "text": tower}))
-    try:
-        return verify_packed(
-            packed,
-            padded.embed_text(texts, False, None),
-            model.encode(texts, convert_to_numpy=True),
-            texts,
-        )
-    finally:
-        padded.close()
-        packed.close()
+    token_types = any(t.name == "token_type_ids" for t in tower.inputs)
+    return add_packed(
+        manifest,
+        "text",
+        staging / PACKED_FILE,
+        unpackable(model),
+        lambda: export_packed(model, staging / PACKED_FILE, token_types, tower.dim),
+        lambda trial: verify_packed(
+            staging, manifest, trial, partial(model.encode, convert_to_numpy=True)
+        ),
+        progress,
+    )

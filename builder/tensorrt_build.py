@@ -20,18 +20,24 @@ from builder.mixed_precision import convert_to_fp16
 from builder.options import TENSORRT_MIN_COSINE, TensorRTOptions
 from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, compare, verification_images
-from runtime.backends.tensorrt.plan import plan_profiles
+from runtime.backends.tensorrt.plan import packed_row_lengths, plan_profiles
+from runtime.batching.packing import MAX_ROW_TOKENS
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
-from runtime.repository.manifest import Manifest, PlanSpec, ProfileRange, TowerSpec
+from runtime.repository.manifest import Manifest, PlanSpec, ProfileRange, TensorSpec, TowerSpec
+
+PACKED_PLAN = "text.packed.plan"
 
 
 def add_plans(
     staging: Path, manifest: Manifest, options: TensorRTOptions, progress: Progress
 ) -> Manifest:
-    """Compile every tower of a staged model into a plan, verify each, record them."""
+    """Compile every tower of a staged model into a plan, verify each, record them; then the
+    packed graphs of text towers (builder.packed_text), each kept only where it compiles and
+    matches, else the tower runs its padded plan on TensorRT and build["tensorrt_packing"]
+    says why."""
     towers = dict(manifest.towers)
     for key, tower in manifest.towers.items():
         with progress.stage(
@@ -43,10 +49,56 @@ def add_plans(
         reports = verify_plans(staging, planned, TENSORRT_MIN_COSINE[options.precision])
     for report in reports.values():
         progress.report(report)
-    return replace(planned, build={**planned.build, "tensorrt_verification": reports})
+    build = {**planned.build, "tensorrt_verification": reports}
+    text = planned.towers.get("text")
+    if text is not None and text.packed is not None:
+        try:
+            planned, reports["text packed"] = _with_packed_plan(staging, planned, options, progress)
+        except Exception as error:  # the padded plan, verified, still serves
+            (staging / PACKED_PLAN).unlink(missing_ok=True)
+            build["tensorrt_packing"] = f"its packed graph's plan failed: {error}"
+            progress.say(f"    text tower: TensorRT runs it padded: {build['tensorrt_packing']}")
+    return replace(planned, build=build)
 
 
 def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions) -> TowerSpec:
+    """The tower with a plan of its padded graph."""
+    sequence = None
+    if any(dim == "sequence" for spec in tower.inputs for dim in spec.shape):
+        longest = tower.max_seq_len or 512
+        sequence = options.sequence or (1, min(128, longest), longest)
+    plan, info = _compile_graph(staging, tower.onnx, tower.inputs, sequence, options, key)
+    return replace(tower, plan=plan, plan_info=info, max_batch=options.batch[2])
+
+
+def _with_packed_plan(
+    staging: Path, manifest: Manifest, options: TensorRTOptions, progress: Progress
+) -> tuple[Manifest, dict]:
+    """The manifest with a plan of the text tower's packed graph, profiles over rows (the
+    options' batch range) x row length, and its figures against the padded ONNX graph."""
+    tower = manifest.towers["text"]
+    packed = tower.packed
+    lengths = packed_row_lengths(tower.max_seq_len, MAX_ROW_TOKENS)
+    with progress.stage("Compiling the packed text tower with TensorRT (rows x row length)"):
+        name = PACKED_PLAN.removesuffix(".plan")
+        plan, info = _compile_graph(staging, packed.onnx, packed.inputs, lengths, options, name)
+    tower = replace(tower, packed=replace(packed, plan=plan, plan_info=info))
+    planned = replace(manifest, towers={**manifest.towers, "text": tower})
+    with progress.stage("Verifying the packed TensorRT plan against ONNX Runtime"):
+        report = verify_packed_plan(staging, planned, TENSORRT_MIN_COSINE[options.precision])
+    progress.report(report)
+    return planned, report
+
+
+def _compile_graph(
+    staging: Path,
+    onnx: str,
+    inputs: list[TensorSpec],
+    sequence: tuple[int, int, int] | None,
+    options: TensorRTOptions,
+    name: str,
+) -> tuple[str, PlanSpec]:
+    """`onnx` compiled into `name`.plan with profiles over options.batch x `sequence`."""
     import tensorrt as trt
 
     from runtime.backends.tensorrt import cuda
@@ -54,19 +106,15 @@ def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions
     major = int(trt.__version__.split(".")[0])
     if major >= 11 and options.precision == "bf16":
         raise BuildError("bf16 on TensorRT 11 needs a bf16 ONNX graph; use --precision fp16")
-    source = staging / tower.onnx
+    source = staging / onnx
     onnx_path = source
     with tempfile.TemporaryDirectory() as scratch:
         if major >= 11 and options.precision == "fp16":
             onnx_path = Path(scratch) / "fp16.onnx"
             convert_to_fp16(source, onnx_path)
-        sequence = None
-        if any(dim == "sequence" for spec in tower.inputs for dim in spec.shape):
-            longest = tower.max_seq_len or 512
-            sequence = options.sequence or (1, min(128, longest), longest)
         profiles = plan_profiles(options.batch, sequence)
-        plan = _build(trt, major, onnx_path, tower, profiles, options)
-    plan_file = f"{key}.plan"
+        plan = _build(trt, major, onnx_path, inputs, profiles, options)
+    plan_file = f"{name}.plan"
     (staging / plan_file).write_bytes(plan)
     gpu_name, capability = cuda.device()
     info = PlanSpec(
@@ -82,14 +130,14 @@ def _compile(staging: Path, key: str, tower: TowerSpec, options: TensorRTOptions
         opt_level=options.opt_level,
         onnx_sha256=hashlib.sha256(source.read_bytes()).hexdigest(),
     )
-    return replace(tower, plan=plan_file, plan_info=info, max_batch=options.batch[2])
+    return plan_file, info
 
 
 def _build(
     trt,
     major: int,
     onnx_path: Path,
-    tower: TowerSpec,
+    inputs: list[TensorSpec],
     profiles: list[ProfileRange],
     options: TensorRTOptions,
 ) -> bytes:
@@ -130,7 +178,7 @@ def _build(
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
     for profile in profiles:
         optimization = builder.create_optimization_profile()
-        for spec in tower.inputs:
+        for spec in inputs:
             optimization.set_shape(spec.name, *profile.shapes(spec.shape))
         config.add_optimization_profile(optimization)
     plan = builder.build_serialized_network(network, config)
@@ -163,10 +211,11 @@ def _keep_sensitive_layers_fp32(trt, network) -> None:
 
 
 def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[str, dict]:
-    """Each tower through TensorRT and through ONNX Runtime on the verification inputs."""
+    """Each tower through TensorRT and through ONNX Runtime on the verification inputs; text
+    towers with a packed plan too, packed against the padded ONNX graph."""
     entry = Entry(staging, manifest)
-    planned = Model.load(entry, RuntimeConfig(backend="tensorrt"))
-    reference = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
+    planned = Model.load(entry, RuntimeConfig(backend="tensorrt", packing=False))
+    reference = Model.load(entry, RuntimeConfig(backend="onnxruntime", packing=False))
     reports = {}
     try:
         if planned.text is not None:
@@ -192,6 +241,22 @@ def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[s
         planned.close()
         reference.close()
     return reports
+
+
+def verify_packed_plan(staging: Path, manifest: Manifest, min_cosine: float) -> dict:
+    """The text tower's packed plan against its padded ONNX graph on the verification texts,
+    all in one packed execution."""
+    entry = Entry(staging, manifest)
+    planned = Model.load(entry, RuntimeConfig(backend="tensorrt"))
+    reference = Model.load(entry, RuntimeConfig(backend="onnxruntime", packing=False))
+    try:
+        assert planned.text.tower.spec.plan == manifest.towers["text"].packed.plan
+        rows = reference.tokenize(VERIFICATION_TEXTS)
+        served, expected = planned.text.embed(rows), reference.text.embed(rows)
+    finally:
+        planned.close()
+        reference.close()
+    return _checked(served, expected, "packed text plan", VERIFICATION_TEXTS, min_cosine)
 
 
 def _checked(served, expected, what: str, labels: list, min_cosine: float) -> dict:

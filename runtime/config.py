@@ -34,8 +34,8 @@ class RuntimeConfig:
     # Image downloads, and the most pixels one image may decode to.
     fetch: FetchLimits = field(default_factory=FetchLimits)
     max_image_pixels: int = 50_000_000
-    # Text towers with a packed graph run it on the CPU backends (runtime.batching.packing);
-    # False serves the padded graph.
+    # Towers with a packed graph (text, CLIP text, pair) run it on the CPU backends, and on
+    # TensorRT where its plan is packed (runtime.batching.packing); False serves the padded graph.
     packing: bool = True
 
     def __post_init__(self) -> None:

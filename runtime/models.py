@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from runtime.backends import Backend, open_backend, served_graph
+from runtime.batching.packing import split_requests
 from runtime.batching.stats import TowerStats
 from runtime.batching.tower import Collate, Split, Tower
 from runtime.classifier import Classifier
@@ -32,7 +35,6 @@ from runtime.text import (
     TokenRow,
     collate_packed,
     collate_rows,
-    split_packed,
 )
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ class Model:
                 raise ModelLoadError(f"cannot load the labels of {directory}: {error}") from error
         pair = None
         if "pair" in manifest.towers:
-            pair = load_pair_encoder(entry, partial(_tower, entry, "pair", runtime))
+            pair = load_pair_encoder(entry, partial(_token_tower, entry, "pair", runtime))
         model = cls(manifest, text, image, classifier, pair, tokens)
         model.sparse_query = sparse_query
         model.directory = directory
@@ -338,17 +340,32 @@ def _tower(
 
 
 def _text_tower(entry: Entry, key: str, runtime: RuntimeConfig, tokenizer: TextTokenizer) -> Tower:
-    """A tower of tokens (`text`, or `tokens` for token embeddings), on the graph it serves:
-    packed rows where it has a packed graph that serves here, else padded rows."""
+    """A tower of token rows: `text`, or `tokens` for token embeddings."""
+    padded = partial(collate_rows, tokenizer, _names(entry.manifest.towers[key]))
+    packed = partial(collate_packed, tokenizer)
+    return _token_tower(entry, key, runtime, padded, packed, lambda row: len(row.ids))
+
+
+def _token_tower(
+    entry: Entry,
+    key: str,
+    runtime: RuntimeConfig,
+    padded: Collate,
+    packed: Collate,
+    tokens_of: Callable[[Any], int],
+) -> Tower:
+    """A tower of tokens (text, token embeddings, pairs) on the graph it serves: packed rows
+    (collated by `packed`; `tokens_of` counts an item's tokens) where it has a packed graph that
+    serves here, else padded rows (collated by `padded`)."""
     spec = entry.manifest.towers[key]
     try:
         served = served_graph(spec, runtime, entry.name)
     except Exception as error:
         raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
     if served is not spec:
-        split = partial(split_packed, runtime.batching.max_tokens, spec.max_batch)
-        return _tower(entry, key, runtime, partial(collate_packed, tokenizer), served, split)
-    return _tower(entry, key, runtime, partial(collate_rows, tokenizer, _names(spec)))
+        split = partial(split_requests, tokens_of, runtime.batching.max_tokens, spec.max_batch)
+        return _tower(entry, key, runtime, packed, served, split)
+    return _tower(entry, key, runtime, padded)
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

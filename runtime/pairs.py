@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from runtime.batching.packing import pack
 from runtime.batching.tower import Collate, Tower
 from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
@@ -74,6 +75,13 @@ class PairTokenizer:
             arrays["attention_mask"][row, span] = 1
             arrays["token_type_ids"][row, span] = type_ids
         return {name: arrays[name] for name in names}
+
+    def batch_packed(self, items: list[PairItem], names: list[str]) -> dict[str, np.ndarray]:
+        """One execution's items as the packed pair graph's named inputs: several per row,
+        each token with its type id (runtime.batching.packing)."""
+        ids = [ids for ids, _ in items]
+        inputs = pack(ids, self.spec.pad_id, token_types=[types for _, types in items])
+        return {name: inputs[name] for name in names}
 
 
 class PairEncoder:
@@ -142,14 +150,23 @@ class PairEncoder:
         return scores, sum(len(ids) for ids, _ in items)
 
 
-def load_pair_encoder(entry: Entry, tower: Callable[[Collate], Tower]) -> PairEncoder:
-    """The pair tower of `entry`; `tower` opens it with the given collate function."""
+def load_pair_encoder(
+    entry: Entry, tower: Callable[[Collate, Collate, Callable[[PairItem], int]], Tower]
+) -> PairEncoder:
+    """The pair tower of `entry`; `tower` opens it with the given collate functions (padded,
+    packed) and an item's token count."""
     manifest, directory = entry.manifest, entry.directory
     if manifest.tokenizer is None or manifest.classifier is None:
         raise ModelLoadError(
             f"{directory}: the pair tower has no tokenizer or labels in model.json"
         )
     tokenizer = open_tokenizer(PairTokenizer, directory, manifest.tokenizer)
-    names = [tensor.name for tensor in manifest.towers["pair"].inputs]
-    encoder = tower(partial(tokenizer.batch, names=names))
+    spec = manifest.towers["pair"]
+    names = [tensor.name for tensor in spec.inputs]
+    packed_names = [tensor.name for tensor in spec.packed.inputs] if spec.packed else []
+    encoder = tower(
+        partial(tokenizer.batch, names=names),
+        partial(tokenizer.batch_packed, names=packed_names),
+        lambda item: len(item[0]),
+    )
     return PairEncoder(encoder, tokenizer, manifest.classifier.activation)

@@ -14,8 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.batching.batcher import Batch
-from runtime.batching.packing import pack, split
+from runtime.batching.packing import pack
 from runtime.batching.tower import Tower
 from runtime.errors import InputError
 from runtime.preprocessing.tokenizer import TextTokenizer, longest_text
@@ -149,9 +148,3 @@ def collate_rows(
 def collate_packed(tokenizer: TextTokenizer, rows: list[TokenRow]) -> dict[str, np.ndarray]:
     """One execution's rows as the packed text graph's inputs (runtime.batching.packing)."""
     return pack([row.ids for row in rows], tokenizer.spec.pad_id)
-
-
-def split_packed(max_tokens: int, max_items: int, batch: Batch) -> list[Batch]:
-    """A packed text tower's executions: longest texts first, about `max_tokens` tokens and at
-    most `max_items` texts each."""
-    return split(batch, lambda item: len(item[0].items[item[1]].ids), max_tokens, max_items)

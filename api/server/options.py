@@ -334,8 +334,8 @@ OPTIONS = (
     ),
     Option(
         "--packing/--no-packing",
-        "Run text towers that have a packed graph packed (several texts per row, no padding "
-        "between them) on the CPU backends; --no-packing serves their padded graph.",
+        "Run towers that have a packed graph (text, CLIP text, cross-encoder) packed: several "
+        "texts or pairs per row, no padding between them; --no-packing serves their padded graph.",
         (RuntimeConfig, "packing"),
         is_flag=True,
         env="INGRAIN_PACKING",

@@ -178,15 +178,19 @@ def select(
 
 
 def served_graph(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> TowerSpec:
-    """The graph a tower serves: its packed one where it has one, packing is on and it runs on a
-    CPU backend in f32 or bf16 (TensorRT plans and the int8 variant are made from the padded
-    graph), else the padded one. Raises BackendUnavailable as `select` does."""
+    """The graph a tower serves: its packed one where it has one and packing is on, on a CPU
+    backend in f32 or bf16 (the int8 variant is made from the padded graph) or on TensorRT
+    where a plan was built from the packed graph; else the padded one. Raises
+    BackendUnavailable as `select` does."""
     if tower.packed is None or not runtime.packing or runtime.precision_for(model) == "int8":
         return tower
-    if select(tower, runtime, model).backend == "tensorrt":
-        return tower
     packed = tower.packed
-    return replace(tower, onnx=packed.onnx, inputs=packed.inputs, output=packed.output, int8=None)
+    graph = replace(tower, onnx=packed.onnx, inputs=packed.inputs, output=packed.output, int8=None)
+    if select(tower, runtime, model).backend != "tensorrt":
+        return graph
+    if packed.plan is None:  # a plan from before packed plans: the padded graph's
+        return tower
+    return replace(graph, plan=packed.plan, plan_info=packed.plan_info)
 
 
 def engine_summary(

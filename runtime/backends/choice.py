@@ -199,8 +199,8 @@ def shape_label(rows: int, tokens: int | None) -> str:
 
 
 def probe_inputs(tower: TowerSpec, rows: int, tokens: int | None) -> dict[str, np.ndarray]:
-    """Inputs of the shape: small token ids (valid in any vocabulary), masks of ones, zeros
-    elsewhere (images)."""
+    """Inputs of the shape: small token ids (valid in any vocabulary), masks of ones, one
+    text per row for packed graphs (a text never spans rows), zeros elsewhere (images)."""
     inputs = {}
     for tensor in tower.inputs:
         shape = [
@@ -209,7 +209,9 @@ def probe_inputs(tower: TowerSpec, rows: int, tokens: int | None) -> dict[str, n
         dtype = np.dtype(tensor.dtype)
         if tensor.name == "input_ids":
             array = (np.arange(int(np.prod(shape))) % 90 + 5).reshape(shape).astype(dtype)
-        elif "mask" in tensor.name or tensor.name == "segment_ids":  # packed: one text
+        elif tensor.name == "segment_ids":
+            array = np.broadcast_to(np.arange(1, rows + 1, dtype=dtype)[:, None], shape).copy()
+        elif "mask" in tensor.name:
             array = np.ones(shape, dtype)
         else:
             array = np.zeros(shape, dtype)

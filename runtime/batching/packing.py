@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 SEGMENT_IDS = "segment_ids"
+TOKEN_TYPE_IDS = "token_type_ids"
 # Rows grow to at most this many tokens (or the longest text, where that is longer): attention
 # costs grow with the row, so past this, longer rows cost more than the padding they save.
 MAX_ROW_TOKENS = 256
@@ -72,22 +73,30 @@ def plan(lengths: Sequence[int], max_row_tokens: int = MAX_ROW_TOKENS) -> Packin
 
 
 def pack(
-    ids: Sequence[Sequence[int]], pad_id: int, max_row_tokens: int = MAX_ROW_TOKENS
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    max_row_tokens: int = MAX_ROW_TOKENS,
+    token_types: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Token-id lists as the packed graph's `input_ids` and `segment_ids`: item k's tokens carry
-    segment id k + 1, so the graph's k-th embedding is item k's; 0 marks unused row tails."""
+    segment id k + 1, so the graph's k-th output is item k's; 0 marks unused row tails. With
+    `token_types` (one per token, as pair encodings have them), also `token_type_ids`."""
     packing = plan([len(tokens) for tokens in ids], max_row_tokens)
     shape = (len(packing.rows), packing.width)
-    input_ids = np.full(shape, pad_id, dtype=np.int64)
-    segment_ids = np.zeros(shape, dtype=np.int64)
+    arrays = {"input_ids": np.full(shape, pad_id, dtype=np.int64)}
+    arrays[SEGMENT_IDS] = np.zeros(shape, dtype=np.int64)
+    if token_types is not None:
+        arrays[TOKEN_TYPE_IDS] = np.zeros(shape, dtype=np.int64)
     for row, members in enumerate(packing.rows):
         start = 0
         for index in members:
-            end = start + len(ids[index])
-            input_ids[row, start:end] = ids[index]
-            segment_ids[row, start:end] = index + 1
-            start = end
-    return {"input_ids": input_ids, SEGMENT_IDS: segment_ids}
+            span = slice(start, start + len(ids[index]))
+            arrays["input_ids"][row, span] = ids[index]
+            arrays[SEGMENT_IDS][row, span] = index + 1
+            if token_types is not None:
+                arrays[TOKEN_TYPE_IDS][row, span] = token_types[index]
+            start = span.stop
+    return arrays
 
 
 def split(
@@ -107,6 +116,14 @@ def split(
         executions[-1].append(item)
         tokens += length
     return executions
+
+
+def split_requests(
+    tokens_of: Callable[[Any], int], max_tokens: int, max_items: int, batch: list[Any]
+) -> list[list[Any]]:
+    """`split` for a tower's batch of (request, index) entries, `tokens_of` counting the tokens
+    of one request item."""
+    return split(batch, lambda entry: tokens_of(entry[0].items[entry[1]]), max_tokens, max_items)
 
 
 def token_figures(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:

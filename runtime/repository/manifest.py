@@ -106,6 +106,9 @@ class PackedSpec:
     inputs: list[TensorSpec]
     output: TensorSpec
     figures: dict[str, Any] = field(default_factory=dict)
+    # The TensorRT plan built from this graph (profiles over rows x row length), if any.
+    plan: str | None = None
+    plan_info: PlanSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ class Manifest:
                 tower.onnx,
                 tower.plan,
                 tower.packed and tower.packed.onnx,
+                tower.packed and tower.packed.plan,
                 (tower.int8 or {}).get("onnx"),
             )
         }
@@ -336,10 +340,12 @@ def _sparse_query_from_dict(data: dict[str, Any]) -> SparseQuerySpec:
 
 
 def _packed_from_dict(data: dict[str, Any]) -> PackedSpec:
+    plan_info = data.get("plan_info")
     return replace(
         _from_dict(PackedSpec, data),
         inputs=[_from_dict(TensorSpec, spec) for spec in data["inputs"]],
         output=_from_dict(TensorSpec, data["output"]),
+        plan_info=PlanSpec.from_dict(plan_info) if plan_info else None,
     )
 
 

@@ -19,10 +19,26 @@ import tensorrt as trt
 
 from runtime.backends.base import BackendUnavailable, Execution
 from runtime.backends.tensorrt import cuda
-from runtime.backends.tensorrt.plan import buffer_bytes, select_profile
+from runtime.backends.tensorrt.plan import buffer_bytes, output_max_shape, select_profile
 from runtime.repository.manifest import PlanSpec
 
 log = logging.getLogger(__name__)
+
+
+class _OutputAllocator(trt.IOutputAllocator):
+    """Hands TensorRT the slot's output buffer (sized for the most texts the profile holds) for
+    an output whose shape depends on the inputs' values, and keeps the shape it reports."""
+
+    def __init__(self, buffer: cuda.DeviceBuffer) -> None:
+        trt.IOutputAllocator.__init__(self)
+        self.buffer = buffer
+        self.shape: tuple[int, ...] = ()
+
+    def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+        return int(self.buffer.pointer) if size <= self.buffer.nbytes else 0  # 0: cannot
+
+    def notify_shape(self, tensor_name: str, shape) -> None:
+        self.shape = tuple(shape)
 
 
 class _Slot:
@@ -41,10 +57,24 @@ class _Slot:
             max_shape = tuple(engine.get_tensor_profile_shape(name, index)[2])
             self.context.set_input_shape(name, max_shape)
             self._allocate(name, max_shape, engine)
-        self._allocate(output, tuple(self.context.get_tensor_shape(output)), engine)
+        shape = tuple(self.context.get_tensor_shape(output))
+        self._allocate(output, output_max_shape(shape, max_shape), engine)
+        # A packed graph's output (one row per text) has its size only after execution.
+        self.allocator = _OutputAllocator(self.device[output]) if -1 in shape else None
         for name, buffer in self.device.items():
-            self.context.set_tensor_address(name, int(buffer.pointer))
+            if name == output and self.allocator is not None:
+                self.context.set_output_allocator(name, self.allocator)
+            else:
+                self.context.set_tensor_address(name, int(buffer.pointer))
         self.events = [cuda.Event() for _ in range(4)]
+
+    def output_shape(self, output: str) -> tuple[int, ...]:
+        """The enqueued execution's output shape. A data-dependent one is reported to the
+        allocator as the execution runs: wait for it first."""
+        if self.allocator is None:
+            return tuple(self.context.get_tensor_shape(output))
+        self.stream.synchronize()
+        return self.allocator.shape
 
     def _allocate(self, name: str, shape: tuple[int, ...], engine) -> None:
         dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
@@ -132,7 +162,7 @@ class TensorRTBackend:
         if not slot.context.execute_async_v3(int(slot.stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the log above)")
         after_run.record(slot.stream)
-        shape = tuple(slot.context.get_tensor_shape(self.output))
+        shape = slot.output_shape(self.output)
         output = slot.host[self.output]
         cuda.to_host(
             output,

@@ -44,6 +44,22 @@ def select_profile(profiles: Sequence[ProfileRange], batch: int, sequence: int |
     )
 
 
+def packed_row_lengths(max_seq_len: int | None, max_row_tokens: int) -> tuple[int, int, int]:
+    """(min, opt, max) row lengths of a packed graph's plan: the batcher's rows grow to
+    `max_row_tokens`, or to the longest text where the model reads longer ones
+    (runtime.batching.packing)."""
+    longest = max(max_row_tokens, max_seq_len or 512)
+    return (1, min(128, longest), longest)
+
+
+def output_max_shape(shape: Sequence[int], input_max_shape: Sequence[int]) -> tuple[int, ...]:
+    """An output's largest shape. A packed graph's first output dimension (one row per text)
+    depends on the segment ids, so TensorRT reports it as -1: an execution holds at most one
+    text per token of its largest input (rows x length)."""
+    most_texts = int(np.prod(input_max_shape[:2], dtype=np.int64))
+    return tuple(most_texts if dim < 0 else int(dim) for dim in shape)
+
+
 def buffer_bytes(max_shape: tuple[int, ...], dtype: np.dtype) -> int:
     """Bytes to hold a tensor at its profile's max shape."""
     if any(dim < 0 for dim in max_shape):
