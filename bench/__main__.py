@@ -128,18 +128,38 @@ def compare(
 @serve_args_option
 @click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True)
+@click.option("--per-request", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option(
+    "--code",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    multiple=True,
+    help="A checkout of ingrain-server to serve from (repeatable; each runs with it first on "
+    "PYTHONPATH, all driven in turn each round, to compare before and after a change). "
+    "Default: the code this runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def overhead(
-    engines: Path | None, serve_args: tuple[str, ...], seconds: float, rounds: int, as_json: bool
+    engines: Path | None,
+    serve_args: tuple[str, ...],
+    seconds: float,
+    rounds: int,
+    concurrency: int,
+    per_request: int,
+    code: tuple[Path, ...],
+    as_json: bool,
 ):
-    """The server's CPU microseconds per request at 32 x 1 on a tiny model (the fixed work
-    that is not the engine), from its processes' CPU time; wrk drives it."""
+    """The server's CPU microseconds per request on a tiny model (the fixed work that is not
+    the engine), from its processes' CPU time, beside the engine's own time; wrk drives it."""
     from bench.overhead import overhead as run
 
     try:
-        show(run(engines, list(serve_args), seconds, rounds), as_json)
+        report = run(
+            engines, list(serve_args), seconds, rounds, concurrency, per_request, list(code)
+        )
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None
+    show(report, as_json)
 
 
 @main.command()
