@@ -138,6 +138,11 @@ def compare(
     "PYTHONPATH, all driven in turn each round, to compare before and after a change). "
     "Default: the code this runs.",
 )
+@click.option(
+    "--model",
+    help="A text model already built in --engines to serve instead of the tiny one (to see "
+    "the overhead beside a real engine).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def overhead(
     engines: Path | None,
@@ -147,6 +152,7 @@ def overhead(
     concurrency: int,
     per_request: int,
     code: tuple[Path, ...],
+    model: str | None,
     as_json: bool,
 ):
     """The server's CPU microseconds per request on a tiny model (the fixed work that is not
@@ -155,7 +161,7 @@ def overhead(
 
     try:
         report = run(
-            engines, list(serve_args), seconds, rounds, concurrency, per_request, list(code)
+            engines, list(serve_args), seconds, rounds, concurrency, per_request, list(code), model
         )
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None

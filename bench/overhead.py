@@ -67,11 +67,11 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def engine_ns(url: str) -> tuple[int, int]:
+def engine_ns(url: str, model: str) -> tuple[int, int]:
     """(requests inferred, nanoseconds its executions ran in the engine) so far, from /metrics:
     the batch statistics count each execution once, however many requests it served."""
     stats = requests.get(url + "/metrics", timeout=60).json()["modelStats"]
-    entries = [entry for entry in stats if entry["name"].startswith(TINY)]
+    entries = [entry for entry in stats if entry["name"] == model]
     count = sum(int(entry["inferenceStats"]["success"]["count"] or 0) for entry in entries)
     ns = sum(
         int(batch["computeInfer"]["ns"] or 0) for entry in entries for batch in entry["batchStats"]
@@ -87,14 +87,17 @@ def overhead(
     concurrency: int = 32,
     per_request: int = 1,
     code: list[Path] | None = None,
+    model: str | None = None,
 ) -> dict:
     """CPU microseconds per request of one server per `code` checkout (each run with that
     checkout first on PYTHONPATH; default: the code this runs), all started at once and driven
     in turn, round after round (alternating the order), so that the figures compare under the
-    same load on the host."""
+    same load on the host. `model`: one already built in `engines` instead of the tiny one."""
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
-    ensure_tiny_model(engines)
-    bodies = text_bodies(TINY, sentences(2000), per_request, max(64, 2000 // per_request))
+    if model is None:
+        model = TINY
+        ensure_tiny_model(engines)
+    bodies = text_bodies(model, sentences(2000), per_request, max(64, 2000 // per_request))
     args = ["--workers", "1", *serve_args]
     labels = [str(path) for path in code] if code else ["current"]
     runs: dict[str, list[dict]] = {label: [] for label in labels}
@@ -103,16 +106,16 @@ def overhead(
         for label, path in zip(labels, code or [None], strict=True):
             env = None if path is None else {**os.environ, "PYTHONPATH": str(path.resolve())}
             started: list[subprocess.Popen] = []
-            url = stack.enter_context(serving(engines, [TINY], args, started, env))
+            url = stack.enter_context(serving(engines, [model], args, started, env))
             run_wrk(url, "/embed_text", bodies[:64], 8, 3.0)
             servers[label] = (url, started[0].pid)
         for round_ in range(rounds):
             for label in labels if round_ % 2 == 0 else labels[::-1]:
                 url, pid = servers[label]
-                before, (count_before, ns_before) = cpu_seconds(pid), engine_ns(url)
+                before, (count_before, ns_before) = cpu_seconds(pid), engine_ns(url, model)
                 figure = run_wrk(url, "/embed_text", bodies, concurrency, seconds)
                 used = cpu_seconds(pid) - before
-                count, ns = engine_ns(url)
+                count, ns = engine_ns(url, model)
                 done = max(figure["requests"], 1)
                 runs[label].append(
                     {
@@ -122,7 +125,7 @@ def overhead(
                         "engine_requests": count - count_before,
                     }
                 )
-    report: dict = {"serve_args": args, "load": f"{concurrency} x {per_request}"}
+    report: dict = {"model": model, "serve_args": args, "load": f"{concurrency} x {per_request}"}
     for label in labels:
         report[label] = {
             key: median(run[key] for run in runs[label])
