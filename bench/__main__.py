@@ -124,6 +124,19 @@ def compare(
 
 
 @main.command()
+@click.option("--model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True)
+@click.option("--per-request", type=click.IntRange(1, 1024), multiple=True, default=(1, 32))
+@click.option("--rounds", type=click.IntRange(1, 100), default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def decode(model: str, per_request: tuple[int, ...], rounds: int, as_json: bool):
+    """Microseconds to decode one /embed_text body in-process: the routes' way (orjson, then
+    spelling normalisation and validation) beside orjson alone and msgspec from bytes."""
+    from bench.decode import decode as run
+
+    show(run(model, list(per_request), rounds), as_json)
+
+
+@main.command()
 @engines_option("the tiny model")
 @serve_args_option
 @click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
