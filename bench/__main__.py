@@ -124,22 +124,61 @@ def compare(
 
 
 @main.command()
+@click.option("--model", default="sentence-transformers/all-MiniLM-L6-v2", show_default=True)
+@click.option("--per-request", type=click.IntRange(1, 1024), multiple=True, default=(1, 32))
+@click.option("--rounds", type=click.IntRange(1, 100), default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def decode(model: str, per_request: tuple[int, ...], rounds: int, as_json: bool):
+    """Microseconds to decode one /embed_text body in-process: the routes' way (orjson, then
+    spelling normalisation and validation) beside orjson alone and msgspec from bytes."""
+    from bench.decode import decode as run
+
+    show(run(model, list(per_request), rounds), as_json)
+
+
+@main.command()
 @engines_option("the tiny model")
 @serve_args_option
 @click.option("--seconds", type=click.FloatRange(1, 600), default=8.0, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=32, show_default=True)
+@click.option("--per-request", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option(
+    "--code",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    multiple=True,
+    help="A checkout of ingrain-server to serve from (repeatable; each runs with it first on "
+    "PYTHONPATH, all driven in turn each round, to compare before and after a change). "
+    "Default: the code this runs.",
+)
+@click.option(
+    "--model",
+    help="A text model already built in --engines to serve instead of the tiny one (to see "
+    "the overhead beside a real engine).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def overhead(
-    engines: Path | None, serve_args: tuple[str, ...], seconds: float, rounds: int, as_json: bool
+    engines: Path | None,
+    serve_args: tuple[str, ...],
+    seconds: float,
+    rounds: int,
+    concurrency: int,
+    per_request: int,
+    code: tuple[Path, ...],
+    model: str | None,
+    as_json: bool,
 ):
-    """The server's CPU microseconds per request at 32 x 1 on a tiny model (the fixed work
-    that is not the engine), from its processes' CPU time; wrk drives it."""
+    """The server's CPU microseconds per request on a tiny model (the fixed work that is not
+    the engine), from its processes' CPU time, beside the engine's own time; wrk drives it."""
     from bench.overhead import overhead as run
 
     try:
-        show(run(engines, list(serve_args), seconds, rounds), as_json)
+        report = run(
+            engines, list(serve_args), seconds, rounds, concurrency, per_request, list(code), model
+        )
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None
+    show(report, as_json)
 
 
 @main.command()

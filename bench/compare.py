@@ -162,10 +162,15 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
 
 @contextmanager
 def serving(
-    engines: Path, preload: list[str], serve_args: list[str], started: list | None = None
+    engines: Path,
+    preload: list[str],
+    serve_args: list[str],
+    started: list | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """A 1-worker `ingrain-serve` (unless serve_args say otherwise) on a free loopback port,
-    holding `preload`; yields its URL once it answers (and appends its process to `started`)."""
+    holding `preload`, in environment `env` (default: this one); yields its URL once it answers
+    (and appends its process to `started`)."""
     port = free_port()
     command = [
         str(Path(sys.executable).parent / "ingrain-serve"),
@@ -173,7 +178,9 @@ def serving(
         *(argument for name in preload for argument in ("--preload", name)),
         *serve_args,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     if started is not None:
         started.append(process)
     url = f"http://127.0.0.1:{port}"

@@ -1,14 +1,20 @@
 """The server's fixed work per request: CPU microseconds its processes (gunicorn master and
-workers) spend per answered request at 32 connections x 1 text, on a tiny text model whose
-execution costs next to nothing, so what is measured is the server (HTTP, parsing, tokenising,
-batching hand-offs, JSON, logging, metrics) rather than the engine. Linux only (/proc)."""
+workers) spend per answered request (32 connections x 1 text by default), on a tiny text model
+whose execution costs next to nothing, so what is measured is the server (HTTP, parsing,
+tokenising, batching hand-offs, JSON, logging, metrics) rather than the engine; the engine's
+own time per request (its executions' wall time, from /metrics) is shown beside it. Linux only
+(/proc)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
+from statistics import median
+
+import requests
 
 from bench.compare import demo_source, serving
 from bench.load import run_wrk, text_bodies
@@ -61,25 +67,71 @@ def cpu_seconds(root: int) -> float:
     return total
 
 
-def overhead(engines: Path | None, serve_args: list[str], seconds: float, rounds: int) -> dict:
+def engine_ns(url: str, model: str) -> tuple[int, int]:
+    """(requests inferred, nanoseconds its executions ran in the engine) so far, from /metrics:
+    the batch statistics count each execution once, however many requests it served."""
+    stats = requests.get(url + "/metrics", timeout=60).json()["modelStats"]
+    entries = [entry for entry in stats if entry["name"] == model]
+    count = sum(int(entry["inferenceStats"]["success"]["count"] or 0) for entry in entries)
+    ns = sum(
+        int(batch["computeInfer"]["ns"] or 0) for entry in entries for batch in entry["batchStats"]
+    )
+    return count, ns
+
+
+def overhead(
+    engines: Path | None,
+    serve_args: list[str],
+    seconds: float,
+    rounds: int,
+    concurrency: int = 32,
+    per_request: int = 1,
+    code: list[Path] | None = None,
+    model: str | None = None,
+) -> dict:
+    """CPU microseconds per request of one server per `code` checkout (each run with that
+    checkout first on PYTHONPATH; default: the code this runs), all started at once and driven
+    in turn, round after round (alternating the order), so that the figures compare under the
+    same load on the host. `model`: one already built in `engines` instead of the tiny one."""
     engines = engines or Path(tempfile.mkdtemp(prefix="ingrain-bench-"))
-    ensure_tiny_model(engines)
-    bodies = text_bodies(TINY, sentences(2000), 1, 2000)
-    started: list[subprocess.Popen] = []
+    if model is None:
+        model = TINY
+        ensure_tiny_model(engines)
+    bodies = text_bodies(model, sentences(2000), per_request, max(64, 2000 // per_request))
     args = ["--workers", "1", *serve_args]
-    with serving(engines, [TINY], args, started) as url:
-        run_wrk(url, "/embed_text", bodies[:64], 8, 3.0)
-        runs = []
-        for _ in range(rounds):
-            before = cpu_seconds(started[0].pid)
-            figure = run_wrk(url, "/embed_text", bodies, 32, seconds)
-            used = cpu_seconds(started[0].pid) - before
-            runs.append(
-                {
-                    "requests": figure["requests"],
-                    "requests_per_s": figure["requests_per_s"],
-                    "cpu_us_per_request": round(used * 1e6 / max(figure["requests"], 1)),
-                }
-            )
-    cpu = sorted(run["cpu_us_per_request"] for run in runs)
-    return {"serve_args": args, "runs": runs, "median_cpu_us_per_request": cpu[len(cpu) // 2]}
+    labels = [str(path) for path in code] if code else ["current"]
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    with ExitStack() as stack:
+        servers = {}
+        for label, path in zip(labels, code or [None], strict=True):
+            env = None if path is None else {**os.environ, "PYTHONPATH": str(path.resolve())}
+            started: list[subprocess.Popen] = []
+            url = stack.enter_context(serving(engines, [model], args, started, env))
+            run_wrk(url, "/embed_text", bodies[:64], 8, 3.0)
+            servers[label] = (url, started[0].pid)
+        for round_ in range(rounds):
+            for label in labels if round_ % 2 == 0 else labels[::-1]:
+                url, pid = servers[label]
+                before, (count_before, ns_before) = cpu_seconds(pid), engine_ns(url, model)
+                figure = run_wrk(url, "/embed_text", bodies, concurrency, seconds)
+                used = cpu_seconds(pid) - before
+                count, ns = engine_ns(url, model)
+                done = max(figure["requests"], 1)
+                runs[label].append(
+                    {
+                        "requests_per_s": figure["requests_per_s"],
+                        "cpu_us_per_request": round(used * 1e6 / done),
+                        "engine_us_per_request": round((ns - ns_before) / 1e3 / done),
+                        "engine_requests": count - count_before,
+                    }
+                )
+    report: dict = {"model": model, "serve_args": args, "load": f"{concurrency} x {per_request}"}
+    for label in labels:
+        report[label] = {
+            key: median(run[key] for run in runs[label])
+            for key in ("cpu_us_per_request", "engine_us_per_request", "requests_per_s")
+        }
+        report[label]["runs_cpu_us_per_request"] = [
+            run["cpu_us_per_request"] for run in runs[label]
+        ]
+    return report

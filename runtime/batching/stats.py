@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -107,6 +108,16 @@ class TowerStats:
     def __init__(self, model: str, tower: str) -> None:
         self.labels = (model, tower)
         self._engine: tuple[str, str] | None = None
+        # The metric children every request and execution counts in, each looked up once
+        # (labels() takes the metric's lock) and only when first counted (a child is a
+        # series, shown as 0 rather than absent once it exists).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        if (child := self._children.get(key)) is None:
+            child = self._children[key] = metric.labels(*self.labels, *labels)
+        return child
 
     def engine(self, backend: str | None, precision: str | None = None) -> None:
         """Say which backend and precision the tower runs on now (None: released). Counted up
@@ -125,8 +136,8 @@ class TowerStats:
                 BACKEND_PROBE.labels(*self.labels, backend, precision, shape).set(ms)
 
     def preprocess(self, step: str, ns: int) -> None:
-        PREPROCESS_COUNT.labels(*self.labels, step).inc()
-        PREPROCESS_NS.labels(*self.labels, step).inc(ns)
+        self._child(PREPROCESS_COUNT, step).inc()
+        self._child(PREPROCESS_NS, step).inc(ns)
 
     def queue_deadline_drop(self) -> None:
         QUEUE_DEADLINE_DROPS.labels(*self.labels).inc()
@@ -135,27 +146,28 @@ class TowerStats:
         CLIENT_GONE_DROPS.labels(*self.labels).inc()
 
     def execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-        EXECUTIONS.labels(*self.labels).inc()
-        INFERENCE_ITEMS.labels(*self.labels).inc(batch_size)
-        LAST_INFERENCE.labels(*self.labels).set(time.time_ns() // 1_000_000)
+        self._child(EXECUTIONS).inc()
+        self._child(INFERENCE_ITEMS).inc(batch_size)
+        self._child(LAST_INFERENCE).set(time.time_ns() // 1_000_000)
+        size = str(batch_size)
         for stat, ns in zip(BATCH_STATS, (input_ns, infer_ns, output_ns), strict=True):
-            BATCH_COUNT.labels(*self.labels, str(batch_size), stat).inc()
-            BATCH_NS.labels(*self.labels, str(batch_size), stat).inc(ns)
+            self._child(BATCH_COUNT, size, stat).inc()
+            self._child(BATCH_NS, size, stat).inc(ns)
 
     def tokens(self, figures: tuple[int, int] | None) -> None:
         """Count one execution's (executed, real) token positions; None (images) counts none."""
         if figures is not None:
             executed, real = figures
-            EXECUTED_TOKENS.labels(*self.labels).inc(executed)
-            PADDING_TOKENS.labels(*self.labels).inc(executed - real)
+            self._child(EXECUTED_TOKENS).inc(executed)
+            self._child(PADDING_TOKENS).inc(executed - real)
 
     def request(self, timer: RequestTimer, succeeded: bool) -> None:
         elapsed = time.perf_counter_ns() - timer.arrival
         # A failed request counts only as failed: its partial compute would skew the averages.
         recorded = {"success": elapsed, **timer.ns} if succeeded else {"fail": elapsed}
         for stat, ns in recorded.items():
-            STAT_COUNT.labels(*self.labels, stat).inc()
-            STAT_NS.labels(*self.labels, stat).inc(ns)
+            self._child(STAT_COUNT, stat).inc()
+            self._child(STAT_NS, stat).inc(ns)
 
 
 MODEL_LOADED = Gauge(
