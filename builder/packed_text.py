@@ -23,6 +23,9 @@ from builder.verify import compare
 from runtime.batching.packing import SEGMENT_IDS
 from runtime.models import Model
 from runtime.repository.manifest import PackedSpec, TensorSpec
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
+
+RAW = TextEmbeddingOptions(normalize=False)
 
 PACKED_INPUTS = ("input_ids", SEGMENT_IDS)
 PACKED_FILE = "text.packed.onnx"
@@ -175,7 +178,7 @@ def verify_packed(
     served = np.empty((len(mixes), *reference.shape), np.float32)
     labels = [repr(text[:60]) for text in texts]
     for which, mix in enumerate(mixes):
-        served[which][mix] = packed.embed_text([texts[i] for i in mix], False, None)
+        served[which][mix] = embed_texts(packed, [texts[i] for i in mix], RAW)
     stacked = [np.concatenate(list(served)), np.tile(reference, (len(mixes), 1))]
     against_source = compare(*stacked, "packed text tower", labels * len(mixes))
     stacked[1] = np.tile(padded, (len(mixes), 1))

@@ -31,6 +31,7 @@ from builder.verify import (
 from runtime.models import Model
 from runtime.repository.manifest import Manifest
 from runtime.sparse import SPARSE_TASK
+from runtime.text import TextOptions
 
 OUTPUT = "sparse_embedding"
 # float32 sums carry an absolute error, so near zero a relative bound needs a floor: values
@@ -142,7 +143,7 @@ def verify_sparse(staged: Model, reference, strict: bool, texts: list[str] = VER
     ours = tokenizer.batch(tokenizer.token_ids(texts), ["input_ids"])["input_ids"]
     labels = [repr(text[:60]) for text in texts]
     check_token_ids(ours, reference.preprocess(texts)["input_ids"].numpy(), labels)
-    served = staged.text.embed(staged.tokenize(texts))
+    served = staged.text.embed(staged.text.rows(texts, TextOptions()))
     expected = reference.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
     expected = expected.cpu().numpy().astype(np.float32)
     row_max = np.maximum(np.abs(expected).max(axis=1, keepdims=True), 1e-12)

@@ -1,17 +1,12 @@
 """Sparse (SPLADE) embeddings: the text tower's vocabulary-sized output as the indices and values
-of its non-zero entries, optionally pruned to the largest `top_k`."""
+of its non-zero entries, optionally pruned to the largest `top_k` (the task's pipeline:
+runtime.tasks.sparse_embedding)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-
-from runtime.errors import InputError
-
-if TYPE_CHECKING:
-    from runtime.models import Model
-    from runtime.text import TokenRow
 
 SPARSE_TASK = "sparse-embedding"
 
@@ -29,13 +24,3 @@ def sparsify(row: np.ndarray, top_k: int | None = None) -> SparseVector:
         largest = np.argpartition(-row[indices], top_k - 1)[:top_k]
         indices = np.sort(indices[largest])
     return SparseVector(indices, row[indices])
-
-
-def embed_sparse(model: Model, rows: list[TokenRow], top_k: int | None) -> list[SparseVector]:
-    if model.manifest.task != SPARSE_TASK:
-        raise InputError(
-            f"model {model.name!r} is not a sparse embedding model; build a sentence-transformers "
-            "SparseEncoder (SPLADE) with ingrain-build for sparse embeddings"
-        )
-    assert model.text is not None
-    return [sparsify(row, top_k) for row in model.text.embed(rows)]
