@@ -1,4 +1,4 @@
-"""POST /embed_text, /embed_image, /embed (and /infer) and /classify_image."""
+"""POST /embed_text, /embed_image and /embed (and /infer): ingrain's embedding routes."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from runtime.models import Model
 from runtime.registry import ModelRegistry
 from runtime.tasks.capabilities import SPARSE_EMBEDDING, tasks_of
 from runtime.tasks.embedding import EmbeddingOptions
-from runtime.tasks.image_classification import classify_images
 from runtime.tasks.image_embedding import ImageEmbedding, embed_images
 from runtime.tasks.sparse_embedding import SparseEmbeddingOptions, embed_sparse
 from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions, embed_texts
+from runtime.text import TextOptions
 
 
 def _output(request: Any) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class EmbedText(ModelRoute):
 
 
 def _sparse(
-    model: Model, texts: list[str], request: schemas.EmbedTextRequest, text: Any
+    model: Model, texts: list[str], request: schemas.EmbedTextRequest, text: TextOptions
 ) -> list[schemas.SparseEmbedding]:
     """Each text's non-zero vocabulary entries, pruned to the largest `topK` when asked."""
     dense_only = {"nDims": request.n_dims is not None, "precision": request.precision != "float32"}
@@ -68,21 +68,14 @@ def _sparse(
     ]
 
 
-class _ImageRoute(ModelRoute):
-    def _images(self, req: falcon.Request, request: Any) -> tuple[list[str], dict[str, str]]:
-        """The request's `image` (one or a list) and download headers, counted as its items."""
+class EmbedImage(ModelRoute):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.perf_counter()
+        request = self._request(req, schemas.EmbedImageRequest)
         sources, headers = params.check_images(
             "image", request.image, request.image_download_headers, self.limits.max_items
         )
         req.context.items = len(sources)
-        return sources, headers
-
-
-class EmbedImage(_ImageRoute):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.perf_counter()
-        request = self._request(req, schemas.EmbedImageRequest)
-        sources, headers = self._images(req, request)
         with self.registry.use(request.name) as model:
             options = EmbeddingOptions(**_output(request))
             embeddings = embed_images(model, sources, options, headers)
@@ -139,13 +132,3 @@ class Embed(ModelRoute):
             }
             answer = {key: job.result() for key, job in running.items()}
         respond(resp, schemas.TextAndImageEmbeddings(elapsed_ms(started), **answer))
-
-
-class ClassifyImage(_ImageRoute):
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.perf_counter()
-        request = self._request(req, schemas.ClassifyImageRequest)
-        sources, headers = self._images(req, request)
-        with self.registry.use(request.name) as model:
-            probabilities = classify_images(model, sources, headers)
-        respond(resp, schemas.Probabilities(probabilities, elapsed_ms(started)))

@@ -1,4 +1,4 @@
-"""POST /rerank, /v1/rerank and /v2/rerank (the Cohere / Jina shape) and /classify_text."""
+"""POST /rerank, and /v1/rerank and /v2/rerank (the Cohere / Jina shape)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from api.routes.tei_types import speaks_tei
 from api.settings import Limits
 from runtime.registry import ModelRegistry
 from runtime.tasks.rerank import RerankOptions, rerank
-from runtime.tasks.text_classification import TextClassificationOptions, classify_texts
 
 
 def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str]:
@@ -107,17 +106,3 @@ class CohereRerank(ModelRoute):
         meta = schemas.CohereMeta(schemas.CohereBilled(1), schemas.CohereTokens(tokens, 0))
         usage = schemas.CohereUsage(total_tokens=tokens, documents=len(documents))
         respond(resp, schemas.CohereRanking(str(uuid.uuid4()), results, request.model, usage, meta))
-
-
-class ClassifyText(ModelRoute):
-    """Class probabilities per text, and the top_k labels by probability."""
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.perf_counter()
-        request = self._request(req, schemas.ClassifyTextRequest)
-        texts = params.check_texts("text", request.text, self.limits.max_items, self.limits)
-        req.context.items = len(texts)
-        with self.registry.use(request.name) as model:
-            classes = classify_texts(model, texts, TextClassificationOptions(request.top_k))
-        top = [[schemas.Label(label, score) for label, score in row] for row in classes.top]
-        respond(resp, schemas.TextClasses(classes.scores, top, elapsed_ms(started)))
