@@ -14,6 +14,7 @@ import numpy as np
 from runtime.classifier import activate
 from runtime.errors import InputError
 from runtime.models import Model
+from runtime.pairs import PairEncoder
 from runtime.tasks.capabilities import pair_encoder, wrong_model
 from runtime.tasks.image_embedding import ImageEmbedding
 from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions
@@ -46,7 +47,9 @@ class Rerank:
 
     def __init__(self, model: Model, options: RerankOptions | None = None, images: bool = False):
         self.options = options = options or RerankOptions()
-        self.pair = self.text = self.image = None
+        self.pair: PairEncoder | None = None
+        self.text: TextEmbedding | None = None
+        self.image: ImageEmbedding | None = None
         if model.pair is not None:
             if model.manifest.task != "rerank":
                 raise wrong_model(model, "a reranker")
@@ -76,7 +79,13 @@ class Rerank:
         scores, tokens = self._scores(query, texts, images, headers)
         return Ranking(scores, ranked(scores, self.options.top_n), tokens)
 
-    def _scores(self, query, texts, images, headers) -> tuple[np.ndarray, int]:
+    def _scores(
+        self,
+        query: str,
+        texts: list[str] | None,
+        images: list[str] | None,
+        headers: dict[str, str] | None,
+    ) -> tuple[np.ndarray, int]:
         if self.pair is not None:
             assert texts is not None
             logits, tokens = self.pair.query_logits(query, texts, self.options.truncate)

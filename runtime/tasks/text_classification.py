@@ -36,7 +36,10 @@ class TextClassification:
     """`rerankers`: a reranker's pair scores count as classes too (TEI's /predict)."""
 
     def __init__(
-        self, model: Model, options: TextClassificationOptions | None = None, rerankers=False
+        self,
+        model: Model,
+        options: TextClassificationOptions | None = None,
+        rerankers: bool = False,
     ) -> None:
         self.options = options = options or TextClassificationOptions()
         if model.pair is None or model.classifier is None:
