@@ -36,6 +36,10 @@ class DimensionsOutOfRange(InputError):
         self.dim = dim
 
 
+class UnknownPrompt(InputError):
+    """A prompt name the model was not built with; the API adds where its prompts are listed."""
+
+
 class ModelNotFound(ServingError, LookupError):
     """No model of that name in the engine repository (a 404)."""
 

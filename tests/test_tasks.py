@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from api.routes.task_errors import describe
-from runtime.errors import DimensionsOutOfRange, InputError, WrongModel
+from runtime.errors import DimensionsOutOfRange, InputError, UnknownPrompt, WrongModel
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.tasks.capabilities import (
@@ -151,3 +151,12 @@ def test_impossible_options_fail_before_any_image_is_fetched(models):
         ImageEmbedding(models[CLIP], EmbeddingOptions(precision="int8"))
     with pytest.raises(InputError, match="ranks texts, not images"):
         rerank(models[RERANKER], "q", images=unreachable)
+
+
+def test_an_unknown_prompt_name_is_refused_and_the_api_says_where_prompts_are_listed(models):
+    options = TextEmbeddingOptions(text=TextOptions(prompt_name="nope"))
+    with pytest.raises(UnknownPrompt) as raised:
+        embed_texts(models[MINILM], TEXTS, options)
+    assert "(query)" in str(raised.value)  # the prompts it has
+    assert "/" not in str(raised.value)
+    assert describe(raised.value) == f"{raised.value}; GET /model_info lists them"

@@ -119,7 +119,7 @@ def _rows(
     try:
         task.encoder.resolve_prompt(options)
     except InputError as error:
-        raise invalid(str(error), _prompt_param(options)) from None
+        raise invalid(describe(error), _prompt_param(options)) from None
     try:
         return task.prepare(texts if texts is not None else ids or [])
     except TextTooLong as error:
