@@ -18,10 +18,7 @@ class ClassifyImage(ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.ClassifyImageRequest)
-        sources, headers = params.check_images(
-            "image", request.image, request.image_download_headers, self.limits.max_items
-        )
-        req.context.items = len(sources)
+        sources, headers = params.request_images(req, request, self.limits)
         with self.registry.use(request.name) as model:
             probabilities = classify_images(model, sources, headers)
         respond(resp, schemas.Probabilities(probabilities, elapsed_ms(started)))

@@ -72,10 +72,7 @@ class EmbedImage(ModelRoute):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.perf_counter()
         request = self._request(req, schemas.EmbedImageRequest)
-        sources, headers = params.check_images(
-            "image", request.image, request.image_download_headers, self.limits.max_items
-        )
-        req.context.items = len(sources)
+        sources, headers = params.request_images(req, request, self.limits)
         with self.registry.use(request.name) as model:
             options = EmbeddingOptions(**_output(request))
             embeddings = embed_images(model, sources, options, headers)
