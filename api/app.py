@@ -8,7 +8,8 @@ from api.auth import ApiKeys, ManagementOnModelPort
 from api.errors import install_error_handlers
 from api.middleware import Observability
 from api.pages import add_page_routes
-from api.routes.embed import ClassifyImage, Embed, EmbedImage, EmbedText
+from api.routes.classify import ClassifyImage, ClassifyText
+from api.routes.embed import Embed, EmbedImage, EmbedText
 from api.routes.management import (
     DeleteModel,
     LoadedModels,
@@ -21,7 +22,7 @@ from api.routes.model_info import ModelInfo
 from api.routes.openai_api import add_openai_routes
 from api.routes.openapi import OpenAPI
 from api.routes.probes import Health, ModelReady, Ready
-from api.routes.rerank import ClassifyText, CohereRerank, Rerank
+from api.routes.rerank import CohereRerank, Rerank
 from api.routes.tei import add_tei_routes
 from api.services.on_demand import OnDemandBuilds
 from api.services.readiness import Readiness

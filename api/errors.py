@@ -9,6 +9,7 @@ import shlex
 import falcon
 import orjson
 
+from api.routes.task_errors import describe
 from api.routes.tei_errors import TEIError, error_type, is_tei_request
 from runtime.errors import (
     ClientGone,
@@ -114,7 +115,7 @@ def _client_gone(req, resp, error: ClientGone, params):
 
 
 def _input_error(req, resp, error: InputError, params):
-    raise falcon.HTTPBadRequest(description=str(error))
+    raise falcon.HTTPBadRequest(description=describe(error))
 
 
 def _model_load_error(req, resp, error: ModelLoadError, params):

@@ -33,6 +33,7 @@ from runtime.models import Model
 from runtime.preprocessing.tokenizer import TextTokenizer
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import embed_texts
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # (concurrent clients, sentences per request) for the server.
@@ -376,7 +377,7 @@ def in_process_batcher(
                 text = next(remaining, None)
             if text is None:
                 return
-            model.embed_text([text], True, None)
+            embed_texts(model, [text])
 
     seconds = run_threads(client, concurrency)
     model.close()

@@ -18,6 +18,7 @@ from bench.compare import load_figures, serving
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository
+from runtime.tasks.image_embedding import embed_images
 
 CLIP = "bench/tiny-clip"
 IMAGE_LOADS = ((32, 1), (32, 8))
@@ -56,7 +57,7 @@ def in_process(engines: Path, images: list[str], runtime: RuntimeConfig, batch: 
     started = time.perf_counter()
     for _ in range(rounds):
         for start in range(0, len(images), batch):
-            model.embed_images(model.load_images(images[start : start + batch], {}), True, None)
+            embed_images(model, images[start : start + batch])
     seconds = time.perf_counter() - started
     model.close()
     return {"items_per_s": round(rounds * len(images) / seconds, 2)}

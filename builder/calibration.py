@@ -15,6 +15,7 @@ from runtime.models import Model
 from runtime.postprocess import finish_embeddings
 from runtime.quantize import quantization_ranges
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
 
 CALIBRATION_TEXTS = 512
 # Vocabulary entries that are whole lower-case words once word-boundary marks are removed:
@@ -47,7 +48,7 @@ def with_calibration(model: Model, manifest: Manifest) -> Manifest:
     """`manifest` with its text tower's int8/uint8 ranges, raw and L2-normalised."""
     assert model.text is not None
     texts = calibration_texts(model.text.tokenizer.vocabulary())
-    raw = model.embed_text(texts, normalize=False, n_dims=None)
+    raw = embed_texts(model, texts, TextEmbeddingOptions(normalize=False))
     quantization = {
         "items": len(texts),
         "raw": quantization_ranges(raw),

@@ -36,6 +36,7 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Entry
 from runtime.repository.manifest import Manifest
+from runtime.text import TextOptions
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def embedding_plan(
             *VERIFICATION_TEXTS,
             *calibration_texts(vocabulary, HELD_OUT_TEXTS, seed=HELD_OUT_SEED),
         ]
-        rows = f32.tokenize(calibration_texts(vocabulary, SENSITIVITY_TEXTS))
+        rows = f32.text.rows(calibration_texts(vocabulary, SENSITIVITY_TEXTS), TextOptions())
         collate = f32.text.tower.collate
         return Verification(
             feeds=[collate(rows[i : i + FEED_ROWS]) for i in range(0, len(rows), FEED_ROWS)],

@@ -29,6 +29,9 @@ from builder.packed import (
 from builder.verify import VERIFICATION_TEXTS, compare, load_staged
 from runtime.batching.packing import SEGMENT_IDS
 from runtime.repository.manifest import Manifest, PackedSpec, TensorSpec
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
+
+RAW = TextEmbeddingOptions(normalize=False)
 
 PACKED_INPUTS = ("input_ids", SEGMENT_IDS)
 PACKED_FILE = "text.packed.onnx"
@@ -127,8 +130,8 @@ def verify_packed(
         mixes = verification_mixes(len(texts))
         served = np.empty((len(mixes), len(texts), packed.text.tower.spec.dim), np.float32)
         for which, mix in enumerate(mixes):
-            served[which][mix] = packed.embed_text([texts[i] for i in mix], False, None)
-        expected = [reference(texts), padded.embed_text(texts, False, None)]
+            served[which][mix] = embed_texts(packed, [texts[i] for i in mix], RAW)
+        expected = [reference(texts), embed_texts(padded, texts, RAW)]
     finally:
         padded.close()
         packed.close()

@@ -26,7 +26,10 @@ from builder.verify import (
 )
 from runtime.models import Model
 from runtime.repository.manifest import Manifest, PromptSpec, TokenizerSpec
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
 from runtime.text import POOLING_MASK
+
+RAW = TextEmbeddingOptions(normalize=False)
 
 # Inputs the runtime's tokenizer can produce; a model needing others cannot be served.
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -208,7 +211,7 @@ def build(
 
         plan = embedding_plan(
             reference=lambda texts: model.encode(texts, convert_to_numpy=True),
-            embed=lambda staged, texts: staged.embed_text(texts, normalize=False, n_dims=None),
+            embed=lambda staged, texts: embed_texts(staged, texts, RAW),
             thresholds=options.int8,
         )
         manifest = add_int8(staging, manifest, "text", plan, progress)

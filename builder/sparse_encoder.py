@@ -36,8 +36,8 @@ from builder.verify import (
 )
 from runtime.models import Model
 from runtime.repository.manifest import Manifest, SparseQuerySpec, TokenizerSpec
-from runtime.sparse import SPARSE_TASK, TASKS, SparseVector, embed_sparse_side
-from runtime.text import TextOptions
+from runtime.sparse import SPARSE_TASK, TASKS, SparseVector
+from runtime.tasks.sparse_embedding import SparseEmbeddingOptions, embed_sparse
 
 OUTPUT = "sparse_embedding"
 QUERY_WEIGHTS = "query_weights.npy"
@@ -264,10 +264,7 @@ def verify_sparse(
     encode = getattr(reference, _METHODS[task])
     expected = encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
     expected = expected.cpu().numpy().astype(np.float32)
-    items: list[str | list[int]] = list(texts)
-    vectors = embed_sparse_side(
-        staged, items, TextOptions(), task, None, lambda options: staged.tokenize(texts, options)
-    )
+    vectors = embed_sparse(staged, texts, SparseEmbeddingOptions(side=task))
     served = _dense(vectors, expected.shape[1])
     row_max = np.maximum(np.abs(expected).max(axis=1, keepdims=True), 1e-12)
     floor = ZERO_ROUNDING * row_max

@@ -27,6 +27,7 @@ from runtime.models import Model
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
 from runtime.repository.manifest import Manifest, PlanSpec, ProfileRange, TensorSpec, TowerSpec
+from runtime.text import TextOptions
 
 PACKED_PLAN = "text.packed.plan"
 
@@ -220,7 +221,7 @@ def verify_plans(staging: Path, manifest: Manifest, min_cosine: float) -> dict[s
     try:
         if planned.text is not None:
             texts = VERIFICATION_TEXTS
-            rows = reference.tokenize(texts)
+            rows = reference.text.rows(texts, TextOptions())
             served = planned.text.embed(rows)
             expected = reference.text.embed(rows)
             reports["text"] = _checked(served, expected, "text plan", texts, min_cosine)

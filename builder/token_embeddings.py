@@ -20,7 +20,7 @@ from builder.onnx_export import export_token_model, token_tower
 from builder.verify import VERIFICATION_TEXTS, compare
 from runtime.models import Model
 from runtime.repository.manifest import TowerSpec
-from runtime.token_embeddings import token_embeddings
+from runtime.tasks.token_embeddings import embed_tokens
 
 OUTPUT = "token_embeddings"
 
@@ -67,7 +67,7 @@ def export_token_tower(
 def verify_token_tower(staged: Model, reference, strict: bool) -> dict:
     """Every token's embedding (and each text's token count) against sentence-transformers'."""
     texts = VERIFICATION_TEXTS
-    served = token_embeddings(staged, staged.tokenize(texts))
+    served = embed_tokens(staged, texts)
     expected = reference.encode(texts, output_value="token_embeddings", convert_to_numpy=False)
     labels = []
     for text, ours, theirs in zip(texts, served, expected, strict=True):

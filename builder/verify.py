@@ -23,6 +23,10 @@ from runtime.precision import shortfall
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Entry
 from runtime.repository.manifest import Manifest
+from runtime.tasks.embedding import EmbeddingOptions
+from runtime.tasks.image_classification import ImageClassification
+from runtime.tasks.image_embedding import ImageEmbedding
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
 from runtime.text import TextOptions
 
 MIN_COSINE = 0.9999
@@ -161,7 +165,7 @@ def verify_text_tower(
     tokenizer = model.text.tokenizer
     ours = tokenizer.batch(tokenizer.token_ids(texts), ["input_ids"])["input_ids"]
     check_token_ids(ours, np.asarray(reference_ids(texts)), [repr(text[:60]) for text in texts])
-    served = model.embed_text(texts, normalize=False, n_dims=None)
+    served = embed_texts(model, texts, TextEmbeddingOptions(normalize=False))
     expected = np.asarray(reference_embed(texts), dtype=np.float32)
     labels = [repr(text[:60]) for text in texts]
     return compare(served, expected, "text tower", labels, MIN_COSINE if strict else -1.0)
@@ -190,7 +194,8 @@ def verify_prompt(
     """Embeddings with the prompt `name` (a few texts, one past the maximum length) against
     the source library's with the same prompt."""
     texts = VERIFICATION_TEXTS[:4]
-    served = model.embed_text(texts, False, None, TextOptions(prompt_name=name))
+    options = TextEmbeddingOptions(normalize=False, text=TextOptions(prompt_name=name))
+    served = embed_texts(model, texts, options)
     expected = np.asarray(reference_embed(texts), dtype=np.float32)
     return compare(
         served, expected, f"text tower with prompt {name!r}", [repr(t[:60]) for t in texts]
@@ -236,7 +241,7 @@ def verify_image_tower(
     """Embeddings of the runtime's own decoding and Pillow preprocessing against the source
     library's preprocessing and model on the same decoded RGB images."""
     decoded, pixels = _decoded(model, images)
-    served = model.embed_images(pixels, normalize=False, n_dims=None)
+    served = ImageEmbedding(model, EmbeddingOptions(normalize=False)).run(pixels)
     expected = np.asarray(reference_embed(decoded), dtype=np.float32)
     labels = _image_labels(decoded)
     return compare(served, expected, "image tower", labels, MIN_COSINE if strict else -1.0)
@@ -251,7 +256,7 @@ def verify_classifier(
     """Class probabilities through the runtime must be within MAX_PROBABILITY_ERROR of the
     source library's on the same decoded images (strict), and pick the same top class."""
     decoded, pixels = _decoded(model, images)
-    served = model.classify(pixels)
+    served = ImageClassification(model).run(pixels)
     expected = np.asarray(reference_probabilities(decoded), dtype=np.float32)
     figures = check_max_abs(served, expected, "classifier", _image_labels(decoded), strict)
     top1 = float(np.mean(served.argmax(axis=1) == expected.argmax(axis=1)))

@@ -14,6 +14,32 @@ class InputError(ServingError, ValueError):
     """The request asks something of the model that it cannot do (a 400)."""
 
 
+class WrongModel(InputError):
+    """The model is of another kind than the task needs (an embedding asked of a reranker).
+    `serves`: the tasks it does serve (runtime.tasks.capabilities), so that the API can name
+    the routes for them."""
+
+    def __init__(self, message: str, serves: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.serves = serves
+
+
+class DimensionsOutOfRange(InputError):
+    """A Matryoshka truncation to more dimensions than the model has, or fewer than one."""
+
+    def __init__(self, requested: int, dim: int) -> None:
+        super().__init__(
+            f"the embeddings can keep between 1 and {dim} dimensions (this model's dimension), "
+            f"not {requested}"
+        )
+        self.requested = requested
+        self.dim = dim
+
+
+class UnknownPrompt(InputError):
+    """A prompt name the model was not built with; the API adds where its prompts are listed."""
+
+
 class ModelNotFound(ServingError, LookupError):
     """No model of that name in the engine repository (a 404)."""
 

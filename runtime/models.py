@@ -1,4 +1,6 @@
-"""A served model: its towers, their preprocessing and the shared post-processing."""
+"""A served model: its towers and their preprocessing, loaded, warmed up and leased to requests.
+
+What a request asks of it (embed, rank, classify) is a task pipeline in runtime.tasks."""
 
 from __future__ import annotations
 
@@ -22,20 +24,13 @@ from runtime.classifier import Classifier
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError, ModelLoadError
 from runtime.pairs import PairEncoder, load_pair_encoder
-from runtime.postprocess import finish_embeddings
 from runtime.preprocessing.fetch import DOWNLOAD_FAILED, ImageFetcher, is_url
 from runtime.preprocessing.images import ImageDecodeError, decode, preprocess
 from runtime.preprocessing.tokenizer import TextTokenizer, open_tokenizer
 from runtime.repository import Entry
 from runtime.repository.manifest import ImageSpec, Manifest, TowerSpec
-from runtime.sparse import SPARSE_TASK, QueryLookup, open_query_lookup
-from runtime.text import (
-    TextEncoder,
-    TextOptions,
-    TokenRow,
-    collate_packed,
-    collate_rows,
-)
+from runtime.sparse import QueryLookup, open_query_lookup
+from runtime.text import TextEncoder, collate_packed, collate_rows
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +117,6 @@ class Model:
     def name(self) -> str:
         return self.manifest.name
 
-    @property
-    def modalities(self) -> str:
-        encoders = (("text", self.text or self.pair), ("images", self.image))
-        kinds = [kind for kind, encoder in encoders if encoder]
-        return " and ".join(kinds)
-
-    @property
-    def embeds_images(self) -> bool:
-        return self.image is not None and self.manifest.task == "embedding"
-
     @classmethod
     def load(
         cls,
@@ -182,67 +167,6 @@ class Model:
         model.directory = directory
         model.warm_up()
         return model
-
-    def embed_text(
-        self,
-        texts: list[str],
-        normalize: bool,
-        n_dims: int | None,
-        options: TextOptions | None = None,
-    ) -> np.ndarray:
-        return self.embed_tokens(self.tokenize(texts, options), normalize, n_dims)
-
-    def tokenize(self, texts: list[str], options: TextOptions | None = None) -> list[TokenRow]:
-        """Texts as token rows, with the request's prompt and truncation."""
-        return self._require(self.text, "embed text").rows(texts, options or TextOptions())
-
-    def embed_tokens(self, rows: list[TokenRow], normalize: bool, n_dims: int | None) -> np.ndarray:
-        self.validate(texts=True, images=False, n_dims=n_dims)
-        assert self.text is not None
-        return finish_embeddings(self.text.embed(rows), normalize, n_dims)
-
-    def load_images(self, sources: list[str], headers: dict[str, str]) -> np.ndarray:
-        return self._require(self.image, "embed images").load(sources, headers)
-
-    def embed_images(self, pixels: np.ndarray, normalize: bool, n_dims: int | None) -> np.ndarray:
-        self.validate(texts=False, images=True, n_dims=n_dims)
-        assert self.image is not None
-        return finish_embeddings(self.image.embed(pixels), normalize, n_dims)
-
-    def validate(self, texts: bool, images: bool, n_dims: int | None) -> None:
-        """Refuse, before any work, what this model cannot do for a request."""
-        if self.pair is not None:
-            raise InputError(
-                f"model {self.name!r} is a {self.manifest.task} model, not an embedding model; "
-                "use /rerank or /classify_text"
-            )
-        if texts and self.manifest.task == SPARSE_TASK:
-            raise InputError(
-                f"model {self.name!r} is a sparse (SPLADE) embedding model; ask /embed_text or "
-                "/embed_sparse for its sparse embeddings"
-            )
-        if texts:
-            _check_n_dims(n_dims, self._require(self.text, "embed text").tower.spec.dim)
-        if images:
-            if self.image is not None and not self.embeds_images:
-                raise InputError(
-                    f"model {self.name!r} is an image classifier, not an embedding model; "
-                    "use /classify_image"
-                )
-            _check_n_dims(n_dims, self._require(self.image, "embed images").tower.spec.dim)
-
-    def validate_classification(self) -> None:
-        if self.classifier is None:
-            raise InputError(
-                f"model {self.name!r} has no class labels; use a timm classifier, or build a CLIP "
-                "model for zero-shot classification with: ingrain-build SOURCE --labels FILE"
-            )
-        self._require(self.image, "classify images")
-
-    def classify(self, pixels: np.ndarray) -> np.ndarray:
-        self.validate_classification()
-        assert self.image is not None and self.classifier is not None
-        return self.classifier.probabilities(self.image.embed(pixels))
 
     def acquire(self) -> None:
         """A request starts using the model."""
@@ -306,13 +230,6 @@ class Model:
         if self.image is not None:
             self.image.decoders.shutdown(wait=False)
 
-    def _require(self, encoder, action: str):
-        if encoder is None:
-            raise InputError(
-                f"model {self.name!r} cannot {action}: it takes {self.modalities} only"
-            )
-        return encoder
-
 
 def _names(spec: TowerSpec) -> list[str]:
     return [tensor.name for tensor in spec.inputs]
@@ -373,8 +290,3 @@ def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:
         return open_backend(entry.directory, spec, runtime, entry.name)
     except Exception as error:
         raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
-
-
-def _check_n_dims(n_dims: int | None, dim: int) -> None:
-    if n_dims is not None and not 1 <= n_dims <= dim:
-        raise InputError(f"nDims must be between 1 and {dim} (this model's dimension), or null")

@@ -17,7 +17,6 @@ from tokenizers import Encoding, Tokenizer
 
 from runtime.batching.packing import pack
 from runtime.batching.tower import Collate, Tower
-from runtime.classifier import activate
 from runtime.errors import InputError, ModelLoadError
 from runtime.preprocessing.tokenizer import longest_text, open_tokenizer, readable_parts
 from runtime.repository import Entry
@@ -139,15 +138,10 @@ class PairEncoder:
         [encoding] = self.tokenizer.encode([""])
         self.tower.warm_up([(encoding.ids, encoding.type_ids)], lengths=[len(encoding.ids)])
 
-    def scores(
-        self, query: str, texts: list[str], raw: bool, truncate: bool
-    ) -> tuple[np.ndarray, int]:
-        """One relevance score per text: the first logit of each (query, text) pair, through
-        the model's activation unless `raw`; and the tokens the model read."""
+    def query_logits(self, query: str, texts: list[str], truncate: bool) -> tuple[np.ndarray, int]:
+        """The logits of each (query, text) pair, and the tokens the model read."""
         items = self._items([query] * len(texts), texts, truncate)
-        logits = self._infer(items)
-        scores = (logits if raw else activate(logits, self.activation))[:, 0]
-        return scores, sum(len(ids) for ids, _ in items)
+        return self._infer(items), sum(len(ids) for ids, _ in items)
 
 
 def load_pair_encoder(

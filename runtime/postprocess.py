@@ -1,4 +1,4 @@
-"""Post-processing shared by every embedding route, defined once."""
+"""Post-processing shared by every embedding task (runtime.tasks), defined once."""
 
 from __future__ import annotations
 

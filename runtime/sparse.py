@@ -5,12 +5,11 @@ Inference-free SPLADE models (a sentence-transformers Router) have a second side
 a lookup of a weight per vocabulary token (QueryLookup), which runs on the request thread with
 no tower. A request's `task` ("query" or "document") picks the side, with the prompts
 SparseEncoder.encode_query / encode_document use; without one, the model's default side serves
-it, as SparseEncoder.encode does.
+it, as SparseEncoder.encode does. The task's pipeline: runtime.tasks.sparse_embedding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -24,7 +23,6 @@ from runtime.text import TextOptions, TextTooLong
 
 if TYPE_CHECKING:
     from runtime.models import Model
-    from runtime.text import TokenRow
 
 SPARSE_TASK = "sparse-embedding"
 TASKS = ("query", "document")
@@ -48,16 +46,6 @@ def _largest(indices: np.ndarray, values: np.ndarray, top_k: int | None) -> Spar
         kept = np.sort(np.argpartition(-values, top_k - 1)[:top_k])
         indices, values = indices[kept], values[kept]
     return SparseVector(indices, values)
-
-
-def embed_sparse(model: Model, rows: list[TokenRow], top_k: int | None) -> list[SparseVector]:
-    if model.manifest.task != SPARSE_TASK:
-        raise InputError(
-            f"model {model.name!r} is not a sparse embedding model; build a sentence-transformers "
-            "SparseEncoder (SPLADE) with ingrain-build for sparse embeddings"
-        )
-    assert model.text is not None
-    return [sparsify(row, top_k) for row in model.text.embed(rows)]
 
 
 class QueryLookup:
@@ -133,25 +121,3 @@ def task_options(model: Model, options: TextOptions, task: str | None) -> TextOp
     if task in model.text.prompts.prompts:
         return replace(options, prompt_name=task)
     return replace(options, prompt="")
-
-
-def embed_sparse_side(
-    model: Model,
-    items: list[str | list[int]],
-    options: TextOptions,
-    task: str | None,
-    top_k: int | None,
-    tower_rows: Callable[[TextOptions], list[TokenRow]],
-) -> list[SparseVector]:
-    """Sparse embeddings from the side `task` asks for (None: the model's default side): an
-    inference-free model's query lookup, or the text tower, whose rows of `items`
-    `tower_rows(options)` makes. Models with one side serve every task with it, as
-    sentence-transformers does."""
-    options = task_options(model, options, task)
-    lookup: QueryLookup | None = model.sparse_query
-    spec = model.manifest.sparse_query
-    if lookup is None or spec is None or (task or spec.default_task) != "query":
-        return embed_sparse(model, tower_rows(options), top_k)
-    assert model.text is not None
-    prompt = model.text.resolve_prompt(options)
-    return lookup.embed(lookup.token_ids(items, options, prompt), top_k)

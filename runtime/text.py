@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.batching.packing import pack
 from runtime.batching.tower import Tower
-from runtime.errors import InputError
+from runtime.errors import InputError, UnknownPrompt
 from runtime.preprocessing.tokenizer import TextTokenizer, longest_text
 from runtime.repository.manifest import PromptSpec
 
@@ -73,9 +73,9 @@ class TextEncoder:
             return self.prompts.prompts.get(self.prompts.default) if self.prompts.default else None
         if name not in self.prompts.prompts:
             known = ", ".join(sorted(self.prompts.prompts)) or "none"
-            raise InputError(
-                f"prompt name {name!r:.60} is not one of this model's prompts ({known}); see "
-                "GET /model_info, or add prompts with ingrain-build --prompt NAME=TEXT"
+            raise UnknownPrompt(
+                f"prompt name {name!r:.60} is not one of this model's prompts ({known}); add "
+                "prompts with ingrain-build --prompt NAME=TEXT"
             )
         return self.prompts.prompts[name]
 

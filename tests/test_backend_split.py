@@ -18,6 +18,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
+from runtime.tasks.text_embedding import embed_texts
 from tests.conftest import EXACT, MINILM
 
 ORT, OV, OV_BF16 = "onnxruntime/f32", "openvino/f32", "openvino/bf16"
@@ -148,11 +149,11 @@ def test_a_stored_split_is_served_after_a_restart(minilm, tmp_path, reference):
         assert isinstance(backend, SplitBackend) and backend.decision.source == "cached"
         assert backend.above == 64 and backend.large.name == "openvino"
         texts = ["short", *[f"sentence number {i} with a few more words in it" for i in range(40)]]
-        served = model.embed_text(texts, normalize=True, n_dims=None)
+        served = embed_texts(model, texts)
         expected = reference.encode(texts, normalize_embeddings=True)
         cosines = np.sum(served * expected, axis=1)
         assert cosines.min() >= 0.9999, cosines.min()
-        np.testing.assert_allclose(served, exact.embed_text(texts, True, None), atol=1e-4)
+        np.testing.assert_allclose(served, embed_texts(exact, texts), atol=1e-4)
     finally:
         model.close()
         exact.close()

@@ -15,6 +15,7 @@ from builder.verify import verify_text_tower
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
 from tests.conftest import BIN, EXACT, MINILM, cosines
 from tests.models import tiny_sentence_transformer
 
@@ -35,7 +36,7 @@ def test_pooling_and_dense_heads_export_and_verify(tmp_path, minilm_source, pool
     build_model(str(source), engines, name=f"tiny/{pooling}", progress=Progress(quiet=True))
     model = Model.load(Repository(engines).find(f"tiny/{pooling}"), EXACT)
     texts = ["one", "two words", "a sentence that runs past the max length " * 20, "", "🚀"]
-    served = model.embed_text(texts, normalize=False, n_dims=None)
+    served = embed_texts(model, texts, TextEmbeddingOptions(normalize=False))
     expected = reference.encode(texts)
     assert served.shape == (5, 16 if dense else 32)
     assert cosines(served, expected).min() >= 0.9999
@@ -109,7 +110,7 @@ def test_force_rebuild_replaces_and_a_failed_one_keeps_the_old_model(tmp_path, m
     first = json.loads((engines / "tiny" / "model.json").read_text())["build"]["created"]
     with pytest.raises(BuildError):
         build_model(str(tmp_path / "missing"), engines, name="tiny", force=True, progress=quiet)
-    Model.load(Repository(engines).find("tiny")).embed_text(["still here"], True, None)
+    embed_texts(Model.load(Repository(engines).find("tiny")), ["still here"])
     time.sleep(1.1)
     build_model(str(source), engines, name="tiny", force=True, progress=quiet)
     assert json.loads((engines / "tiny" / "model.json").read_text())["build"]["created"] != first

@@ -9,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
+from runtime.tasks.text_embedding import embed_texts
+
 pytestmark = pytest.mark.gpu
 
 
@@ -76,8 +78,8 @@ def test_tensorrt_build_and_serve_match_onnx_runtime(tmp_path, minilm_source, cl
         trt_model = Model.load(entry, RuntimeConfig(backend="tensorrt"))
         ort_model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
         texts = [f"text number {i} " * (1 + i) for i in range(12)]
-        served = trt_model.embed_text(texts, True, None)
-        assert cosines(served, ort_model.embed_text(texts, True, None)).min() >= 0.999
+        served = embed_texts(trt_model, texts)
+        assert cosines(served, embed_texts(ort_model, texts)).min() >= 0.999
         trt_model.close()
         ort_model.close()
     shutil.rmtree(engines)

@@ -15,6 +15,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository
+from runtime.tasks.rerank import rerank
 from tests.conftest import MINILM, RERANKER, TEXT_CLASSIFIER, cosines, start_server, stop_server
 from tests.models import tiny_sentence_transformer
 from tests.test_cli import run
@@ -174,7 +175,7 @@ def test_a_reranker_gets_an_int8_variant_judged_by_rank_agreement(pair_sources, 
     model = Model.load(entry, runtime)
     try:
         assert model.pair.tower.backend.precision == "int8"
-        scores, _ = model.pair.scores("a query", ["a document", "another one"], False, True)
+        scores = rerank(model, "a query", ["a document", "another one"]).scores
         assert scores.shape == (2,) and np.isfinite(scores).all()
     finally:
         model.close()

@@ -24,6 +24,8 @@ from runtime.precision import choose, shortfall
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import embed_texts
+from runtime.text import TextOptions
 from tests.conftest import CLIP, MINILM, TIMM, cosines, start_server, stop_server
 
 TEXTS = [
@@ -58,7 +60,7 @@ def engine_of(encoder) -> tuple[str, str]:
 def tower_outputs(model: Model) -> dict[str, np.ndarray]:
     outputs = {}
     if model.text is not None:
-        outputs["text"] = model.text.embed(model.tokenize(TEXTS))
+        outputs["text"] = model.text.embed(model.text.rows(TEXTS, TextOptions()))
     if model.image is not None:
         outputs["image"] = model.image.embed(pixels_for(model))
     return outputs
@@ -99,7 +101,7 @@ def test_bf16_minilm_matches_sentence_transformers(engines, reference):
     model = load(engines, MINILM, backend="openvino", precision="bf16")
     try:
         assert model.text.tower.backend.precision == "bf16"
-        served = model.embed_text(TEXTS, normalize=True, n_dims=None)
+        served = embed_texts(model, TEXTS)
     finally:
         model.close()
     expected = reference.encode(TEXTS, normalize_embeddings=True)
@@ -253,7 +255,7 @@ def test_an_unwritable_cache_falls_back_to_compiling(engines, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         model = load(engines, MINILM, compile_cache=str(blocker / "cache"))
     try:
-        assert model.embed_text(["still served"], True, None).shape == (1, 384)
+        assert embed_texts(model, ["still served"]).shape == (1, 384)
     finally:
         model.close()
     assert "no compiled-model cache" in caplog.text and "--compile-cache" in caplog.text

@@ -17,11 +17,14 @@ from runtime.errors import InputError
 from runtime.models import Model
 from runtime.repository import Entry, Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions, embed_texts
 from runtime.text import TextOptions, TokenRow
 from tests.conftest import MINILM, cosines
 from tests.models import tiny_sentence_transformer
 
 BACKENDS = ("onnxruntime", "openvino")
+
+RAW = TextEmbeddingOptions(normalize=False)
 
 
 def mixed_rows(model: Model) -> list[TokenRow]:
@@ -29,7 +32,7 @@ def mixed_rows(model: Model) -> list[TokenRow]:
     of every size, a text cut at the maximum, and a row of exactly the maximum."""
     texts = ["", "a", "two words", "a sentence of middling length, say ten words or so"]
     texts += ["word " * n for n in (20, 37, 61, 300)]
-    rows = model.tokenize(texts)
+    rows = model.text.rows(texts, TextOptions())
     maximum = model.text.max_length
     rows += [TokenRow([101]), TokenRow([101] + [2003] * (maximum - 2) + [102])]
     return rows
@@ -43,7 +46,7 @@ def embed_both(entry: Entry, rows: list[TokenRow], backend: str) -> tuple[np.nda
         try:
             expected_graph = "text.packed.onnx" if packing else "text.onnx"
             assert model.text.tower.spec.onnx == expected_graph
-            outputs.append(model.embed_tokens(rows, normalize=False, n_dims=None))
+            outputs.append(TextEmbedding(model, RAW).run(rows))
         finally:
             model.close()
     return tuple(outputs)
@@ -83,7 +86,7 @@ def test_every_pooling_mode_packs_and_matches_the_padded_graph(
     # The texts (the last one cut at the maximum, as before) against sentence-transformers.
     texts = ["", "a", "two words", "word " * 300]
     model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
-    served = model.embed_text(texts, False, None)
+    served = embed_texts(model, texts, RAW)
     model.close()
     assert cosines(served, reference.encode(texts)).min() >= 0.9999
 
@@ -114,7 +117,7 @@ def test_one_text_and_256_texts_per_request_pack(engines, reference, backend, co
     try:
         assert model.text.tower.spec.onnx == "text.packed.onnx"
         texts = [f"text number {i} " + "and more " * (i % 40) for i in range(count)]
-        served = model.embed_text(texts, normalize=False, n_dims=None)
+        served = embed_texts(model, texts, RAW)
     finally:
         model.close()
     expected = reference.encode(texts)

@@ -28,6 +28,8 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest, PlanSpec
+from runtime.tasks.rerank import rerank
+from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions, embed_texts
 from runtime.text import TokenRow
 from tests.conftest import (
     CLIP,
@@ -49,6 +51,8 @@ TEXTS = [
     "A kitten curled up on the sofa. " * 100,  # past every maximum
     "日本語のテキスト",
 ]
+
+RAW = TextEmbeddingOptions(normalize=False)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,7 @@ def test_a_packed_reranker_ranks_as_cross_encoder_predict(packed_engines, pair_s
     model = Model.load(Repository(packed_engines).find(RERANKER), RuntimeConfig())
     try:
         assert model.pair.tower.spec.onnx == "pair.packed.onnx"
-        scores, _ = model.pair.scores(QUERY, TEXTS, raw=False, truncate=True)
+        scores = rerank(model, QUERY, TEXTS).scores
     finally:
         model.close()
     expected = reference.predict(pairs)
@@ -121,7 +125,7 @@ def test_a_packed_reranker_ranks_as_cross_encoder_predict(packed_engines, pair_s
 def clip_rows(model: Model) -> list[TokenRow]:
     """CLIP token rows from 1 token (a lone start-of-text) to the full context, in one
     execution."""
-    rows = model.tokenize(TEXTS)
+    rows = TextEmbedding(model, RAW).prepare(TEXTS)
     context = model.text.max_length
     start, end = rows[0].ids[0], rows[0].ids[-1]
     return [TokenRow([start]), *rows, TokenRow([start] + [320] * (context - 2) + [end])]
@@ -141,7 +145,7 @@ def test_a_packed_clip_text_tower_matches_the_padded_graph_and_open_clip(
                 expected = "text.packed.onnx" if packing else "text.onnx"
                 assert model.text.tower.spec.onnx == expected
                 rows = clip_rows(model)
-                embeddings[packing] = model.embed_tokens(rows, normalize=False, n_dims=None)
+                embeddings[packing] = TextEmbedding(model, RAW).run(rows)
             finally:
                 model.close()
         assert {len(row.ids) for row in rows} >= {1, entry.manifest.tokenizer.max_length}
@@ -154,7 +158,7 @@ def test_a_packed_clip_text_tower_matches_the_padded_graph_and_open_clip(
         expected = reference.encode_text(tokenizer(TEXTS)).numpy()
     model = Model.load(entry, RuntimeConfig(backend="onnxruntime"))
     try:
-        served = model.embed_text(TEXTS, False, None)
+        served = embed_texts(model, TEXTS, RAW)
     finally:
         model.close()
     assert cosines(served, expected).min() >= 0.9999

@@ -14,6 +14,7 @@ from runtime.models import InputError, Model, ModelLoadError
 from runtime.postprocess import finish_embeddings
 from runtime.repository import ModelNotFound, Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts
 from tests.conftest import (
     CLIP,
     CUSTOM_CLIP,
@@ -92,7 +93,7 @@ def test_embeddings_match_sentence_transformers_across_batches(model, reference)
         ("short" if i % 3 else "a much longer sentence about many things " * (i % 9)) + str(i)
         for i in range(75)
     ]
-    served = model.embed_text(texts, normalize=True, n_dims=None)
+    served = embed_texts(model, texts)
     expected = reference.encode(texts, normalize_embeddings=True)
     assert cosines(served, expected).min() >= 0.9999
     assert np.abs(served - expected).max() < 1e-4
@@ -101,7 +102,7 @@ def test_embeddings_match_sentence_transformers_across_batches(model, reference)
 def test_n_dims_out_of_range_is_an_input_error(model):
     for n_dims in (0, -3, 385):
         with pytest.raises(InputError, match="between 1 and 384"):
-            model.embed_text(["a"], normalize=True, n_dims=n_dims)
+            embed_texts(model, ["a"], TextEmbeddingOptions(n_dims=n_dims))
 
 
 def test_finish_embeddings_truncates_before_normalising():

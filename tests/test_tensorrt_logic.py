@@ -27,6 +27,7 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest, ManifestError, PlanSpec, ProfileRange
+from runtime.tasks.text_embedding import embed_texts
 from tests.conftest import BIN, MINILM, cosines
 
 
@@ -246,7 +247,7 @@ def test_auto_falls_back_to_the_cpu_with_a_warning(engines, tmp_path, caplog):
     entry = planned_copy(engines, tmp_path)
     with caplog.at_level(logging.WARNING):
         model = Model.load(entry, RuntimeConfig(backend="auto"))
-    assert model.embed_text(["still served"], True, None).shape == (1, 384)
+    assert embed_texts(model, ["still served"]).shape == (1, 384)
     assert "falling back to the CPU" in caplog.text and "text.plan" in caplog.text
     with pytest.raises(ModelLoadError):
         Model.load(entry, RuntimeConfig(backend="tensorrt"))

@@ -18,6 +18,7 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions, embed_texts
 from runtime.text import TextOptions
 from tests.conftest import BIN, CLIP, MINILM, QUERY_PROMPT, cosines
 from tests.models import tiny_sentence_transformer
@@ -25,6 +26,11 @@ from tests.models import tiny_sentence_transformer
 TEXTS = ["a cat", "The quick brown fox jumps over the lazy dog.", "日本語のテキスト 🚀"]
 # Past MiniLM's 256 tokens, with different words at each end so the two sides differ.
 LONG = "Rivers run to the sea. " * 60 + "Mountains hold snow and silence. " * 60
+
+
+def raw(text: TextOptions | None = None) -> TextEmbeddingOptions:
+    """Embeddings as the model gives them (not normalised), with the text options given."""
+    return TextEmbeddingOptions(normalize=False, text=text or TextOptions())
 
 
 def embed(server, texts, **options) -> np.ndarray:
@@ -96,13 +102,13 @@ def test_include_prompt_false_equals_sentence_transformers(prompt_excluded):
     assert "pooling_mask" in [tensor.name for tensor in entry.manifest.towers["text"].inputs]
     assert entry.manifest.prompts.default == "doc"
     for name in ("query", "doc"):
-        served = model.embed_text(TEXTS, False, None, TextOptions(prompt_name=name))
+        served = embed_texts(model, TEXTS, raw(TextOptions(prompt_name=name)))
         expected = reference.encode(TEXTS, prompt_name=name)
         assert cosines(served, expected).min() >= 0.9999
-    default = model.embed_text(TEXTS, False, None)
+    default = embed_texts(model, TEXTS, raw())
     assert cosines(default, reference.encode(TEXTS)).min() >= 0.9999
     # Pooling over the prompt too gives something else: the exclusion is real.
-    query = model.embed_text(TEXTS, False, None, TextOptions(prompt_name="query"))
+    query = embed_texts(model, TEXTS, raw(TextOptions(prompt_name="query")))
     excluded = reference.encode(TEXTS, prompt_name="query")
     reference[1].include_prompt = True
     try:
@@ -115,9 +121,9 @@ def test_include_prompt_false_equals_sentence_transformers(prompt_excluded):
 def test_rows_with_different_prompts_share_a_batch(prompt_excluded):
     """Each row carries its own prompt length, so concurrent requests batch correctly."""
     _, model, reference = prompt_excluded
-    rows = model.tokenize(TEXTS[:2], TextOptions(prompt_name="query"))
-    rows += model.tokenize(TEXTS[2:], TextOptions(prompt="a much longer instruction: "))
-    served = model.embed_tokens(rows, False, None)
+    rows = model.text.rows(TEXTS[:2], TextOptions(prompt_name="query"))
+    rows += model.text.rows(TEXTS[2:], TextOptions(prompt="a much longer instruction: "))
+    served = TextEmbedding(model, raw()).run(rows)
     expected = np.concatenate(
         [
             reference.encode(TEXTS[:2], prompt_name="query"),

@@ -17,12 +17,15 @@ import numpy as np
 
 from api.routes import params, schemas
 from api.routes.common import respond
+from api.routes.task_errors import describe
 from api.settings import Limits
-from runtime.errors import InputError
+from runtime.errors import DimensionsOutOfRange, InputError
 from runtime.models import Model
 from runtime.registry import ModelRegistry
 from runtime.repository import Repository
 from runtime.repository.manifest import Manifest
+from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions
+from runtime.tasks.text_inputs import tokens_read
 from runtime.text import TextOptions, TextTooLong, TokenRow
 
 
@@ -68,18 +71,6 @@ def _inputs(
     return None, items
 
 
-def _dimensions(request: schemas.OpenAIEmbeddingRequest, model: Model) -> int | None:
-    value = request.dimensions
-    if value is None:
-        return None
-    dim = model.text.tower.spec.dim if model.text is not None else 0
-    if not 1 <= value <= dim:
-        raise invalid(
-            f"dimensions must be a whole number from 1 to {dim} for this model", "dimensions"
-        )
-    return value
-
-
 class Embeddings:
     def __init__(self, registry: ModelRegistry, limits: Limits) -> None:
         self.registry = registry
@@ -94,14 +85,10 @@ class Embeddings:
             raise invalid("prompts apply to text input, not to token ids", _prompt_param(options))
         req.context.items = len(texts or ids or [])
         with self.registry.use(name) as model:
-            try:
-                model.validate(texts=True, images=False, n_dims=None)
-            except InputError as error:
-                raise invalid(f"{error} (this route embeds text)", "model") from None
-            dimensions = _dimensions(request, model)
-            rows = self._rows(model, texts, ids, options)
-            embeddings = model.embed_tokens(rows, True, dimensions)
-            tokens = sum(len(row.ids) for row in rows)
+            task = _task(model, request.dimensions, options)
+            rows = _rows(task, texts, ids, options)
+            embeddings = task.run(rows)
+        tokens = tokens_read(rows)
         data = [
             schemas.OpenAIEmbedding(index=index, embedding=_encoded(row, request.encoding_format))
             for index, row in enumerate(embeddings)
@@ -109,27 +96,36 @@ class Embeddings:
         usage = schemas.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens)
         respond(resp, schemas.OpenAIEmbeddings(data=data, model=name, usage=usage))
 
-    @staticmethod
-    def _rows(
-        model: Model,
-        texts: list[str] | None,
-        ids: list[list[int]] | None,
-        options: TextOptions,
-    ) -> list[TokenRow]:
-        assert model.text is not None
-        try:
-            model.text.resolve_prompt(options)
-        except InputError as error:
-            raise invalid(str(error), _prompt_param(options)) from None
-        try:
-            if texts is not None:
-                return model.tokenize(texts, options)
-            assert ids is not None
-            return model.text.id_rows(ids, options)
-        except TextTooLong as error:
-            raise invalid(error.describe("input"), "input", "context_length_exceeded") from None
-        except InputError as error:
-            raise invalid(str(error), "input") from None
+
+def _task(model: Model, dimensions: int | None, options: TextOptions) -> TextEmbedding:
+    """The text-embedding pipeline for the request; its refusals name the param at fault."""
+    try:
+        return TextEmbedding(model, TextEmbeddingOptions(n_dims=dimensions, text=options))
+    except DimensionsOutOfRange as error:
+        raise invalid(
+            f"dimensions must be a whole number from 1 to {error.dim} for this model",
+            "dimensions",
+        ) from None
+    except InputError as error:
+        raise invalid(f"{describe(error)} (this route embeds text)", "model") from None
+
+
+def _rows(
+    task: TextEmbedding,
+    texts: list[str] | None,
+    ids: list[list[int]] | None,
+    options: TextOptions,
+) -> list[TokenRow]:
+    try:
+        task.encoder.resolve_prompt(options)
+    except InputError as error:
+        raise invalid(describe(error), _prompt_param(options)) from None
+    try:
+        return task.prepare(texts if texts is not None else ids or [])
+    except TextTooLong as error:
+        raise invalid(error.describe("input"), "input", "context_length_exceeded") from None
+    except InputError as error:
+        raise invalid(str(error), "input") from None
 
 
 def _prompt_param(options: TextOptions) -> str:

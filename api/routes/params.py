@@ -277,6 +277,25 @@ def check_texts(field: str, value: str | list[str], limit: int, limits: Limits) 
     return texts
 
 
+def check_images(
+    field: str, value: str | list[str], headers: dict[str, str], limit: int
+) -> tuple[list[str], dict[str, str]]:
+    """An image field (one image or a list) within `limit` items, and its download headers."""
+    return check_items(field, value, limit), download_headers(headers)
+
+
+def request_images(
+    req: falcon.Request, request: Any, limits: Limits
+) -> tuple[list[str], dict[str, str]]:
+    """The `image` and `imageDownloadHeaders` of an image request, checked; its images are the
+    request's items (as the access log counts them)."""
+    sources, headers = check_images(
+        "image", request.image, request.image_download_headers, limits.max_items
+    )
+    req.context.items = len(sources)
+    return sources, headers
+
+
 def download_headers(headers: dict[str, str]) -> dict[str, str]:
     for name, text in headers.items():
         if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(text):

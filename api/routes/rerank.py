@@ -1,4 +1,4 @@
-"""POST /rerank, /v1/rerank and /v2/rerank (the Cohere / Jina shape) and /classify_text."""
+"""POST /rerank, and /v1/rerank and /v2/rerank (the Cohere / Jina shape)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import uuid
 from typing import Any
 
 import falcon
-import numpy as np
 
 from api.routes import params, schemas
 from api.routes.common import ModelRoute, elapsed_ms, respond
 from api.routes.tei_types import speaks_tei
 from api.settings import Limits
-from runtime.ranking import classify_texts, relevance
 from runtime.registry import ModelRegistry
+from runtime.tasks.rerank import RerankOptions, rerank
 
 
 def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str]:
@@ -35,11 +34,6 @@ def _texts(field: str, value: list[str], query: str, limits: Limits) -> list[str
 def _query(query: str, limits: Limits) -> str:
     params.check_length("query", query, limits.max_text_chars)
     return query
-
-
-def ranked(scores: np.ndarray, top_n: int | None) -> list[int]:
-    """Indices by score, highest first (ties keep input order), cut to `top_n`."""
-    return [int(i) for i in np.argsort(-scores, kind="stable")[:top_n]]
 
 
 class Rerank(ModelRoute):
@@ -74,16 +68,16 @@ class Rerank(ModelRoute):
             )
         headers = params.download_headers(request.image_download_headers)
         req.context.items = len(texts or images or [])
+        options = RerankOptions(request.top_n, request.raw_scores, request.truncate)
         with self.registry.use(request.name) as model:
-            pixels = model.load_images(images, headers) if images is not None else None
-            scores, _ = relevance(model, query, texts, pixels, request.raw_scores, request.truncate)
+            ranking = rerank(model, query, texts, options, images, headers)
         results = [
             schemas.Ranked(
                 index,
-                float(scores[index]),
+                float(ranking.scores[index]),
                 texts[index] if request.return_text and texts is not None else None,
             )
-            for index in ranked(scores, request.top_n)
+            for index in ranking.order
         ]
         respond(resp, schemas.Ranking(results, elapsed_ms(started)))
 
@@ -99,33 +93,16 @@ class CohereRerank(ModelRoute):
         documents = _texts("documents", given, query, self.limits)
         req.context.items = len(documents)
         with self.registry.use(request.model) as model:
-            scores, tokens = relevance(model, query, documents, None)
+            ranking = rerank(model, query, documents, RerankOptions(top_n=request.top_n))
+        tokens = ranking.tokens
         results = [
             schemas.CohereRanked(
                 index,
-                float(scores[index]),
+                float(ranking.scores[index]),
                 schemas.Document(documents[index]) if request.return_documents else None,
             )
-            for index in ranked(scores, request.top_n)
+            for index in ranking.order
         ]
         meta = schemas.CohereMeta(schemas.CohereBilled(1), schemas.CohereTokens(tokens, 0))
         usage = schemas.CohereUsage(total_tokens=tokens, documents=len(documents))
         respond(resp, schemas.CohereRanking(str(uuid.uuid4()), results, request.model, usage, meta))
-
-
-class ClassifyText(ModelRoute):
-    """Class probabilities per text, and the top_k labels by probability."""
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        started = time.perf_counter()
-        request = self._request(req, schemas.ClassifyTextRequest)
-        texts = params.check_texts("text", request.text, self.limits.max_items, self.limits)
-        req.context.items = len(texts)
-        with self.registry.use(request.name) as model:
-            probabilities = classify_texts(model, texts)
-            labels = model.classifier.labels
-        top = [
-            [schemas.Label(labels[i], float(row[i])) for i in ranked(row, request.top_k)]
-            for row in probabilities
-        ]
-        respond(resp, schemas.TextClasses(probabilities, top, elapsed_ms(started)))

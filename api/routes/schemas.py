@@ -216,7 +216,7 @@ class OpenAIEmbeddingRequest(Struct, kw_only=True):
     prompt_name: PromptName | None = None
 
 
-# Responses. Embeddings and probabilities are numpy arrays when answered (api.routes.embed.respond
+# Responses. Embeddings and probabilities are numpy arrays when answered (api.routes.common.respond
 # writes them); the types here say what the JSON holds.
 
 Matrix = list[list[float]]

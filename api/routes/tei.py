@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -25,7 +24,6 @@ from tokenizers import Tokenizer
 
 from api.routes import params
 from api.routes.common import respond
-from api.routes.rerank import ranked
 from api.routes.tei_errors import (
     TEI_PATHS,
     TEIError,
@@ -52,12 +50,15 @@ from api.routes.tei_types import (
     as_sequences,
 )
 from api.settings import Limits, ServerSettings
-from runtime.classifier import activate
 from runtime.models import Model
 from runtime.registry import ModelRegistry
-from runtime.sparse import embed_sparse_side
-from runtime.text import TextOptions, TokenRow
-from runtime.token_embeddings import token_embeddings
+from runtime.tasks.rerank import RerankOptions, rerank
+from runtime.tasks.sparse_embedding import SparseEmbeddingOptions, embed_sparse
+from runtime.tasks.text_classification import TextClassification, TextClassificationOptions
+from runtime.tasks.text_embedding import TextEmbeddingOptions, embed_texts, similarities
+from runtime.tasks.text_inputs import tokens_read
+from runtime.tasks.token_embeddings import TokenEmbeddings
+from runtime.text import TextOptions
 
 Request = TypeVar("Request", bound=msgspec.Struct)
 Shaped = TypeVar("Shaped")
@@ -93,27 +94,6 @@ class _Route:
                     f"Given: {len(text)}",
                 )
 
-    def _token_rows(
-        self, model: Model, items: list[str | list[int]], options: TextOptions
-    ) -> list[TokenRow]:
-        """Texts and token-id rows, in request order, as the text tower's rows."""
-        texts = [(i, item) for i, item in enumerate(items) if isinstance(item, str)]
-        ids = [(i, item) for i, item in enumerate(items) if isinstance(item, list)]
-        self._check_chars([text for _, text in texts])
-        rows: list[TokenRow | None] = [None] * len(items)
-        if texts:
-            for (i, _), row in zip(
-                texts, model.tokenize([t for _, t in texts], options), strict=True
-            ):
-                rows[i] = row
-        if ids:
-            assert model.text is not None
-            for (i, _), row in zip(
-                ids, model.text.id_rows([r for _, r in ids], options), strict=True
-            ):
-                rows[i] = row
-        return rows  # type: ignore[return-value]
-
     def _inputs(
         self, req: falcon.Request, kind: type[Inputs], model_kind: str, route: str
     ) -> tuple[Inputs, list[str | list[int]], TextOptions, str]:
@@ -122,6 +102,7 @@ class _Route:
         request = self._body(req, kind)
         items, _ = _shaped(as_rows, request.inputs)
         self._check_count(len(items), self.limits.max_items)
+        self._check_chars([item for item in items if isinstance(item, str)])
         options = _options(request.truncate, request.truncation_direction, request.prompt_name)
         name = self.models.pick((model_kind,), route)
         req.context.model, req.context.items = name, len(items)
@@ -148,33 +129,24 @@ class Embed(_Route):
     """POST /embed: one pooled embedding per input, as a list of lists."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request, items, options, name = self._inputs(req, TEIEmbedRequest, EMBEDDING, "/embed")
+        request, items, text, name = self._inputs(req, TEIEmbedRequest, EMBEDDING, "/embed")
+        options = TextEmbeddingOptions(request.normalize, request.dimensions, text=text)
         with runtime_errors(), self.registry.use(name) as model:
-            _check_dimensions(model, request.dimensions)
-            rows = self._token_rows(model, items, options)
-            embeddings = model.embed_tokens(rows, request.normalize, request.dimensions)
+            embeddings = embed_texts(model, items, options)
         respond(resp, embeddings)
-
-
-def _check_dimensions(model: Model, dimensions: int | None) -> None:
-    dim = model.text.tower.spec.dim if model.text is not None else 0
-    if dimensions is not None and dimensions > dim:
-        raise TEIError(
-            "Validation", f"`dimensions` is {dimensions}; this model's embeddings have {dim}"
-        )
 
 
 class EmbedSparse(_Route):
     """POST /embed_sparse: each input's non-zero vocabulary entries as [{index, value}]."""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request, items, options, name = self._inputs(
+        request, items, text, name = self._inputs(
             req, TEIEmbedSparseRequest, SPARSE, "/embed_sparse"
         )
         self._check_chars([item for item in items if isinstance(item, str)])
         with runtime_errors(), self.registry.use(name) as model:
-            rows = partial(self._token_rows, model, items)
-            vectors = embed_sparse_side(model, items, options, request.task, request.top_k, rows)
+            options = SparseEmbeddingOptions(request.top_k, text, request.task)
+            vectors = embed_sparse(model, items, options)
         respond(
             resp,
             [
@@ -195,8 +167,9 @@ class EmbedAll(_Route):
         _, items, options, name = self._inputs(req, TEIEmbedAllRequest, EMBEDDING, "/embed_all")
         limit = self.registry.runtime.batching.max_tokens
         with runtime_errors(), self.registry.use(name) as model:
-            rows = self._token_rows(model, items, options)
-            tokens = sum(len(row.ids) for row in rows)
+            task = TokenEmbeddings(model, options)
+            rows = task.prepare(items)
+            tokens = tokens_read(rows)
             if tokens > limit:  # the answer holds a vector per token: bound its size
                 raise TEIError(
                     "Validation",
@@ -204,7 +177,7 @@ class EmbedAll(_Route):
                     "request (--max-batch-tokens): send fewer or shorter inputs",
                     status=413,
                 )
-            embeddings = token_embeddings(model, rows)
+            embeddings = task.run(rows)
         respond(resp, embeddings)
 
 
@@ -225,10 +198,10 @@ class Similarity(_Route):
         )
         name = self.models.pick((EMBEDDING,), "/similarity")
         req.context.model, req.context.items = name, len(texts)
+        self._check_chars(texts)
         with runtime_errors(), self.registry.use(name) as model:
-            rows = self._token_rows(model, list(texts), options)
-            embeddings = model.embed_tokens(rows, normalize=True, n_dims=None)
-        respond(resp, embeddings[1:] @ embeddings[0])
+            cosines = similarities(model, request.inputs.source_sentence, sentences, options)
+        respond(resp, cosines)
 
 
 class Rerank(_Route):
@@ -249,32 +222,20 @@ class Rerank(_Route):
             )
         name = self.models.pick((RERANK,), "/rerank")
         req.context.model, req.context.items = name, len(request.texts)
-        truncate = True if request.truncate is None else request.truncate
+        options = RerankOptions(
+            raw_scores=request.raw_scores,
+            truncate=True if request.truncate is None else request.truncate,
+            direction=request.truncation_direction,
+        )
         with runtime_errors(), self.registry.use(name) as model:
-            _check_direction(model, request.truncation_direction)
-            assert model.pair is not None
-            scores, _ = model.pair.scores(
-                request.query, request.texts, request.raw_scores, truncate
-            )
+            ranking = rerank(model, request.query, request.texts, options)
         ranks = []
-        for index in ranked(scores, None):
-            rank: dict[str, Any] = {"index": index, "score": float(scores[index])}
+        for index in ranking.order:
+            rank: dict[str, Any] = {"index": index, "score": float(ranking.scores[index])}
             if request.return_text:
                 rank["text"] = request.texts[index]
             ranks.append(rank)
         respond(resp, ranks)
-
-
-def _check_direction(model: Model, direction: str) -> None:
-    """Pair models truncate on their tokenizer's side; TEI's default (right) is accepted."""
-    assert model.pair is not None
-    side = model.pair.tokenizer.spec.truncation_side
-    if direction.lower() != side:
-        raise TEIError(
-            "Validation",
-            f"this model truncates pairs on the {side}; `truncation_direction` "
-            f"{direction!r} is not supported for it",
-        )
 
 
 class Predict(_Route):
@@ -287,37 +248,17 @@ class Predict(_Route):
         self._check_chars([text for sequence in sequences for text in sequence])
         name = self.models.pick((CLASSIFIER, RERANK), "/predict")
         req.context.model, req.context.items = name, len(sequences)
-        truncate = True if request.truncate is None else request.truncate
+        options = TextClassificationOptions(
+            raw_scores=request.raw_scores,
+            truncate=True if request.truncate is None else request.truncate,
+            direction=request.truncation_direction,
+        )
         with runtime_errors(), self.registry.use(name) as model:
-            _check_direction(model, request.truncation_direction)
-            logits = _logits(model, sequences, truncate)
-            assert model.pair is not None and model.classifier is not None
-            scores = logits if request.raw_scores else activate(logits, model.pair.activation)
-            labels = model.classifier.labels
+            classes = TextClassification(model, options, rerankers=True).run(sequences)
         predictions = [
-            [{"score": float(row[i]), "label": labels[i]} for i in ranked(row, None)]
-            for row in scores
+            [{"score": score, "label": label} for label, score in row] for row in classes.top
         ]
         respond(resp, predictions if batch else predictions[0])
-
-
-def _logits(model: Model, sequences: list[tuple[str, ...]], truncate: bool) -> np.ndarray:
-    """Logits per sequence: single texts and pairs run as two groups, back in request order."""
-    assert model.pair is not None
-    singles = [i for i, sequence in enumerate(sequences) if len(sequence) == 1]
-    pairs = [i for i, sequence in enumerate(sequences) if len(sequence) == 2]
-    logits: np.ndarray | None = None
-    for group, second in ((singles, False), (pairs, True)):
-        if not group:
-            continue
-        first = [sequences[i][0] for i in group]
-        seconds = [sequences[i][1] for i in group] if second else None
-        result = model.pair.logits(first, seconds, truncate, positions=group)
-        if logits is None:
-            logits = np.zeros((len(sequences), result.shape[1]), dtype=np.float32)
-        logits[group] = result
-    assert logits is not None
-    return logits
 
 
 class _TokenizerRoute(_Route):

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import falcon
 
-from runtime.errors import InputError, ModelUnavailable, Overloaded
+from runtime.errors import DimensionsOutOfRange, InputError, ModelUnavailable, Overloaded
 from runtime.text import TextTooLong
 
 # TEI's own paths: all of its routes but POST / (shared with the pages' GET /), /embed and
@@ -83,6 +83,11 @@ def runtime_errors() -> Iterator[None]:
             "Validation",
             f"Input validation error: `inputs` must have less than {error.maximum} tokens. "
             f"Given: {error.tokens}",
+        ) from None
+    except DimensionsOutOfRange as error:
+        raise TEIError(
+            "Validation",
+            f"`dimensions` is {error.requested}; this model's embeddings have {error.dim}",
         ) from None
     except InputError as error:
         raise TEIError("Validation", str(error)) from None
