@@ -1,7 +1,8 @@
 """Readiness (/ready, /models/ready), warm-up, stuck and failing towers, the queue deadline.
 
 Tower-level tests drive the real all-MiniLM-L6-v2 graph in ONNX Runtime through a wrapper that
-can hold or fail executions (tests.test_batching.Recording); server tests run real gunicorn.
+can hold or fail executions (tests.unit.runtime.test_batching.Recording); server tests run real
+gunicorn.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from runtime.models import ImageEncoder, Model
 from runtime.repository import Repository, slugify
 from runtime.text import TextEncoder, TextOptions
 from tests.conftest import CLIP, MINILM, start_server, stop_server
-from tests.test_batching import Recording, make_tower, wait_until
+from tests.unit.runtime.test_batching import Recording, make_tower, wait_until
 
 
 class Faulty(Recording):

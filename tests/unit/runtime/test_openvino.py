@@ -195,7 +195,7 @@ def test_unavailable_backends_and_precisions_are_clean_errors(engines):
 
 
 def test_serve_refuses_bad_precision_flags(engines, tmp_path):
-    from tests.test_cli import run
+    from tests.integration.test_cli import run
 
     bad = run("ingrain-serve", "--engines", str(engines), "--precision", "fp8")
     assert bad.returncode == 2 and "fp8" in bad.stderr

@@ -16,8 +16,8 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository
 from tests.conftest import MINILM, RERANKER, TEXT_CLASSIFIER, cosines, start_server, stop_server
+from tests.integration.test_cli import run
 from tests.models import tiny_sentence_transformer
-from tests.test_cli import run
 
 SENTENCES = [
     "A man is playing a guitar on the street.",

@@ -24,7 +24,7 @@ from tests.conftest import (
     stop_server,
 )
 from tests.models import TEXT_LABELS, put_in_hub_cache
-from tests.test_clip import png
+from tests.unit.api.test_clip import png
 
 CLASSIFIER = TEXT_CLASSIFIER
 QUERY = "how do cats sleep"

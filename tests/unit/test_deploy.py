@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import BIN, MINILM
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
@@ -105,7 +105,7 @@ def test_probes_use_routes_the_server_has_and_termination_covers_the_drain(overl
     from api.app import create_app
     from api.server.server import GRACEFUL_TIMEOUT_S
     from api.settings import ServerSettings
-    from tests.test_openapi import app_routes
+    from tests.unit.api.test_openapi import app_routes
 
     routes = {path for path, method in app_routes(create_app(ServerSettings(engines=tmp_path)))}
     pod = find(render(overlay), "Deployment", "ingrain-server")["spec"]["template"]["spec"]

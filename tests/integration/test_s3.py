@@ -26,7 +26,7 @@ from runtime.repository.manifest import Manifest, PromptSpec
 from runtime.repository.s3 import ObjectStore, S3Location
 from runtime.repository.s3_cache import VERSION_FILE, S3Cache, cache_root
 from tests.conftest import BIN, CLIP, MINILM, free_port, start_server, stop_server
-from tests.test_management import copy_model
+from tests.integration.test_management import copy_model
 
 BUCKET = "ingrain-engines"
 TEXTS = ["A man is eating food.", "The new movie is awesome", "x" * 50]

@@ -37,7 +37,7 @@ ODD = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 KEY = "pages-user-key"
 ADMIN_KEY = "pages-admin-key"
 PAGES = ("/", "/playground", "/docs")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 60
 
 
