@@ -154,6 +154,15 @@ def clip_reference(clip_sources):
     return references
 
 
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[str]:
+    """The base URL of a loopback host serving tests.images.ImageHandler's images."""
+    from tests import images
+
+    with images.image_host() as url:
+        yield url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.repository import slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
-from tests.unit.api.test_clip import png
+from tests.images import png
 
 READ_TIMEOUT = 10
 DOWNLOAD_TIMEOUT = 3

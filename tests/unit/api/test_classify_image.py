@@ -1,5 +1,5 @@
-"""/classify_image with a timm classifier and CLIP zero-shot, over real HTTP, against the
-libraries on the same weights; label routes; classifier-specific building."""
+"""/classify_image with a timm classifier and CLIP zero-shot, in-process (falcon's test client),
+against the libraries on the same weights; label routes; classifier-specific building."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import io
 
 import numpy as np
 import pytest
-import requests
 import timm
 import torch
+from falcon.testing import Result
 from PIL import Image
 
 from builder import BuildError, BuildOptions, Progress, build_model
@@ -65,14 +65,14 @@ def zero_shot_reference(clip_reference, name: str, prompts, images: list[bytes],
         return (torch.sigmoid(logits) if sigmoid_ else logits.softmax(-1)).numpy()
 
 
-def classify(server, name: str, images: list[bytes]) -> requests.Response:
-    return server.post("/classify_image", {"name": name, "image": [data_uri(i) for i in images]})
+def classify(app, name: str, images: list[bytes]) -> Result:
+    return app.post("/classify_image", json={"name": name, "image": [data_uri(i) for i in images]})
 
 
-def test_timm_probabilities_match_timm(server, timm_reference):
-    response = classify(server, TIMM, IMAGES)
+def test_timm_probabilities_match_timm(app, timm_reference):
+    response = classify(app, TIMM, IMAGES)
     assert response.status_code == 200, response.text
-    body = response.json()
+    body = response.json
     assert set(body) == {"probabilities", "processingTimeMs"}
     served = np.array(body["probabilities"])
     model, transform = timm_reference
@@ -83,15 +83,15 @@ def test_timm_probabilities_match_timm(server, timm_reference):
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_clip_zero_shot_matches_open_clip(server, clip_reference):
-    served = np.array(classify(server, ZERO_SHOT, IMAGES).json()["probabilities"])
+def test_clip_zero_shot_matches_open_clip(app, clip_reference):
+    served = np.array(classify(app, ZERO_SHOT, IMAGES).json["probabilities"])
     expected = zero_shot_reference(clip_reference[CLIP], ZERO_SHOT, PROMPTS, IMAGES, False)
     assert np.abs(served - expected).max() <= 1e-4
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_siglip_style_zero_shot_is_sigmoid_per_class(server, clip_reference):
-    served = np.array(classify(server, SIGLIP_ZERO_SHOT, IMAGES).json()["probabilities"])
+def test_siglip_style_zero_shot_is_sigmoid_per_class(app, clip_reference):
+    served = np.array(classify(app, SIGLIP_ZERO_SHOT, IMAGES).json["probabilities"])
     prompts = ("a photo of a {}.",)
     expected = zero_shot_reference(
         clip_reference[CUSTOM_CLIP], SIGLIP_ZERO_SHOT, prompts, IMAGES, True
@@ -101,49 +101,49 @@ def test_siglip_style_zero_shot_is_sigmoid_per_class(server, clip_reference):
 
 
 @pytest.mark.parametrize("name", [TIMM, ZERO_SHOT, SIGLIP_ZERO_SHOT])
-def test_labels_come_back_in_order(server, name):
-    response = requests.get(server.url + "/model_classification_labels", params={"name": name})
+def test_labels_come_back_in_order(app, name):
+    response = app.get("/model_classification_labels", params={"name": name})
     assert response.status_code == 200
-    assert response.json() == {"labels": LABELS}
+    assert response.json == {"labels": LABELS}
 
 
-def test_a_zero_shot_clip_still_embeds(server):
-    response = server.post(
-        "/embed", {"name": ZERO_SHOT, "text": "a cat", "image": data_uri(IMAGES[0])}
+def test_a_zero_shot_clip_still_embeds(app):
+    response = app.post(
+        "/embed", json={"name": ZERO_SHOT, "text": "a cat", "image": data_uri(IMAGES[0])}
     )
     assert response.status_code == 200
-    assert len(response.json()["imageEmbeddings"][0]) == 32
+    assert len(response.json["imageEmbeddings"][0]) == 32
 
 
-def test_models_without_labels_say_how_to_get_them(server):
-    response = classify(server, CLIP, IMAGES[:1])
+def test_models_without_labels_say_how_to_get_them(app):
+    response = classify(app, CLIP, IMAGES[:1])
     assert response.status_code == 400
-    assert "ingrain-build SOURCE --labels FILE" in response.json()["error"]
-    labels = requests.get(server.url + "/model_classification_labels", params={"name": MINILM})
-    assert labels.status_code == 400 and "--labels" in labels.json()["error"]
+    assert "ingrain-build SOURCE --labels FILE" in response.json["error"]
+    labels = app.get("/model_classification_labels", params={"name": MINILM})
+    assert labels.status_code == 400 and "--labels" in labels.json["error"]
 
 
-def test_classifier_misuse_is_a_clear_4xx(server):
-    embed = server.post("/embed_image", {"name": TIMM, "image": data_uri(IMAGES[0])})
-    assert embed.status_code == 400 and "/classify_image" in embed.json()["error"]
-    text = server.post("/embed_text", {"name": TIMM, "text": "a cat"})
-    assert text.status_code == 400 and "takes images only" in text.json()["error"]
-    unknown = requests.get(server.url + "/model_classification_labels", params={"name": "no/such"})
+def test_classifier_misuse_is_a_clear_4xx(app):
+    embed = app.post("/embed_image", json={"name": TIMM, "image": data_uri(IMAGES[0])})
+    assert embed.status_code == 400 and "/classify_image" in embed.json["error"]
+    text = app.post("/embed_text", json={"name": TIMM, "text": "a cat"})
+    assert text.status_code == 400 and "takes images only" in text.json["error"]
+    unknown = app.get("/model_classification_labels", params={"name": "no/such"})
     assert unknown.status_code == 404
-    missing = requests.get(server.url + "/model_classification_labels")
-    assert missing.status_code == 400 and '"name" is required' in missing.json()["error"]
-    bad = server.post("/classify_image", {"name": TIMM, "image": ["", data_uri(b"not an image")]})
-    assert bad.status_code == 400 and bad.json()["error"].startswith("image[0]")
-    no_images = server.post("/classify_image", {"name": TIMM})
-    assert no_images.status_code == 400 and '"image" is required' in no_images.json()["error"]
+    missing = app.get("/model_classification_labels")
+    assert missing.status_code == 400 and '"name" is required' in missing.json["error"]
+    bad = app.post("/classify_image", json={"name": TIMM, "image": ["", data_uri(b"not an image")]})
+    assert bad.status_code == 400 and bad.json["error"].startswith("image[0]")
+    no_images = app.post("/classify_image", json={"name": TIMM})
+    assert no_images.status_code == 400 and '"image" is required' in no_images.json["error"]
 
 
-def test_embedding_sizes(server):
-    def size(name: str) -> requests.Response:
-        return requests.get(server.url + "/model_embedding_size", params={"name": name})
+def test_embedding_sizes(app):
+    def size(name: str) -> Result:
+        return app.get("/model_embedding_size", params={"name": name})
 
-    assert size(MINILM).json() == {"embeddingSize": 384}
-    assert size(CLIP).json() == {"embeddingSize": 32}
+    assert size(MINILM).json == {"embeddingSize": 384}
+    assert size(CLIP).json == {"embeddingSize": 32}
     assert size(TIMM).status_code == 400
 
 

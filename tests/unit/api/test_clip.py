@@ -1,21 +1,14 @@
-"""OpenCLIP: tokenizer and preprocessing fidelity, and the image routes over real HTTP."""
+"""OpenCLIP: tokenizer and preprocessing fidelity, and the image routes in-process (falcon's test
+client), with URLs fetched from a loopback host."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
-import struct
-import threading
-import time
-import typing
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import open_clip
 import pytest
-import requests
 import torch
 from PIL import Image
 
@@ -25,106 +18,17 @@ from runtime.models import Model
 from runtime.preprocessing.images import decode, preprocess
 from runtime.repository import Repository
 from tests.conftest import CLIP, CUSTOM_CLIP, EXACT, MINILM, cosines
+from tests.images import IMAGES, ImageHandler, encoded, jpeg, png, png_header_only
 
 
-def png(width: int, height: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg(width: int, height: int, seed: int = 1) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(png(width, height, seed))).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def encoded(image_format: str, width: int = 64, height: int = 64) -> bytes:
-    buffer = io.BytesIO()
-    Image.open(io.BytesIO(png(width, height, 4))).save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries almost no data: a decompression bomb."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-
-
-def test_a_one_pixel_image_and_every_format_embed(server, clip_reference):
+def test_a_one_pixel_image_and_every_format_embed(app, clip_reference):
     images = [png(1, 1), *(encoded(kind) for kind in ("JPEG", "WEBP", "GIF", "BMP", "TIFF"))]
     body = {"name": CLIP, "image": [base64.b64encode(data).decode() for data in images]}
-    response = server.post("/embed_image", body)
+    response = app.post("/embed_image", json=body)
     assert response.status_code == 200, response.text
-    served = np.array(response.json()["embeddings"])
+    served = np.array(response.json["embeddings"])
     expected = unit(reference_images(clip_reference[CLIP], images))
     assert cosines(served, expected).min() >= 0.9999
-
-
-IMAGES = {"/cat.png": png(64, 48), "/dog.jpg": jpeg(40, 90), "/wide.png": png(300, 30, 2)}
-
-
-class ImageHandler(BaseHTTPRequestHandler):
-    seen_headers: typing.ClassVar[dict[str, dict[str, str]]] = {}
-
-    def do_GET(self):
-        ImageHandler.seen_headers[self.path] = dict(self.headers)
-        routes = {
-            "/missing": (404, b"nope"),
-            "/text": (200, b"this is not an image at all"),
-            "/truncated.png": (200, IMAGES["/cat.png"][:300]),
-            "/huge.png": (200, png(400, 400, 3)),
-            "/bomb.png": (200, png_header_only(30000, 30000)),
-        }
-        if self.path in IMAGES:
-            self._send(200, IMAGES[self.path])
-        elif self.path in routes:
-            self._send(*routes[self.path])
-        elif self.path == "/loop":
-            self._redirect("/loop")
-        elif self.path == "/to-metadata":
-            self._redirect("http://169.254.169.254/latest/meta-data/")
-        elif self.path == "/to-file":
-            self._redirect("file:///etc/passwd")
-        elif self.path == "/slow":
-            time.sleep(5)
-            self._send(200, IMAGES["/cat.png"])
-        else:
-            self._send(404, b"")
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        # The server under test may give up waiting (timeouts), as it should.
-        with contextlib.suppress(BrokenPipeError):
-            self.wfile.write(body)
-
-    def _redirect(self, location: str) -> None:
-        self.send_response(302)
-        self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def image_host():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def reference_images(reference, images: list[bytes]) -> np.ndarray:
@@ -197,7 +101,7 @@ def test_pillow_preprocessing_equals_open_clip(config):
 # --- over HTTP -------------------------------------------------------------------------------
 
 
-def test_embed_image_from_url_base64_and_data_uri(server, clip_reference, image_host):
+def test_embed_image_from_url_base64_and_data_uri(app, clip_reference, image_host):
     cat, dog = IMAGES["/cat.png"], IMAGES["/dog.jpg"]
     sources = [
         f"{image_host}/cat.png",
@@ -207,9 +111,9 @@ def test_embed_image_from_url_base64_and_data_uri(server, clip_reference, image_
         f"{image_host}/wide.png",
     ]
     body = {"name": CLIP, "image": sources, "imageDownloadHeaders": {"X-Token": "secret-1"}}
-    response = server.post("/embed_image", body)
+    response = app.post("/embed_image", json=body)
     assert response.status_code == 200, response.text
-    served = np.array(response.json()["embeddings"])
+    served = np.array(response.json["embeddings"])
     expected = unit(reference_images(clip_reference[CLIP], [cat, dog, cat, IMAGES["/wide.png"]]))
     assert served.shape == (4, 32)
     assert cosines(served, expected).min() >= 0.9999
@@ -217,16 +121,16 @@ def test_embed_image_from_url_base64_and_data_uri(server, clip_reference, image_
     assert ImageHandler.seen_headers["/cat.png"]["X-Token"] == "secret-1"
 
 
-def test_snake_case_download_headers_and_single_string(server, clip_reference, image_host):
+def test_snake_case_download_headers_and_single_string(app, clip_reference, image_host):
     body = {
         "name": CUSTOM_CLIP,
         "image": f"{image_host}/dog.jpg",
         "image_download_headers": {"Authorization": "Bearer abc"},
         "n_dims": 8,
     }
-    response = server.post("/embed_image", body)
+    response = app.post("/embed_image", json=body)
     assert response.status_code == 200, response.text
-    served = np.array(response.json()["embeddings"])
+    served = np.array(response.json["embeddings"])
     full = reference_images(clip_reference[CUSTOM_CLIP], [IMAGES["/dog.jpg"]])
     assert served.shape == (1, 8)
     assert np.abs(served - unit(full[:, :8])).max() < 1e-4
@@ -234,45 +138,45 @@ def test_snake_case_download_headers_and_single_string(server, clip_reference, i
 
 
 @pytest.mark.parametrize("name", [CLIP, CUSTOM_CLIP])
-def test_embed_text_on_clip_models(server, clip_reference, name):
+def test_embed_text_on_clip_models(app, clip_reference, name):
     texts = ["a photo of a cat", "A DOG &amp; a ball", ""]
-    response = server.post("/embed_text", {"name": name, "text": texts, "normalize": False})
-    served = np.array(response.json()["embeddings"])
+    response = app.post("/embed_text", json={"name": name, "text": texts, "normalize": False})
+    served = np.array(response.json["embeddings"])
     expected = reference_texts(clip_reference[name], texts)
     assert cosines(served, expected).min() >= 0.9999
     assert np.abs(served - expected).max() < 1e-4
 
 
 @pytest.mark.parametrize("route", ["/embed", "/infer"])
-def test_embed_with_text_and_image_equals_the_separate_calls(server, image_host, route):
+def test_embed_with_text_and_image_equals_the_separate_calls(app, image_host, route):
     image = f"{image_host}/cat.png"
     texts = ["a cat", "a dog"]
-    both = server.post(route, {"name": CLIP, "text": texts, "image": image})
+    both = app.post(route, json={"name": CLIP, "text": texts, "image": image})
     assert both.status_code == 200, both.text
-    body = both.json()
+    body = both.json
     assert set(body) == {"textEmbeddings", "imageEmbeddings", "processingTimeMs"}
-    text_only = server.post("/embed_text", {"name": CLIP, "text": texts}).json()["embeddings"]
-    image_only = server.post("/embed_image", {"name": CLIP, "image": image}).json()["embeddings"]
+    text_only = app.post("/embed_text", json={"name": CLIP, "text": texts}).json["embeddings"]
+    image_only = app.post("/embed_image", json={"name": CLIP, "image": image}).json["embeddings"]
     assert np.allclose(body["textEmbeddings"], text_only, atol=1e-6)
     assert np.allclose(body["imageEmbeddings"], image_only, atol=1e-6)
-    just_text = server.post(route, {"name": CLIP, "text": "a cat"}).json()
+    just_text = app.post(route, json={"name": CLIP, "text": "a cat"}).json
     assert set(just_text) == {"textEmbeddings", "processingTimeMs"}
-    just_image = server.post(route, {"name": CLIP, "image": image}).json()
+    just_image = app.post(route, json={"name": CLIP, "image": image}).json
     assert set(just_image) == {"imageEmbeddings", "processingTimeMs"}
 
 
-def test_embed_needs_text_or_image(server):
-    response = server.post("/embed", {"name": CLIP})
+def test_embed_needs_text_or_image(app):
+    response = app.post("/embed", json={"name": CLIP})
     assert response.status_code == 400
-    assert '"text", "image" or both' in response.json()["error"]
+    assert '"text", "image" or both' in response.json["error"]
 
 
-def test_image_routes_on_a_text_only_model_say_what_it_supports(server, image_host):
-    response = server.post("/embed_image", {"name": MINILM, "image": f"{image_host}/cat.png"})
+def test_image_routes_on_a_text_only_model_say_what_it_supports(app, image_host):
+    response = app.post("/embed_image", json={"name": MINILM, "image": f"{image_host}/cat.png"})
     assert response.status_code == 400
-    assert "takes text only" in response.json()["error"]
-    response = server.post(
-        "/embed", {"name": MINILM, "text": "a", "image": f"{image_host}/cat.png"}
+    assert "takes text only" in response.json["error"]
+    response = app.post(
+        "/embed", json={"name": MINILM, "text": "a", "image": f"{image_host}/cat.png"}
     )
     assert response.status_code == 400
 
@@ -305,72 +209,64 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize(("source", "reason"), BAD_IMAGES, ids=[s[:40] for s, _ in BAD_IMAGES])
-def test_each_bad_image_is_a_400_naming_its_index(server, image_host, source, reason):
+def test_each_bad_image_is_a_400_naming_its_index(app, image_host, caplog, source, reason):
     images = [f"{image_host}/cat.png", source.format(host=image_host)]
-    response = server.post("/embed_image", {"name": CLIP, "image": images})
+    response = app.post("/embed_image", json={"name": CLIP, "image": images})
     assert response.status_code == 400, response.text
-    message = response.json()["error"]
+    message = response.json["error"]
     assert message.startswith("image[1]: "), message
     url = images[1]
     if url.startswith("http"):
         # Every failed URL answers alike (no oracle for what an address holds); the log says why.
         assert "could not be fetched" in message, message
-        lines = server.log.read_text().splitlines()
+        lines = caplog.messages
         assert any(url in line and reason in line for line in lines), reason
     else:
         assert reason in message, message
 
 
-def test_the_configured_pixel_limit_is_the_boundary(server):
-    """The server runs with --max-image-pixels 1000000 (the default is 50 million)."""
+def test_the_configured_pixel_limit_is_the_boundary(app):
+    """The app runs with --max-image-pixels 1000000 (the default is 50 million)."""
 
     def error(width: int, height: int) -> str:
         image = base64.b64encode(png_header_only(width, height)).decode()
-        response = server.post("/embed_image", {"name": CLIP, "image": image})
+        response = app.post("/embed_image", json={"name": CLIP, "image": image})
         assert response.status_code == 400
-        return response.json()["error"]
+        return response.json["error"]
 
     assert "1000x1001 pixels; the limit is 1000000 pixels" in error(1000, 1001)
     assert "pixels" not in error(1000, 1000)  # at the limit it is decoded (and is corrupt)
 
 
-def test_a_bad_image_stops_the_whole_request(server, image_host):
+def test_a_bad_image_stops_the_whole_request(app, image_host):
     def executions() -> int:
-        stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
+        stats = app.get("/metrics").json["modelStats"]
         return sum(int(s["executionCount"] or 0) for s in stats if s["name"].startswith(CLIP + "/"))
 
     before = executions()
-    response = server.post(
-        "/embed", {"name": CLIP, "text": ["a cat"], "image": [f"{image_host}/missing"]}
+    response = app.post(
+        "/embed", json={"name": CLIP, "text": ["a cat"], "image": [f"{image_host}/missing"]}
     )
     assert response.status_code == 400
     assert executions() == before
 
 
-def test_bad_images_never_kill_a_worker(server, image_host):
-    before = server.worker_pids()
-    for source, _ in BAD_IMAGES:
-        server.post("/embed_image", {"name": CLIP, "image": source.format(host=image_host)})
-    assert server.worker_pids() == before
-    assert server.post("/embed_image", {"name": CLIP, "image": f"{image_host}/cat.png"}).ok
-
-
-def test_download_headers_must_be_strings(server, image_host):
+def test_download_headers_must_be_strings(app, image_host):
     body = {"name": CLIP, "image": f"{image_host}/cat.png", "imageDownloadHeaders": {"a": 1}}
-    response = server.post("/embed_image", body)
+    response = app.post("/embed_image", json=body)
     assert response.status_code == 400
-    assert "imageDownloadHeaders" in response.json()["error"]
+    assert "imageDownloadHeaders" in response.json["error"]
 
 
-def test_metrics_count_each_tower_of_a_clip_model_apart(server, image_host):
+def test_metrics_count_each_tower_of_a_clip_model_apart(app, image_host):
     def counts() -> dict[str, int]:
-        stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
+        stats = app.get("/metrics").json["modelStats"]
         return {entry["name"]: int(entry["inferenceCount"] or 0) for entry in stats}
 
     before = counts()
     images = [f"{image_host}/cat.png"] * 3
-    assert server.post("/embed_image", {"name": CLIP, "image": images}).status_code == 200
-    assert server.post("/embed_text", {"name": CLIP, "text": ["a", "b"]}).status_code == 200
+    assert app.post("/embed_image", json={"name": CLIP, "image": images}).status_code == 200
+    assert app.post("/embed_text", json={"name": CLIP, "text": ["a", "b"]}).status_code == 200
     after = counts()
     assert after[f"{CLIP}/image_encoder"] - before[f"{CLIP}/image_encoder"] == 3
     assert after[f"{CLIP}/text_encoder"] - before[f"{CLIP}/text_encoder"] == 2

@@ -1,39 +1,30 @@
-"""API keys, admin keys and CORS over real HTTP."""
+"""API keys, admin keys and CORS, in-process (falcon's test client)."""
 
 from __future__ import annotations
 
-import pytest
-import requests
+from collections.abc import Iterator
 
-from tests.conftest import MINILM, start_server, stop_server
+import pytest
+from falcon.testing import Result, TestClient
+
+from tests.conftest import MINILM, serve_in_process
 
 
 @pytest.fixture(scope="module")
-def guarded(engines, tmp_path_factory):
-    log = tmp_path_factory.mktemp("guarded") / "server.log"
-    server = start_server(
-        engines,
-        log,
-        "--api-key",
-        "user-key-1",
-        "--api-key",
-        "user-key-2",
-        "--admin-key",
-        "admin-key",
-        "--cors-origin",
-        "https://app.example",
-        "--max-loaded-models",
-        "10",
+def guarded(engines, tmp_path_factory) -> Iterator[TestClient]:
+    flags = (
+        *("--api-key", "user-key-1", "--api-key", "user-key-2", "--admin-key", "admin-key"),
+        *("--cors-origin", "https://app.example", "--max-loaded-models", "10"),
     )
-    yield server
-    stop_server(server)
+    with serve_in_process(engines, tmp_path_factory.mktemp("guarded"), *flags) as client:
+        yield client
 
 
-def call(server, route, key=None, body=None):
+def call(app: TestClient, route: str, key: str | None = None, body: dict | None = None) -> Result:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if body is None:
-        return requests.get(server.url + route, headers=headers, timeout=30)
-    return requests.post(server.url + route, json=body, headers=headers, timeout=30)
+        return app.simulate_get(route, headers=headers)
+    return app.simulate_post(route, json=body, headers=headers)
 
 
 def test_health_is_open(guarded):
@@ -45,7 +36,7 @@ def test_routes_need_a_valid_key(guarded, key):
     response = call(guarded, "/embed_text", key, {"name": MINILM, "text": "a"})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
-    assert "Authorization: Bearer" in response.json()["error"]
+    assert "Authorization: Bearer" in response.json["error"]
     assert call(guarded, "/metrics", key).status_code == 401
 
 
@@ -58,38 +49,33 @@ def test_any_configured_key_opens_inference(guarded, key):
 def test_management_needs_the_admin_key(guarded):
     body = {"name": MINILM}
     refused = call(guarded, "/unload_model", "user-key-1", body)
-    assert refused.status_code == 401 and "admin key" in refused.json()["error"]
+    assert refused.status_code == 401 and "admin key" in refused.json["error"]
     assert call(guarded, "/unload_model", "admin-key", body).status_code == 200
     load = {"name": MINILM, "library": "sentence_transformers"}
     assert call(guarded, "/load_model", "admin-key", load).status_code == 200
 
 
 def test_a_non_bearer_scheme_is_refused(guarded):
-    response = requests.get(
-        guarded.url + "/metrics", headers={"Authorization": "Basic dXNlci1rZXktMQ=="}, timeout=10
-    )
+    response = guarded.simulate_get("/metrics", headers={"Authorization": "Basic dXNlci1rZXktMQ=="})
     assert response.status_code == 401
 
 
-def test_cors_allows_only_the_configured_origin(guarded, server):
-    preflight = requests.options(
-        guarded.url + "/embed_text",
+def test_cors_allows_only_the_configured_origin(guarded, app):
+    preflight = guarded.simulate_options(
+        "/embed_text",
         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
-        timeout=10,
     )
     assert preflight.headers.get("Access-Control-Allow-Origin") == "https://app.example"
     for origin in ("https://evil.example", "https://app.example.evil", "null"):
-        refused = requests.options(
-            guarded.url + "/embed_text",
-            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
-            timeout=10,
+        refused = guarded.simulate_options(
+            "/embed_text", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
         )
         assert "Access-Control-Allow-Origin" not in refused.headers
-        simple = requests.get(guarded.url + "/health", headers={"Origin": origin}, timeout=10)
+        simple = guarded.simulate_get("/health", headers={"Origin": origin})
         assert "Access-Control-Allow-Origin" not in simple.headers
     other = call(guarded, "/health")
     assert "Access-Control-Allow-Origin" not in other.headers
-    plain = requests.get(server.url + "/health", headers={"Origin": "https://app.example"})
+    plain = app.simulate_get("/health", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in plain.headers  # off unless configured
 
 
@@ -111,18 +97,14 @@ def test_options_needs_no_key_but_does_no_work_and_tells_nothing(guarded, route)
     assert call(guarded, "/load_model", "admin-key", load).status_code == 200
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     for headers in (preflight, {}):
-        answer = requests.request(
-            "OPTIONS", guarded.url + route, headers=headers, json={"name": MINILM}, timeout=30
-        )
+        answer = guarded.simulate_options(route, headers=headers, json={"name": MINILM})
         assert answer.status_code == 200 and answer.content == b""
         assert MINILM not in str(answer.headers)
-    loaded = call(guarded, "/loaded_models", "admin-key").json()
+    loaded = call(guarded, "/loaded_models", "admin-key").json
     assert MINILM in str(loaded)  # the OPTIONS /unload_model with a name unloaded nothing
 
 
 @pytest.mark.parametrize("route", ["/no/such/route", "/v1/chat/completions", "/embed_text/x"])
 def test_options_on_a_route_that_does_not_exist_is_a_404(guarded, route):
-    answer = requests.request(
-        "OPTIONS", guarded.url + route, headers={"Origin": "https://app.example"}, timeout=30
-    )
+    answer = guarded.simulate_options(route, headers={"Origin": "https://app.example"})
     assert answer.status_code == 404 and MINILM not in answer.text

@@ -23,8 +23,8 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.images import png
 from tests.models import TEXT_LABELS, put_in_hub_cache
-from tests.unit.api.test_clip import png
 
 CLASSIFIER = TEXT_CLASSIFIER
 QUERY = "how do cats sleep"

@@ -1,5 +1,5 @@
-"""Truncation, prompts and output precision on the ingrain routes, over HTTP against real
-gunicorn, checked against sentence-transformers itself."""
+"""Truncation, prompts and output precision on the ingrain routes, in-process (falcon's test
+client), checked against sentence-transformers itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import requests
 from sentence_transformers import SentenceTransformer, quantize_embeddings
 
 from builder import BuildError, BuildOptions
@@ -27,10 +26,10 @@ TEXTS = ["a cat", "The quick brown fox jumps over the lazy dog.", "日本語の�
 LONG = "Rivers run to the sea. " * 60 + "Mountains hold snow and silence. " * 60
 
 
-def embed(server, texts, **options) -> np.ndarray:
-    response = server.post("/embed_text", {"name": MINILM, "text": texts, **options})
+def embed(app, texts, **options) -> np.ndarray:
+    response = app.post("/embed_text", json={"name": MINILM, "text": texts, **options})
     assert response.status_code == 200, response.text
-    return np.array(response.json()["embeddings"])
+    return np.array(response.json["embeddings"])
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +38,28 @@ def with_query_prompt(minilm_source) -> SentenceTransformer:
 
 
 @pytest.mark.parametrize("key", ["promptName", "prompt_name"])
-def test_prompt_name_equals_sentence_transformers(server, with_query_prompt, key):
-    served = embed(server, TEXTS, **{key: "query"})
+def test_prompt_name_equals_sentence_transformers(app, with_query_prompt, key):
+    served = embed(app, TEXTS, **{key: "query"})
     expected = with_query_prompt.encode(TEXTS, prompt_name="query")
     assert cosines(served, expected).min() >= 0.9999
-    assert cosines(embed(server, TEXTS), expected).min() < 0.999  # the prompt did something
+    assert cosines(embed(app, TEXTS), expected).min() < 0.999  # the prompt did something
 
 
-def test_a_literal_prompt_equals_sentence_transformers(server, reference):
-    served = embed(server, TEXTS, prompt="passage: ")
+def test_a_literal_prompt_equals_sentence_transformers(app, reference):
+    served = embed(app, TEXTS, prompt="passage: ")
     assert cosines(served, reference.encode(TEXTS, prompt="passage: ")).min() >= 0.9999
 
 
-def test_unknown_prompt_names_and_both_kinds_are_refused(server):
-    response = server.post("/embed_text", {"name": MINILM, "text": "x", "promptName": "nope"})
-    assert response.status_code == 400 and "query" in response.json()["error"]
+def test_unknown_prompt_names_and_both_kinds_are_refused(app):
+    response = app.post("/embed_text", json={"name": MINILM, "text": "x", "promptName": "nope"})
+    assert response.status_code == 400 and "query" in response.json["error"]
     both = {"name": MINILM, "text": "x", "promptName": "query", "prompt": "q: "}
-    assert server.post("/embed_text", both).status_code == 400
+    assert app.post("/embed_text", json=both).status_code == 400
 
 
-def test_model_info_tells_prompts_and_sizes(server):
-    response = server.post("/embed_text", {"name": MINILM, "text": "warm"})
-    info = requests.get(server.url + "/model_info", params={"name": MINILM}).json()
+def test_model_info_tells_prompts_and_sizes(app):
+    response = app.post("/embed_text", json={"name": MINILM, "text": "warm"})
+    info = app.get("/model_info", params={"name": MINILM}).json
     assert response.status_code == 200
     assert info["prompts"] == {"query": QUERY_PROMPT} and info["defaultPromptName"] is None
     assert info["maxLength"] == 256 and info["towers"]["text"]["embeddingSize"] == 384
@@ -128,71 +127,71 @@ def test_rows_with_different_prompts_share_a_batch(prompt_excluded):
 
 
 @pytest.mark.parametrize("key", ["truncationDirection", "truncation_direction"])
-def test_left_truncation_equals_left_truncated_tokenizing(server, minilm_source, key):
+def test_left_truncation_equals_left_truncated_tokenizing(app, minilm_source, key):
     left = SentenceTransformer(minilm_source, device="cpu")
     left.tokenizer.truncation_side = "left"
     expected = left.encode([LONG])
-    served = embed(server, [LONG], **{key: "left"})
+    served = embed(app, [LONG], **{key: "left"})
     assert cosines(served, expected).min() >= 0.9999
-    assert cosines(embed(server, [LONG]), expected).min() < 0.99  # right truncation differs
+    assert cosines(embed(app, [LONG]), expected).min() < 0.99  # right truncation differs
 
 
 @pytest.mark.parametrize("route", ["/embed_text", "/embed"])
-def test_truncate_false_on_a_long_text_is_a_400_naming_it(server, route):
+def test_truncate_false_on_a_long_text_is_a_400_naming_it(app, route):
     text = " ".join(f"word{i % 50}" for i in range(1000))
     body = {"name": MINILM, "text": ["short", text], "truncate": False}
-    response = server.post(route, body)
+    response = app.post(route, json=body)
     assert response.status_code == 400
-    message = response.json()["error"]
+    message = response.json["error"]
     assert '"text"[1]' in message and "256" in message and "tokens" in message
-    assert server.post(route, {**body, "truncate": True}).status_code == 200
+    assert app.post(route, json={**body, "truncate": True}).status_code == 200
 
 
 @pytest.mark.parametrize("precision", ["binary", "ubinary"])
-def test_binary_precisions_equal_quantize_embeddings(server, precision):
-    floats = embed(server, TEXTS).astype(np.float32)
-    served = embed(server, TEXTS, precision=precision)
+def test_binary_precisions_equal_quantize_embeddings(app, precision):
+    floats = embed(app, TEXTS).astype(np.float32)
+    served = embed(app, TEXTS, precision=precision)
     expected = quantize_embeddings(floats, precision=precision)
     assert served.shape == expected.shape == (3, 48)
     assert np.array_equal(served, expected)
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8"])
-def test_int8_uses_the_calibrated_ranges(server, engines, precision):
+def test_int8_uses_the_calibrated_ranges(app, engines, precision):
     manifest = Manifest.read(engines / slugify(MINILM))
     ranges = np.array(manifest.towers["text"].quantization["normalized"], dtype=np.float32)
-    floats = embed(server, TEXTS).astype(np.float32)
-    served = embed(server, TEXTS, precision=precision)
+    floats = embed(app, TEXTS).astype(np.float32)
+    served = embed(app, TEXTS, precision=precision)
     expected = quantize_embeddings(floats, precision=precision, ranges=ranges)
     assert np.array_equal(served, expected)
     # Raw outputs have their own ranges; a Matryoshka prefix of them keeps its ranges.
-    raw = embed(server, TEXTS, normalize=False, nDims=64).astype(np.float32)
+    raw = embed(app, TEXTS, normalize=False, nDims=64).astype(np.float32)
     raw_ranges = np.array(manifest.towers["text"].quantization["raw"], dtype=np.float32)
     expected = quantize_embeddings(raw, precision=precision, ranges=raw_ranges[:, :64])
     assert np.array_equal(
-        embed(server, TEXTS, precision=precision, normalize=False, nDims=64), expected
+        embed(app, TEXTS, precision=precision, normalize=False, nDims=64), expected
     )
 
 
-def test_int8_is_deterministic_across_batchings(server):
+def test_int8_is_deterministic_across_batchings(app):
     """A text's codes do not depend on what else is in its request (ranges are calibrated, not
     taken from the batch as quantize_embeddings does without ranges)."""
     texts = [f"a sentence about topic number {i}" for i in range(12)]
-    batched = embed(server, texts, precision="int8")
-    alone = np.concatenate([embed(server, [text], precision="int8") for text in texts])
+    batched = embed(app, texts, precision="int8")
+    alone = np.concatenate([embed(app, [text], precision="int8") for text in texts])
     halves = np.concatenate(
-        [embed(server, texts[:5], precision="int8"), embed(server, texts[5:], precision="int8")]
+        [embed(app, texts[:5], precision="int8"), embed(app, texts[5:], precision="int8")]
     )
     assert np.array_equal(batched, alone) and np.array_equal(batched, halves)
-    from_batch = quantize_embeddings(embed(server, texts[:5]).astype(np.float32), "int8")
+    from_batch = quantize_embeddings(embed(app, texts[:5]).astype(np.float32), "int8")
     assert not np.array_equal(from_batch, batched[:5])  # what batch-derived ranges would give
 
 
-def test_int8_refuses_a_renormalised_prefix(server):
-    response = server.post(
-        "/embed_text", {"name": MINILM, "text": "x", "precision": "int8", "nDims": 64}
+def test_int8_refuses_a_renormalised_prefix(app):
+    response = app.post(
+        "/embed_text", json={"name": MINILM, "text": "x", "precision": "int8", "nDims": 64}
     )
-    assert response.status_code == 400 and "normalize" in response.json()["error"]
+    assert response.status_code == 400 and "normalize" in response.json["error"]
 
 
 def test_prompt_arguments_say_which_form_they_take():
@@ -212,16 +211,16 @@ def test_manifests_without_prompts_or_calibration_still_load(engines):
     assert manifest.prompts is None and manifest.towers["text"].quantization is None
 
 
-def test_image_embeddings_take_binary_precisions(server):
+def test_image_embeddings_take_binary_precisions(app):
     image = base64.b64encode(verification_images()[0]).decode()
     body = {"name": CLIP, "image": image}
-    floats = np.array(server.post("/embed_image", body).json()["embeddings"], dtype=np.float32)
-    served = server.post("/embed_image", {**body, "precision": "ubinary"}).json()["embeddings"]
+    floats = np.array(app.post("/embed_image", json=body).json["embeddings"], dtype=np.float32)
+    served = app.post("/embed_image", json={**body, "precision": "ubinary"}).json["embeddings"]
     assert np.array_equal(served, quantize_embeddings(floats, precision="ubinary"))
-    refused = server.post("/embed_image", {**body, "precision": "int8"})
-    assert refused.status_code == 400 and "binary" in refused.json()["error"]
+    refused = app.post("/embed_image", json={**body, "precision": "int8"})
+    assert refused.status_code == 400 and "binary" in refused.json["error"]
 
 
-def test_a_prompt_longer_than_a_text_may_be_is_refused(server):
+def test_a_prompt_longer_than_a_text_may_be_is_refused(app):
     body = {"name": MINILM, "text": "x", "prompt": "p" * 20_001}
-    assert server.post("/embed_text", body).status_code == 413
+    assert app.post("/embed_text", json=body).status_code == 413

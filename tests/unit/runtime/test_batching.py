@@ -15,7 +15,6 @@ from functools import partial
 
 import numpy as np
 import pytest
-import requests
 
 from runtime.backends.onnxruntime import OnnxRuntimeBackend
 from runtime.batching import BatchingConfig
@@ -26,7 +25,7 @@ from runtime.errors import Overloaded, QueueDeadline
 from runtime.models import Model
 from runtime.repository import Repository
 from runtime.text import TextEncoder, TextOptions, collate_rows
-from tests.conftest import MINILM, start_server, stop_server
+from tests.conftest import MINILM, serve_in_process
 
 
 class Recording:
@@ -223,24 +222,19 @@ def test_a_full_queue_refuses_at_once(minilm, recording):
 
 
 def test_an_overloaded_server_answers_503_with_retry_after(engines, tmp_path):
-    log = tmp_path / "server.log"
-    server = start_server(engines, log, "--threads", "12", "--max-queue", "8", "--max-items", "8")
+    flags = ("--max-queue", "8", "--max-items", "8")
     long_texts = ["a long sentence about nothing in particular " * 30] * 8
-    try:
-        with concurrent.futures.ThreadPoolExecutor(12) as pool:
-            responses = list(
-                pool.map(
-                    lambda _: server.post("/embed_text", {"name": MINILM, "text": long_texts}),
-                    range(24),
-                )
-            )
-    finally:
-        stop_server(server)
+    with (
+        serve_in_process(engines, tmp_path, *flags) as app,
+        concurrent.futures.ThreadPoolExecutor(12) as pool,
+    ):
+        body = {"name": MINILM, "text": long_texts}
+        responses = list(pool.map(lambda _: app.post("/embed_text", json=body), range(24)))
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
     refused = next(response for response in responses if response.status_code == 503)
     assert refused.headers["Retry-After"] == "1"
-    assert "overloaded" in refused.json()["error"]
+    assert "overloaded" in refused.json["error"]
 
 
 def test_max_items_above_max_queue_is_refused_at_start(engines):
@@ -264,16 +258,15 @@ def test_max_items_above_max_queue_is_refused_at_start(engines):
     assert result.returncode != 0 and "--max-queue" in result.stderr
 
 
-def test_metrics_queue_is_the_wait_in_the_batcher(server):
-    before = requests.get(server.url + "/metrics", timeout=10).json()
-    server.post("/embed_text", {"name": MINILM, "text": ["one", "two"]})
-    after = requests.get(server.url + "/metrics", timeout=10).json()
+def test_metrics_queue_is_the_wait_in_the_batcher(app):
+    before = app.get("/metrics").json
+    app.post("/embed_text", json={"name": MINILM, "text": ["one", "two"]})
+    after = app.get("/metrics").json
 
     def stat(body, name, field):
         [entry] = [e for e in body["modelStats"] if e["name"] == MINILM]
         return int(entry["inferenceStats"][name][field] or 0)
 
-    # The two responses may come from different workers; the sums over both are exact.
     assert stat(after, "queue", "count") == stat(before, "queue", "count") + 1
     queue, infer, whole = (
         stat(after, name, "ns") - stat(before, name, "ns")

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from builder import Progress, build_model
@@ -167,10 +166,10 @@ def test_split_keeps_executions_within_the_token_budget():
     assert [len(e) for e in split([1] * 7, lambda length: length, 400, 3)] == [3, 3, 1]
 
 
-def test_metrics_count_executed_and_padding_tokens(server):
+def test_metrics_count_executed_and_padding_tokens(app):
     texts = ["short", "a somewhat longer text that needs more tokens than the first one"]
-    assert server.post("/embed_text", {"name": MINILM, "text": texts}).status_code == 200
-    text = requests.get(server.url + "/metrics/prometheus", timeout=10).text
+    assert app.post("/embed_text", json={"name": MINILM, "text": texts}).status_code == 200
+    text = app.get("/metrics/prometheus").text
     families = {family.name: family for family in text_string_to_metric_families(text)}
     executed = families["ingrain_executed_tokens"].samples
     padding = families["ingrain_padding_tokens"].samples
