@@ -26,6 +26,7 @@ import sentence_transformers
 from falcon.testing import TestClient
 
 from runtime.config import RuntimeConfig
+from runtime.repository import slugify
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
@@ -36,6 +37,7 @@ SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
 RERANKER = "test/tiny-cross-encoder"
 TEXT_CLASSIFIER = "test/tiny-text-classifier"
 SPLADE = "test/tiny-splade"
+HUB_MODEL = "ingrain-test/tiny-mean"  # in the `hub` fixture's Hugging Face cache
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
@@ -66,6 +68,17 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and not allowed:
         report.outcome = "failed"
         report.longrepr = f"skipped without the gpu mark: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, minilm_source):
+    """A Hugging Face cache holding a tiny model under a Hub id: on-demand builds find it."""
+    from tests.models import put_in_hub_cache, tiny_sentence_transformer
+
+    root = tmp_path_factory.mktemp("hub")
+    source, reference = tiny_sentence_transformer(root / "model", minilm_source, "mean", False)
+    put_in_hub_cache(source, root / "hf-home", HUB_MODEL)
+    return root / "hf-home", reference
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +165,16 @@ def clip_reference(clip_sources):
         tokenizer = open_clip.get_tokenizer(f"local-dir:{source}")
         references[name] = (model.eval(), preprocess, tokenizer)
     return references
+
+
+@pytest.fixture
+def corrupted_clip(engines, tmp_path) -> Path:
+    """A repository of MiniLM intact and the tiny CLIP with a corrupted image graph."""
+    root = tmp_path / "engines"
+    for name in (MINILM, CLIP):
+        shutil.copytree(engines / slugify(name), root / slugify(name))
+    (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
+    return root
 
 
 @pytest.fixture(scope="session")

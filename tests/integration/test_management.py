@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import BIN, MINILM, cosines, start_server, stop_server
-from tests.models import put_in_hub_cache, tiny_sentence_transformer
+from tests.conftest import BIN, HUB_MODEL, MINILM, cosines, start_server, stop_server
+from tests.models import tiny_sentence_transformer
 
-HUB_MODEL = "ingrain-test/tiny-mean"
 USER, ADMIN = "user-key", "admin-key"
 
 
@@ -29,15 +28,6 @@ def copy_model(engines, name, root):
             shutil.copytree(directory, root / directory.name)
             return
     raise AssertionError(f"{name} is not in {engines}")
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, minilm_source):
-    """A Hugging Face cache holding a tiny model under a Hub id: on-demand builds find it."""
-    root = tmp_path_factory.mktemp("hub")
-    source, reference = tiny_sentence_transformer(root / "model", minilm_source, "mean", False)
-    put_in_hub_cache(source, root / "hf-home", HUB_MODEL)
-    return root / "hf-home", reference
 
 
 @pytest.fixture(scope="module")
@@ -159,30 +149,6 @@ def test_on_demand_build_of_a_hub_id_runs_once_and_serves_it(guarded, hub):
     assert cosines(np.asarray(served.json()["embeddings"]), expected).min() >= 0.9999
     assert not list(guarded.engines.glob(".lock-*"))
     assert admin(guarded, "/unload_model", {"name": HUB_MODEL}).status_code == 200
-
-
-@pytest.mark.parametrize(
-    ("flags", "status", "error"),
-    [
-        (("--no-build-on-load",), 404, "does not build models on demand"),
-        # The build (`python -m builder`) takes longer than 1 s just to import torch.
-        (("--build-timeout", "1"), 504, "longer than 1 s (--build-timeout)"),
-    ],
-)
-def test_on_demand_builds_can_be_switched_off_and_time_out(
-    engines, tmp_path, hub, flags, status, error
-):
-    log = tmp_path / "log"
-    flags = (*flags, "--max-loaded-models", "10")
-    server = start_server(engines, log, *flags, env={"HF_HOME": str(hub[0])})
-    try:
-        response = requests.post(
-            server.model_url + "/load_model", json={"name": HUB_MODEL}, timeout=60
-        )
-        assert response.status_code == status
-        assert error in response.json()["error"]
-    finally:
-        stop_server(server)
 
 
 def test_management_can_answer_on_the_model_port_only(engines, tmp_path):

@@ -1,19 +1,17 @@
-"""Readiness (/ready, /models/ready), warm-up, stuck and failing towers, the queue deadline.
+"""Readiness of towers: warm-up, stuck and failing towers, the queue deadline.
 
 Tower-level tests drive the real all-MiniLM-L6-v2 graph in ONNX Runtime through a wrapper that
-can hold or fail executions (tests.unit.runtime.test_batching.Recording); server tests run real
-gunicorn.
+can hold or fail executions (tests.unit.runtime.test_batching.Recording). The routes' side:
+tests/unit/api/test_readiness_routes.py and tests/integration/test_readiness.py.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-import requests
 from prometheus_client import REGISTRY
 
 from runtime.batching import BatchingConfig
@@ -22,9 +20,9 @@ from runtime.batching.tower import Tower
 from runtime.config import RuntimeConfig
 from runtime.errors import QueueDeadline
 from runtime.models import ImageEncoder, Model
-from runtime.repository import Repository, slugify
+from runtime.repository import Repository
 from runtime.text import TextEncoder, TextOptions
-from tests.conftest import CLIP, MINILM, start_server, stop_server
+from tests.conftest import CLIP, MINILM
 from tests.unit.runtime.test_batching import Recording, make_tower, wait_until
 
 
@@ -209,113 +207,3 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         assert tower.infer(ids(minilm)).shape == (1, 384)  # the executor serves on
     finally:
         tower.close()
-
-
-@pytest.fixture
-def corrupted_clip(engines, tmp_path):
-    """MiniLM intact, the tiny CLIP with a corrupted image graph."""
-    root = tmp_path / "engines"
-    for name in (MINILM, CLIP):
-        shutil.copytree(engines / slugify(name), root / slugify(name))
-    (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
-    return root
-
-
-def get(server, route: str, **kwargs) -> requests.Response:
-    return requests.get(server.url + route, timeout=30, **kwargs)
-
-
-def test_a_corrupted_preloaded_model_is_not_ready_while_the_others_serve(corrupted_clip, tmp_path):
-    server = start_server(
-        corrupted_clip, tmp_path / "server.log", "--preload", MINILM, "--preload", CLIP
-    )
-    try:
-        ready = get(server, "/ready")
-        assert ready.status_code == 503
-        body = ready.json()
-        assert CLIP in body["error"] and "image.onnx" in body["error"]
-        assert MINILM not in body["error"]
-        assert [(m["name"], m["ready"]) for m in body["models"]] == [(MINILM, True), (CLIP, False)]
-        assert get(server, "/models/ready", params={"name": MINILM}).json()["ready"] is True
-        one = get(server, "/models/ready", params={"name": CLIP})
-        assert one.status_code == 503 and "image.onnx" in one.json()["error"]
-        assert server.post("/embed_text", {"name": MINILM, "text": "a cat"}).status_code == 200
-        assert get(server, "/health").ok
-        assert "Traceback" not in server.log.read_text()
-    finally:
-        stop_server(server)
-
-
-def test_ready_is_503_until_the_loaded_set_is_warm_in_the_worker_then_200(corrupted_clip, tmp_path):
-    # --max-loaded-models 1: the loaded set is MiniLM alone; the broken CLIP stays unloaded.
-    server = start_server(
-        corrupted_clip, tmp_path / "server.log", "--max-loaded-models", "1", "--api-key", "k"
-    )
-    try:
-        first = get(server, "/ready")  # probes carry no key
-        assert first.status_code == 503
-        assert first.json()["models"] == [
-            {"name": MINILM, "ready": False, "reason": "loading in this worker"}
-        ]
-        assert wait_ready(server).json() == {
-            "ready": True,
-            "models": [{"name": MINILM, "ready": True}],
-        }
-        key = {"Authorization": "Bearer k"}
-        assert get(server, "/models/ready", params={"name": MINILM}).status_code == 401
-        assert get(server, "/models/ready", params={"name": MINILM}, headers=key).ok
-        unloaded = get(server, "/models/ready", params={"name": CLIP}, headers=key)
-        assert (
-            unloaded.status_code == 503 and "load it with /load_model" in unloaded.json()["error"]
-        )
-        unknown = get(server, "/models/ready", params={"name": "no/such"}, headers=key)
-        assert unknown.status_code == 404
-        assert get(server, "/models/ready", headers=key).status_code == 400
-        # The warm-up ran outside the metrics: nothing was inferred for a client yet.
-        stats = get(server, "/metrics", headers=key).json()["modelStats"]
-        assert next(s for s in stats if s["name"] == MINILM)["inferenceCount"] is None
-    finally:
-        stop_server(server)
-
-
-def test_a_request_past_the_queue_deadline_gets_503_and_is_counted(engines, tmp_path):
-    # 1 µs: no request leaves the queue that fast, so every one is dropped (warm-ups are not).
-    server = start_server(
-        engines, tmp_path / "server.log", "--preload", MINILM, "--max-queue-wait-ms", "0.001"
-    )
-    try:
-        dropped = server.post("/embed_text", {"name": MINILM, "text": "late"})
-        assert dropped.status_code == 503 and dropped.headers["Retry-After"] == "1"
-        assert "dropped before execution" in dropped.json()["error"]
-        text = get(server, "/metrics/prometheus").text
-        assert (
-            f'ingrain_queue_deadline_drops_total{{model="{MINILM}",tower="text_encoder"}} 1.0'
-            in text
-        )
-    finally:
-        stop_server(server)
-
-
-def wait_ready(server, timeout_s: float = 60) -> requests.Response:
-    deadline = time.monotonic() + timeout_s
-    while (answer := get(server, "/ready")).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return answer
-
-
-def test_ready_follows_the_loaded_set_through_load_and_unload(engines, tmp_path):
-    server = start_server(engines, tmp_path / "server.log", "--preload", MINILM)
-    try:
-        assert get(server, "/ready").json()["models"] == [{"name": MINILM, "ready": True}]
-        loaded = requests.post(server.model_url + "/load_model", json={"name": CLIP}, timeout=60)
-        assert loaded.status_code == 200, loaded.text
-        names = [model["name"] for model in wait_ready(server).json()["models"]]
-        assert names == [MINILM, CLIP]
-        unloaded = requests.post(
-            server.model_url + "/unload_model", json={"name": MINILM}, timeout=60
-        )
-        assert unloaded.status_code == 200, unloaded.text
-        # An unloaded model, preloaded or not, is no longer one the server must serve.
-        assert wait_ready(server).json()["models"] == [{"name": CLIP, "ready": True}]
-    finally:
-        stop_server(server)
