@@ -106,6 +106,14 @@ def pair_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def cross_encoder(pair_sources):
+    """The tiny CrossEncoder in sentence-transformers itself."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(pair_sources[RERANKER]), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def splade_source(tmp_path_factory, minilm_source) -> Path:
     """A tiny SPLADE SparseEncoder (random MLM head) with MiniLM's tokenizer."""
     from tests.models import tiny_splade
@@ -341,10 +349,10 @@ def app(engines, tmp_path_factory) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def server(engines, tmp_path_factory) -> Iterator[Server]:
-    """Real gunicorn, 2 workers, with LIMITS."""
+def server(pair_engines, tmp_path_factory) -> Iterator[Server]:
+    """Real gunicorn, 2 workers, with LIMITS, on `pair_engines`."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    running = start_server(engines, log, "--workers", "2", "--threads", "4", *LIMITS)
+    running = start_server(pair_engines, log, "--workers", "2", "--threads", "4", *LIMITS)
     yield running
     stop_server(running)
 

@@ -1,15 +1,16 @@
-"""Cross-encoders, text classifiers and ranking with embedding models, over real HTTP: a tiny
-CrossEncoder and a 3-label BertForSequenceClassification built with the real builder, checked
-against sentence-transformers and transformers themselves."""
+"""Cross-encoders, text classifiers and ranking with embedding models, in-process (falcon's test
+client): a tiny CrossEncoder and a 3-label BertForSequenceClassification built with the real
+builder, checked against sentence-transformers and transformers themselves."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import requests
 import torch
+from falcon.testing import TestClient
 
 from runtime.repository import Repository
 from runtime.repository.manifest import Manifest
@@ -20,8 +21,7 @@ from tests.conftest import (
     TEXT_CLASSIFIER,
     TIMM,
     cosines,
-    start_server,
-    stop_server,
+    serve_in_process,
 )
 from tests.images import png
 from tests.models import TEXT_LABELS, put_in_hub_cache
@@ -40,26 +40,17 @@ MAX_DOCUMENTS = 12
 
 
 @pytest.fixture(scope="module")
-def pair_server(pair_engines, tmp_path_factory):
+def pair_app(pair_engines, tmp_path_factory) -> Iterator[TestClient]:
     """Small rerank limits, so they are cheap to reach."""
-    log = tmp_path_factory.mktemp("pair-server") / "server.log"
     flags = ("--max-documents", str(MAX_DOCUMENTS), "--max-rerank-chars", "5000")
-    server = start_server(pair_engines, log, "--workers", "2", "--max-loaded-models", "12", *flags)
-    server.engines = pair_engines
-    yield server
-    stop_server(server)
+    run_dir = tmp_path_factory.mktemp("pair-app")
+    with serve_in_process(pair_engines, run_dir, "--max-loaded-models", "12", *flags) as app:
+        yield app
 
 
-@pytest.fixture(scope="module")
-def cross_encoder(pair_sources):
-    from sentence_transformers import CrossEncoder
-
-    return CrossEncoder(str(pair_sources[RERANKER]), device="cpu")
-
-
-def test_builds_are_detected_and_labelled(pair_server):
-    reranker = Manifest.read(Repository(pair_server.engines).find(RERANKER).directory)
-    classifier = Manifest.read(Repository(pair_server.engines).find(CLASSIFIER).directory)
+def test_builds_are_detected_and_labelled(pair_app, pair_engines):
+    reranker = Manifest.read(Repository(pair_engines).find(RERANKER).directory)
+    classifier = Manifest.read(Repository(pair_engines).find(CLASSIFIER).directory)
     assert (reranker.library, reranker.task, reranker.classifier.activation) == (
         "cross_encoder",
         "rerank",
@@ -67,27 +58,25 @@ def test_builds_are_detected_and_labelled(pair_server):
     )
     assert (classifier.task, classifier.classifier.activation) == ("text-classification", "softmax")
     assert reranker.build["verification"]["pair"]["max_abs_error"] <= 1e-4
-    answer = requests.get(
-        pair_server.url + "/model_classification_labels", params={"name": CLASSIFIER}, timeout=10
-    )
-    assert answer.json() == {"labels": TEXT_LABELS}
+    answer = pair_app.get("/model_classification_labels", params={"name": CLASSIFIER})
+    assert answer.json == {"labels": TEXT_LABELS}
 
 
-def test_rerank_equals_cross_encoder_predict(pair_server, cross_encoder):
+def test_rerank_equals_cross_encoder_predict(pair_app, cross_encoder):
     expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
     body = {"name": RERANKER, "query": QUERY, "texts": TEXTS, "return_text": True}
-    answer = pair_server.post("/rerank", body)
+    answer = pair_app.post("/rerank", json=body)
     assert answer.status_code == 200, answer.text
-    results = answer.json()["results"]
+    results = answer.json["results"]
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
     for result in results:
         assert abs(result["score"] - expected[result["index"]]) <= 1e-4
         assert result["text"] == TEXTS[result["index"]]
     assert np.ptp(expected) > 1e-3, "scores this close would make the order meaningless"
 
-    raw = pair_server.post(
-        "/rerank", {**body, "raw_scores": True, "top_n": 2, "return_text": False}
-    ).json()["results"]
+    raw = pair_app.post(
+        "/rerank", json={**body, "raw_scores": True, "top_n": 2, "return_text": False}
+    ).json["results"]
     logits = cross_encoder.predict(
         [(QUERY, text) for text in TEXTS], activation_fn=torch.nn.Identity()
     )
@@ -96,7 +85,7 @@ def test_rerank_equals_cross_encoder_predict(pair_server, cross_encoder):
     assert "text" not in raw[0]
 
 
-def test_classify_text_equals_transformers(pair_server, pair_sources):
+def test_classify_text_equals_transformers(pair_app, pair_sources):
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(pair_sources[CLASSIFIER]).eval()
@@ -105,43 +94,16 @@ def test_classify_text_equals_transformers(pair_server, pair_sources):
     encoded = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
     with torch.no_grad():
         expected = torch.softmax(model(**encoded).logits, dim=-1).numpy()
-    answer = pair_server.post("/classify_text", {"name": CLASSIFIER, "text": texts, "top_k": 2})
+    answer = pair_app.post("/classify_text", json={"name": CLASSIFIER, "text": texts, "top_k": 2})
     assert answer.status_code == 200, answer.text
-    body = answer.json()
+    body = answer.json
     assert np.abs(np.array(body["probabilities"]) - expected).max() <= 1e-4
     for row, top in zip(expected, body["labels"], strict=True):
         order = np.argsort(-row, kind="stable")[:2]
         assert [entry["label"] for entry in top] == [TEXT_LABELS[i] for i in order]
         assert abs(top[0]["score"] - row[order[0]]) <= 1e-4
-    single = pair_server.post("/classify_text", {"name": CLASSIFIER, "text": TEXTS[0]}).json()
+    single = pair_app.post("/classify_text", json={"name": CLASSIFIER, "text": TEXTS[0]}).json
     assert len(single["labels"]) == 1 and len(single["labels"][0]) == len(TEXT_LABELS)
-
-
-def test_cohere_sdk_reranks_through_v1_rerank(pair_server, cross_encoder):
-    """The cohere SDK from PyPI, pointed at this server, as LangChain's CohereRerank calls it."""
-    import cohere
-
-    client = cohere.Client(api_key="unused", base_url=pair_server.url)
-    answer = client.rerank(
-        model=RERANKER, query=QUERY, documents=TEXTS, top_n=3, return_documents=True
-    )
-    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
-    assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable")[:3])
-    for result in answer.results:
-        assert abs(result.relevance_score - expected[result.index]) <= 1e-4
-        assert result.document.text == TEXTS[result.index]
-
-
-def test_cohere_v2_client_reranks_through_v2_rerank(pair_server, cross_encoder):
-    """cohere.ClientV2, which langchain-cohere's CohereRerank uses."""
-    import cohere
-
-    client = cohere.ClientV2(api_key="unused", base_url=pair_server.url)
-    answer = client.rerank(model=RERANKER, query=QUERY, documents=TEXTS)
-    expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
-    assert [r.index for r in answer.results] == list(np.argsort(-expected, kind="stable"))
-    assert all(abs(r.relevance_score - expected[r.index]) <= 1e-4 for r in answer.results)
-    assert answer.meta.tokens.input_tokens == pair_tokens(cross_encoder, TEXTS)
 
 
 def pair_tokens(cross_encoder, texts: list[str]) -> int:
@@ -150,10 +112,10 @@ def pair_tokens(cross_encoder, texts: list[str]) -> int:
     return sum(len(ids) for ids in encoded["input_ids"])
 
 
-def test_v1_rerank_takes_jina_style_document_objects(pair_server, cross_encoder):
+def test_v1_rerank_takes_jina_style_document_objects(pair_app, cross_encoder):
     documents = [{"text": text} for text in TEXTS[:3]]
     body = {"model": RERANKER, "query": QUERY, "documents": documents, "top_n": 10}
-    answer = pair_server.post("/v1/rerank", body).json()
+    answer = pair_app.post("/v1/rerank", json=body).json
     tokens = pair_tokens(cross_encoder, TEXTS[:3])
     assert answer["model"] == RERANKER
     assert answer["usage"] == {"total_tokens": tokens, "documents": 3}
@@ -163,26 +125,26 @@ def test_v1_rerank_takes_jina_style_document_objects(pair_server, cross_encoder)
     assert scores == sorted(scores, reverse=True)
 
 
-def test_embedding_model_ranks_by_embed_text_cosines(pair_server):
-    embeddings = pair_server.post("/embed_text", {"name": MINILM, "text": [QUERY, *TEXTS]})
-    vectors = np.array(embeddings.json()["embeddings"])
+def test_embedding_model_ranks_by_embed_text_cosines(pair_app):
+    embeddings = pair_app.post("/embed_text", json={"name": MINILM, "text": [QUERY, *TEXTS]})
+    vectors = np.array(embeddings.json["embeddings"])
     expected = cosines(vectors[1:], np.repeat(vectors[:1], len(TEXTS), axis=0))
-    answer = pair_server.post("/rerank", {"name": MINILM, "query": QUERY, "texts": TEXTS})
-    results = answer.json()["results"]
+    answer = pair_app.post("/rerank", json={"name": MINILM, "query": QUERY, "texts": TEXTS})
+    results = answer.json["results"]
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
     assert all(abs(r["score"] - expected[r["index"]]) <= 1e-5 for r in results)
 
 
-def test_clip_ranks_images_against_a_text_query(pair_server):
+def test_clip_ranks_images_against_a_text_query(pair_app):
     images = [base64.b64encode(png(40 + 8 * i, 48, seed=i)).decode() for i in range(5)]
     query = "a photo of a cat"
-    text = pair_server.post("/embed_text", {"name": CLIP, "text": query}).json()["embeddings"]
-    embedded = pair_server.post("/embed_image", {"name": CLIP, "image": images}).json()
+    text = pair_app.post("/embed_text", json={"name": CLIP, "text": query}).json["embeddings"]
+    embedded = pair_app.post("/embed_image", json={"name": CLIP, "image": images}).json
     vectors = np.array(embedded["embeddings"])
     expected = cosines(vectors, np.repeat(np.array(text), len(images), axis=0))
-    answer = pair_server.post("/rerank", {"name": CLIP, "query": query, "images": images})
+    answer = pair_app.post("/rerank", json={"name": CLIP, "query": query, "images": images})
     assert answer.status_code == 200, answer.text
-    results = answer.json()["results"]
+    results = answer.json["results"]
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
     assert all(abs(r["score"] - expected[r["index"]]) <= 1e-5 for r in results)
 
@@ -235,10 +197,10 @@ def test_clip_ranks_images_against_a_text_query(pair_server):
         ("/classify_image", {"name": CLASSIFIER, "image": "aGk="}, 400, "text only"),
     ],
 )
-def test_bad_input_is_a_clear_4xx(pair_server, route, body, status, says):
-    answer = pair_server.post(route, body)
+def test_bad_input_is_a_clear_4xx(pair_app, route, body, status, says):
+    answer = pair_app.post(route, json=body)
     assert answer.status_code == status, answer.text
-    error = answer.json()["error"]
+    error = answer.json["error"]
     # /v1/ routes may answer errors in OpenAI's shape, {"error": {"message": ...}}.
     assert says in (error["message"] if isinstance(error, dict) else error)
 
@@ -254,19 +216,19 @@ def test_bad_input_is_a_clear_4xx(pair_server, route, body, status, says):
         ({"model": RERANKER, "query": QUERY, "documents": ["x"] * 13}, "documents"),
     ],
 )
-def test_cohere_errors_name_the_field_as_sent(pair_server, body, param):
-    error = pair_server.post("/v1/rerank", body).json()["error"]
+def test_cohere_errors_name_the_field_as_sent(pair_app, body, param):
+    error = pair_app.post("/v1/rerank", json=body).json["error"]
     assert error["param"] == param and f'"{param}"' in error["message"]
 
 
-def test_pairs_run_through_the_tower_and_its_metrics(pair_server):
-    pair_server.post("/rerank", {"name": RERANKER, "query": QUERY, "texts": TEXTS})
-    stats = requests.get(pair_server.url + "/metrics", timeout=10).json()["modelStats"]
+def test_pairs_run_through_the_tower_and_its_metrics(pair_app, caplog):
+    pair_app.post("/rerank", json={"name": RERANKER, "query": QUERY, "texts": TEXTS})
+    stats = pair_app.get("/metrics").json["modelStats"]
     [entry] = [entry for entry in stats if entry["name"] == RERANKER]
     assert int(entry["inferenceCount"]) >= len(TEXTS)
-    prometheus = requests.get(pair_server.url + "/metrics/prometheus", timeout=10).text
+    prometheus = pair_app.get("/metrics/prometheus").text
     assert f'model="{RERANKER}",tower="pair_encoder"' in prometheus
-    assert "Traceback" not in pair_server.log.read_text()
+    assert not [record for record in caplog.records if record.exc_info]  # no traceback
 
 
 def test_task_option_chooses_how_a_cross_encoder_is_served(pair_sources, tmp_path):
@@ -282,26 +244,26 @@ def test_task_option_chooses_how_a_cross_encoder_is_served(pair_sources, tmp_pat
         build_model(str(pair_sources[CLASSIFIER]), tmp_path, "r", options=options, progress=quiet)
 
 
-def test_load_model_builds_a_hub_cross_encoder_on_demand(pair_sources, tmp_path, cross_encoder):
+def test_load_model_builds_a_hub_cross_encoder_on_demand(
+    pair_sources, tmp_path, cross_encoder, monkeypatch
+):
     """/load_model with a Hub id (from the local Hub cache) detects the cross-encoder from its
     config.json, builds it in a subprocess and serves it."""
     hub_id = "ingrain-test/tiny-cross-encoder"
     put_in_hub_cache(pair_sources[RERANKER], tmp_path / "hf-home", hub_id)
     (tmp_path / "engines").mkdir()
-    server = start_server(
-        tmp_path / "engines", tmp_path / "log", env={"HF_HOME": str(tmp_path / "hf-home")}
-    )
-    try:
-        answer = requests.post(server.model_url + "/load_model", json={"name": hub_id}, timeout=300)
+    # The build runs as a child of this process: it finds the model in this Hub cache only.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with serve_in_process(tmp_path / "engines", tmp_path) as app:
+        answer = app.post("/load_model", json={"name": hub_id})
         assert answer.status_code == 200, answer.text
-        models = requests.get(server.model_url + "/loaded_models", timeout=30).json()["models"]
+        models = app.get("/loaded_models").json["models"]
         assert {"name": hub_id, "library": "cross_encoder"} in models
-        ranked = server.post("/rerank", {"name": hub_id, "query": QUERY, "texts": TEXTS})
+        ranked = app.post("/rerank", json={"name": hub_id, "query": QUERY, "texts": TEXTS})
         expected = cross_encoder.predict([(QUERY, text) for text in TEXTS])
-        scores = {r["index"]: r["score"] for r in ranked.json()["results"]}
+        scores = {r["index"]: r["score"] for r in ranked.json["results"]}
         assert max(abs(scores[i] - expected[i]) for i in range(len(TEXTS))) <= 1e-4
-    finally:
-        stop_server(server)
 
 
 def test_long_pairs_are_cut_before_tokenizing_to_the_same_encoding(pair_engines):
