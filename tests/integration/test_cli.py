@@ -200,3 +200,20 @@ def test_every_serve_option_defaults_to_its_settings_field():
     assert built == ServerSettings(engines=Path("engines"), model_port=8687)
     assert built.runtime == RuntimeConfig() and built.limits == Limits()
     assert built.runtime.batching == BatchingConfig()
+
+
+def test_max_items_above_max_queue_is_refused_at_start(engines):
+    result = subprocess.run(
+        [
+            str(BIN / "ingrain-serve"),
+            "--engines",
+            str(engines),
+            "--max-queue",
+            "4",
+            "--max-items",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "--max-queue" in result.stderr

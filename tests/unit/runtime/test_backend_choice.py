@@ -7,13 +7,11 @@ import json
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import requests
 from click.testing import CliRunner
 
 from cli import main
@@ -24,7 +22,7 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
-from tests.conftest import MINILM, start_server, stop_server
+from tests.conftest import MINILM
 
 ORT, OV, OV_BF16 = "onnxruntime/f32", "openvino/f32", "openvino/bf16"
 
@@ -193,43 +191,6 @@ def test_explicit_flags_win_and_nothing_is_measured(minilm):
     auto = select(tower, RuntimeConfig(), MINILM, minilm)
     assert Candidate("onnxruntime", "f32") in auto.candidates
     assert Candidate("openvino", "f32") in auto.candidates
-
-
-def test_server_model_info_and_metrics_show_the_measured_choice(minilm, tmp_path):
-    engines = tmp_path / "engines"
-    shutil.copytree(minilm, engines / minilm.name, ignore=shutil.ignore_patterns(".*"))
-    log = tmp_path / "server.log"
-    server = start_server(
-        engines,
-        log,
-        "--workers",
-        "2",
-        "--preload",
-        MINILM,
-        "--backend",
-        "auto",
-        "--precision",
-        "auto",
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while log.read_text().count("auto chose") < 2:
-            assert time.monotonic() < deadline, "not every worker loaded the model"
-            time.sleep(0.2)
-        # Two workers loaded the model: one measured, the other read its result.
-        text = log.read_text()
-        assert text.count("(measured;") == 1 and text.count("(cached;") == 1, text
-        info = requests.get(server.url + "/model_info", params={"name": MINILM}, timeout=30)
-        engine = info.json()["towers"]["text"]["engine"]
-        assert engine["chosenBy"] == "measured" and {ORT, OV} <= set(engine["probe"])
-        stats = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
-        (entry,) = [tower for tower in stats if tower["name"] == MINILM]
-        assert f"{entry['backend']}/{entry['precision']}" == (
-            f"{engine['backend']}/{engine['precision']}"
-        )
-        assert set(entry["backendProbe"]) == set(engine["probe"])
-    finally:
-        stop_server(server)
 
 
 def test_ingrain_list_says_whether_the_choice_was_measured(minilm, tmp_path):

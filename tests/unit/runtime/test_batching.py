@@ -237,27 +237,6 @@ def test_an_overloaded_server_answers_503_with_retry_after(engines, tmp_path):
     assert "overloaded" in refused.json["error"]
 
 
-def test_max_items_above_max_queue_is_refused_at_start(engines):
-    import subprocess
-
-    from tests.conftest import BIN
-
-    result = subprocess.run(
-        [
-            str(BIN / "ingrain-serve"),
-            "--engines",
-            str(engines),
-            "--max-queue",
-            "4",
-            "--max-items",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0 and "--max-queue" in result.stderr
-
-
 def test_metrics_queue_is_the_wait_in_the_batcher(app):
     before = app.get("/metrics").json
     app.post("/embed_text", json={"name": MINILM, "text": ["one", "two"]})
