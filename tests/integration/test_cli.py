@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-import requests
 
 from api.settings import Limits, ServerSettings
 from runtime.backends.openvino import bf16_supported
@@ -22,8 +21,6 @@ from tests.conftest import (
     TEXT_CLASSIFIER,
     TIMM,
     free_port,
-    start_server,
-    stop_server,
 )
 
 
@@ -125,18 +122,6 @@ def test_settings_refuse_what_serve_refuses(tmp_path):
         with pytest.raises(ValueError, match=re.escape(message)):
             ServerSettings(tmp_path, **fields)
     assert ServerSettings(tmp_path, preload=("a",), max_loaded_models=1, model_port=8687)
-
-
-def test_api_keys_from_the_environment_are_split_on_spaces(engines, tmp_path):
-    server = start_server(engines, tmp_path / "log", env={"INGRAIN_API_KEYS": "key-one key-two"})
-    try:
-        for key, status in (("key-one", 200), ("key-two", 200), ("key-one key-two", 401)):
-            answer = requests.get(
-                server.url + "/loaded_models", headers={"Authorization": f"Bearer {key}"}
-            )
-            assert answer.status_code == status, key
-    finally:
-        stop_server(server)
 
 
 def test_a_missing_local_source_or_an_unreachable_hub_fails_fast(tmp_path):

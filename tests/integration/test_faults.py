@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -60,6 +61,18 @@ def test_a_worker_killed_under_load_is_replaced_and_others_keep_serving(engines,
         stop_server(server)
 
 
+def all_read_by_the_server(port: int, connections: list[socket.socket]) -> bool:
+    """Whether the server's end of every connection exists and has nothing left to read (its
+    receive queue in Linux's /proc/net/tcp is empty)."""
+    ours = {f"{connection.getsockname()[1]:04X}" for connection in connections}
+    unread = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, _, queues = line.split()[1:5]
+        if local.endswith(f":{port:04X}") and remote.split(":")[1] in ours:
+            unread[remote.split(":")[1]] = int(queues.split(":")[1], 16)
+    return set(unread) == ours and not any(unread.values())
+
+
 def test_sigterm_lets_in_flight_requests_finish_and_exits_cleanly(engines, tmp_path):
     """Requests whose last body byte is still to come when SIGTERM arrives are in flight by
     construction; they must still be answered."""
@@ -73,7 +86,11 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_cleanly(engines, tmp_p
     connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
     for connection in connections:
         connection.sendall(head + body[:-1])
-    time.sleep(1)  # let the worker take the connections (they cannot finish without us)
+    # The worker takes the connections (they cannot finish without us): it has read all we sent.
+    deadline = time.monotonic() + 60
+    while not all_read_by_the_server(port, connections):
+        assert time.monotonic() < deadline, "the worker did not read the requests within 60 s"
+        time.sleep(0.05)
     server.process.send_signal(signal.SIGTERM)
     answers = []
     for connection in connections:

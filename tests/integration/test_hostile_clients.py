@@ -208,7 +208,7 @@ def test_requests_whose_client_left_are_dropped_before_execution(hostile):
         for _ in range(gone):
             with socket.create_connection(("127.0.0.1", port_of(hostile)), timeout=30) as c:
                 c.sendall(request + body)
-        assert [answer.result().status_code for answer in running] == [200, 200]
+        assert [answer.result(timeout=120).status_code for answer in running] == [200, 200]
     # Counted as each worker's executor reaches them; a request waiting for a thread comes last.
     deadline = time.monotonic() + 60
     while client_gone_drops(hostile) < before + gone and time.monotonic() < deadline:
@@ -347,7 +347,7 @@ def test_inline_images_and_texts_never_wait_behind_downloads(hostile, drip):
         images = {"name": CLIP, "image": [inline, f"data:image/png;base64,{inline}"]}
         assert call("inline", "/embed_image", images) == 200
         assert call("text", "/embed_text", ONE_SENTENCE) == 200
-        assert [future.result() for future in drips] == [400] * 3
+        assert [future.result(timeout=120) for future in drips] == [400] * 3
     assert max(finished["inline"], finished["text"]) < min(finished[f"drip{i}"] for i in range(3))
 
 

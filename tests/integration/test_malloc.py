@@ -31,7 +31,6 @@ SCRIPT = textwrap.dedent(
         ctypes.memset(block, 1, 100_000)
     for block in blocks[:-1]:
         libc.free(block)
-    time.sleep(0.5)
     held = rss_mb()
     malloc.trim_periodically(0.1)
     deadline = time.monotonic() + 20

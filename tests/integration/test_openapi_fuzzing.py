@@ -71,7 +71,9 @@ def test_fuzzing_finds_no_server_error(fuzz_target):
     none may answer 5xx. schemathesis drives hypothesis directly (its pytest plugin does not
     run under this pytest)."""
     names = [entry.name for entry in Repository(fuzz_target.engines).entries()]
-    document = with_model_names(requests.get(fuzz_target.url + "/openapi.json").json(), names)
+    document = with_model_names(
+        requests.get(fuzz_target.url + "/openapi.json", timeout=30).json(), names
+    )
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=fuzz_target.url)
     operations = [result.ok() for result in schema.get_all_operations()]

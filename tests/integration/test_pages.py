@@ -107,7 +107,7 @@ def test_every_page_file_is_served_and_nothing_else(pages_server):
         unchanged = requests.get(f"{pages_server.url}/pages/{name}", headers=again, timeout=10)
         assert unchanged.status_code == 304 and unchanged.content == b"", name
     assert (
-        requests.get(pages_server.url + "/pages/docs.js")
+        requests.get(pages_server.url + "/pages/docs.js", timeout=30)
         .headers["Content-Type"]
         .startswith("text/javascript")
     )
@@ -142,8 +142,10 @@ def test_every_answer_of_the_page_routes_carries_the_policy(guarded, path):
     # without the key.
     refused = 401 if path == "/" else 405
     answers[refused] = requests.post(url, data="<script>", timeout=10)
-    answers[404] = requests.get(guarded.url + "/pages/%3Cimg%20src=x%20onerror=alert(1)%3E")
-    for status, answer in [*answers.items(), (200, head), (200, requests.options(url))]:
+    answers[404] = requests.get(
+        guarded.url + "/pages/%3Cimg%20src=x%20onerror=alert(1)%3E", timeout=30
+    )
+    for status, answer in [*answers.items(), (200, head), (200, requests.options(url, timeout=30))]:
         assert answer.status_code == status, (status, answer.text)
         assert answer.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY, status
         assert answer.headers.get("X-Content-Type-Options") == "nosniff", status
@@ -152,7 +154,9 @@ def test_every_answer_of_the_page_routes_carries_the_policy(guarded, path):
 def test_pages_and_the_api_document_need_no_key_and_give_nothing_without_one(guarded):
     for path in (*PAGES, "/openapi.json", "/pages/playground.mjs", "/pages/swagger-ui-bundle.js"):
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
-    refused = requests.post(guarded.url + "/embed_text", json={"name": MINILM, "text": "a"})
+    refused = requests.post(
+        guarded.url + "/embed_text", json={"name": MINILM, "text": "a"}, timeout=30
+    )
     assert refused.status_code == 401
     # POST / on the playground's path is Text Embeddings Inference's root: an API route.
     root = requests.post(guarded.url + "/", json={"inputs": "a"}, timeout=30)
@@ -530,7 +534,9 @@ def test_the_playground_classifies_a_generated_image(open_page, pages_server, tm
     run_panel(page, "classify-image", ".bars li")
     body = {"name": TIMM, "image": [data_uri(image)]}
     probabilities = pages_server.post("/classify_image", body).json()["probabilities"][0]
-    labels = requests.get(f"{pages_server.url}/model_classification_labels?name={TIMM}").json()
+    labels = requests.get(
+        f"{pages_server.url}/model_classification_labels?name={TIMM}", timeout=30
+    ).json()
     order = np.argsort(-np.asarray(probabilities), kind="stable")[:5]
     expected = [(labels["labels"][i], probabilities[i]) for i in order]
     shown = shown_bars(page, "classify-image")

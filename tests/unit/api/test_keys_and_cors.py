@@ -108,3 +108,11 @@ def test_options_needs_no_key_but_does_no_work_and_tells_nothing(guarded, route)
 def test_options_on_a_route_that_does_not_exist_is_a_404(guarded, route):
     answer = guarded.simulate_options(route, headers={"Origin": "https://app.example"})
     assert answer.status_code == 404 and MINILM not in answer.text
+
+
+def test_api_keys_from_the_environment_are_split_on_spaces(engines, tmp_path, monkeypatch):
+    monkeypatch.setenv("INGRAIN_API_KEYS", "key-one key-two")
+    with serve_in_process(engines, tmp_path) as app:
+        for key, status in (("key-one", 200), ("key-two", 200), ("key-one key-two", 401)):
+            answer = app.get("/loaded_models", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == status, key

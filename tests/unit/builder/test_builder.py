@@ -110,7 +110,11 @@ def test_force_rebuild_replaces_and_a_failed_one_keeps_the_old_model(tmp_path, m
     with pytest.raises(BuildError):
         build_model(str(tmp_path / "missing"), engines, name="tiny", force=True, progress=quiet)
     Model.load(Repository(engines).find("tiny")).embed_text(["still here"], True, None)
-    time.sleep(1.1)
+    # "created" is in whole seconds: wait (bounded) for the clock to pass the first build's.
+    deadline = time.monotonic() + 5
+    while time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) == first:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     build_model(str(source), engines, name="tiny", force=True, progress=quiet)
     assert json.loads((engines / "tiny" / "model.json").read_text())["build"]["created"] != first
     assert sorted(p.name for p in engines.iterdir() if not p.name.startswith(".lock")) == ["tiny"]

@@ -44,7 +44,7 @@ class Recording:
 
     def run(self, inputs):
         self.entered.release()
-        self.gate.wait()
+        self.gate.wait(timeout=120)  # bounded: a test that never opens it fails, not hangs
         self.sizes.append(len(next(iter(inputs.values()))))
         self.shapes.append(next(iter(inputs.values())).shape)
         self.token_rows.append(next(iter(inputs.values())))
@@ -130,8 +130,8 @@ def test_requests_queued_while_the_engine_runs_are_merged(minilm, recording):
         while tower.batcher.queued < 10:  # all ten are waiting behind the held execution
             threading.Event().wait(0.001)
         recording.gate.set()
-        first.result()
-        [future.result() for future in others]
+        first.result(timeout=120)
+        [future.result(timeout=120) for future in others]
     tower.close()
     assert recording.sizes == [1, 10]
 
@@ -194,8 +194,8 @@ def test_text_queued_beyond_one_execution_is_sorted_by_length_across_requests(mi
         while tower.batcher.queued < 4 * len(mixed):
             threading.Event().wait(0.001)
         recording.gate.set()
-        first.result()
-        results = [future.result() for future in others]
+        first.result(timeout=120)
+        results = [future.result(timeout=120) for future in others]
     tower.close()
     assert recording.sizes == [1, 32, 32, 32, 32]
     expected = unbatched(minilm, recording, mixed)
@@ -216,8 +216,8 @@ def test_a_full_queue_refuses_at_once(minilm, recording):
         with pytest.raises(Overloaded, match="limit 4"):
             tower.infer(ids, [3])
         recording.gate.set()
-        assert running.result().shape == (1, 384)
-        assert queued.result().shape == (4, 384)
+        assert running.result(timeout=120).shape == (1, 384)
+        assert queued.result(timeout=120).shape == (4, 384)
     tower.close()
 
 

@@ -142,7 +142,7 @@ def test_a_stuck_execution_marks_the_tower_not_ready_until_it_ends(minilm):
         assert reason is not None and "an execution has been running for" in reason
     finally:
         backend.gate.set()
-        request.join()
+        request.join(timeout=120)
     assert tower.check(0.01, 3) is None
     tower.close()
 
@@ -197,7 +197,7 @@ def test_a_request_queued_past_the_deadline_is_dropped_before_execution(minilm):
         assert not second.is_alive(), "the queued request was not answered at its deadline"
         executed = len(backend.sizes)
         backend.gate.set()
-        first.join()
+        first.join(timeout=120)
         assert isinstance(outcome[0], QueueDeadline) and "dropped before execution" in str(
             outcome[0]
         )
