@@ -37,6 +37,8 @@ SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
 RERANKER = "test/tiny-cross-encoder"
 TEXT_CLASSIFIER = "test/tiny-text-classifier"
 SPLADE = "test/tiny-splade"
+# MiniLM built with --token-embeddings: TEI's embedding model (/embed_all needs them).
+TOKENS = "test/minilm-token-embeddings"
 HUB_MODEL = "ingrain-test/tiny-mean"  # in the `hub` fixture's Hugging Face cache
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
@@ -159,6 +161,22 @@ def pair_engines(tmp_path_factory, engines, pair_sources) -> Path:
     shutil.copytree(engines, root)
     for name, source in pair_sources.items():  # detected as cross_encoder from config.json
         build_model(str(source), root, name=name, progress=Progress(quiet=True))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tei_engines(tmp_path_factory, pair_engines, minilm_source, splade_source) -> Path:
+    """A copy of `pair_engines` plus, for Text Embeddings Inference's routes, MiniLM with token
+    embeddings and the query prompt (TOKENS) and the tiny SPLADE model (detected as a
+    SparseEncoder from its saved config)."""
+    from builder import BuildOptions, Progress, build_model
+
+    root = tmp_path_factory.mktemp("tei-engines") / "engines"
+    shutil.copytree(pair_engines, root)
+    quiet = Progress(quiet=True)
+    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
+    build_model(minilm_source, root, name=TOKENS, options=options, progress=quiet)
+    build_model(str(splade_source), root, name=SPLADE, progress=quiet)
     return root
 
 

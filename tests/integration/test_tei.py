@@ -13,7 +13,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import MINILM, QUERY_PROMPT, RERANKER, SPLADE, TEXT_CLASSIFIER, cosines
+from tests.conftest import MINILM, QUERY_PROMPT, RERANKER, SPLADE, TEXT_CLASSIFIER, TOKENS, cosines
 from tests.conftest import start_server as start
 from tests.conftest import stop_server as stop
 from tests.models import TEXT_LABELS
@@ -31,27 +31,11 @@ MAX_ITEMS = 8
 
 
 @pytest.fixture(scope="module")
-def tei_engines(tmp_path_factory, minilm_source, pair_sources, splade_source):
-    """MiniLM (with a query prompt and token embeddings), the tiny reranker, the tiny text
-    classifier and a tiny SPLADE model (detected as a SparseEncoder from its saved config)."""
-    from builder import BuildOptions, Progress, build_model
-
-    root = tmp_path_factory.mktemp("tei-engines")
-    quiet = Progress(quiet=True)
-    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
-    build_model(minilm_source, root, name=MINILM, options=options, progress=quiet)
-    for name, source in pair_sources.items():
-        build_model(str(source), root, name=name, progress=quiet)
-    build_model(str(splade_source), root, name=SPLADE, progress=quiet)
-    return root
-
-
-@pytest.fixture(scope="module")
 def tei(tei_engines, tmp_path_factory):
-    """One default model per kind; MiniLM first, so it serves POST / and /info. The SPLADE
+    """One default model per kind; MiniLM (TOKENS) first, so it serves POST / and /info. The SPLADE
     model runs in f32 (bf16, which BF16 CPUs get by default, moves values near zero)."""
     log = tmp_path_factory.mktemp("tei") / "server.log"
-    defaults = ("--default-model", MINILM, "--default-model", RERANKER)
+    defaults = ("--default-model", TOKENS, "--default-model", RERANKER)
     defaults += ("--default-model", TEXT_CLASSIFIER, "--default-model", SPLADE)
     limits = ("--max-items", str(MAX_ITEMS), "--max-documents", "6")
     precision = ("--model-precision", f"{SPLADE}=f32")
@@ -215,7 +199,7 @@ def test_tokenize_and_decode(tei, reference):
 
 def test_info_describes_the_first_default_model(tei):
     info = requests.get(tei.url + "/info", timeout=10).json()
-    assert info["model_id"] == info["served_model_name"] == MINILM
+    assert info["model_id"] == info["served_model_name"] == TOKENS
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == 256 and info["max_client_batch_size"] == MAX_ITEMS
     assert info["auto_truncate"] is True

@@ -6,24 +6,28 @@ from __future__ import annotations
 
 import base64
 import shutil
+from collections.abc import Iterator
 
 import falcon.testing
 import jsonschema
 import pytest
 
-from api.app import create_app
 from api.routes.openapi import DOCUMENT
-from api.settings import ServerSettings
 from builder.verify import verification_images
-from runtime.batching import BatchingConfig
-from runtime.config import RuntimeConfig
-from tests.conftest import CLIP, MINILM, RERANKER, SPLADE, TEXT_CLASSIFIER, TIMM
+from tests.conftest import (
+    CLIP,
+    MINILM,
+    RERANKER,
+    SPLADE,
+    TEXT_CLASSIFIER,
+    TIMM,
+    TOKENS,
+    serve_in_process,
+)
 
 IMAGE = base64.b64encode(verification_images()[0]).decode()
 TEXTS = ["a cat sleeps on the sofa", "stock markets fell"]
 QUERY = "where do cats sleep"
-# MiniLM built with --token-embeddings: TEI's embedding model (/embed_all needs them).
-TOKENS = "test/minilm-token-embeddings"
 TEI_DEFAULTS = (TOKENS, RERANKER, TEXT_CLASSIFIER, SPLADE)
 
 # (method, route as the document names it, path sent, JSON body) in an order that works:
@@ -129,27 +133,14 @@ CALLS = [
 
 
 @pytest.fixture(scope="module")
-def client(
-    pair_engines, minilm_source, splade_source, tmp_path_factory
-) -> falcon.testing.TestClient:
-    """The app on a copy of the repository (a model is deleted) plus MiniLM with token
-    embeddings and a tiny SPLADE model for TEI's routes, with a small token budget."""
-    from builder import BuildOptions, Progress, build_model
-
+def client(tei_engines, tmp_path_factory) -> Iterator[falcon.testing.TestClient]:
+    """The app on a copy of `tei_engines` (a model is deleted), TEI's routes served by
+    TEI_DEFAULTS."""
     root = tmp_path_factory.mktemp("conformance")
-    shutil.copytree(pair_engines, root / "engines")
-    quiet, tokens = Progress(quiet=True), BuildOptions(token_embeddings=True)
-    build_model(minilm_source, root / "engines", name=TOKENS, options=tokens, progress=quiet)
-    build_model(str(splade_source), root / "engines", name=SPLADE, progress=quiet)
-    runtime = RuntimeConfig(batching=BatchingConfig(max_tokens=1024))
-    settings = ServerSettings(
-        engines=root / "engines",
-        runtime=runtime,
-        default_models=TEI_DEFAULTS,
-        loaded_set=root / "loaded.json",
-        max_loaded_models=10,
-    )
-    return falcon.testing.TestClient(create_app(settings))
+    shutil.copytree(tei_engines, root / "engines")
+    defaults = [part for name in TEI_DEFAULTS for part in ("--default-model", name)]
+    with serve_in_process(root / "engines", root, "--max-loaded-models", "10", *defaults) as app:
+        yield app
 
 
 def schema_of(answer: dict) -> dict | None:
