@@ -39,7 +39,9 @@ def tei(tei_engines, tmp_path_factory):
     defaults += ("--default-model", TEXT_CLASSIFIER, "--default-model", SPLADE)
     limits = ("--max-items", str(MAX_ITEMS), "--max-documents", "6")
     precision = ("--model-precision", f"{SPLADE}=f32")
-    server = start(tei_engines, log, "--workers", "1", *defaults, *limits, *precision)
+    # MiniLM itself too (the ingrain routes' requests name it): the loaded set is these five.
+    preload = ("--preload", MINILM)
+    server = start(tei_engines, log, "--workers", "1", *preload, *defaults, *limits, *precision)
     yield server
     stop(server)
 

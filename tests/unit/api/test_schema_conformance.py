@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import base64
 import shutil
-from collections.abc import Iterator
 
 import falcon.testing
 import jsonschema
 import pytest
 
+from api.app import create_app
 from api.routes.openapi import DOCUMENT
+from api.settings import ServerSettings
 from builder.verify import verification_images
+from runtime.batching import BatchingConfig
+from runtime.config import RuntimeConfig
 from tests.conftest import (
     CLIP,
     MINILM,
@@ -22,7 +25,6 @@ from tests.conftest import (
     TEXT_CLASSIFIER,
     TIMM,
     TOKENS,
-    serve_in_process,
 )
 
 IMAGE = base64.b64encode(verification_images()[0]).decode()
@@ -133,14 +135,20 @@ CALLS = [
 
 
 @pytest.fixture(scope="module")
-def client(tei_engines, tmp_path_factory) -> Iterator[falcon.testing.TestClient]:
+def client(tei_engines, tmp_path_factory) -> falcon.testing.TestClient:
     """The app on a copy of `tei_engines` (a model is deleted), TEI's routes served by
-    TEI_DEFAULTS."""
+    TEI_DEFAULTS, with a small token budget."""
     root = tmp_path_factory.mktemp("conformance")
     shutil.copytree(tei_engines, root / "engines")
-    defaults = [part for name in TEI_DEFAULTS for part in ("--default-model", name)]
-    with serve_in_process(root / "engines", root, "--max-loaded-models", "10", *defaults) as app:
-        yield app
+    runtime = RuntimeConfig(batching=BatchingConfig(max_tokens=1024))
+    settings = ServerSettings(
+        engines=root / "engines",
+        runtime=runtime,
+        default_models=TEI_DEFAULTS,
+        loaded_set=root / "loaded.json",
+        max_loaded_models=10,
+    )
+    return falcon.testing.TestClient(create_app(settings))
 
 
 def schema_of(answer: dict) -> dict | None:
