@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-# checkov, which tests/test_deploy.py runs on the Kubernetes manifests, in its own environment
+# checkov, which tests/unit/test_deploy.py runs on the Kubernetes manifests, in its own environment
 # (its pinned dependencies would fight the project's); the demo command does not need it.
 [ -x .venv-checkov/bin/checkov ] || {
     python3 -m venv .venv-checkov

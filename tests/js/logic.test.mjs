@@ -1,5 +1,5 @@
 // Unit tests of the playground's computations (api/static/logic.mjs), run by `node --test`
-// from tests/test_pages.py.
+// from tests/integration/test_pages.py.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { test } from "node:test";
