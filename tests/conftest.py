@@ -378,3 +378,12 @@ def server(pair_engines, tmp_path_factory) -> Iterator[Server]:
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_sparse_equal(indices: list[int], values: list[float], expected: np.ndarray) -> None:
+    """Same non-zero indices, values within 1e-4 relative (floored at 1e-5 of the largest)."""
+    assert indices == np.flatnonzero(expected).tolist()
+    floor = 1e-5 * expected.max()
+    np.testing.assert_array_less(
+        np.abs(np.array(values) - expected[indices]), 1e-4 * expected[indices] + floor
+    )

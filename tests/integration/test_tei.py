@@ -13,7 +13,16 @@ from huggingface_hub.errors import HfHubHTTPError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import MINILM, QUERY_PROMPT, RERANKER, SPLADE, TEXT_CLASSIFIER, TOKENS, cosines
+from tests.conftest import (
+    MINILM,
+    QUERY_PROMPT,
+    RERANKER,
+    SPLADE,
+    TEXT_CLASSIFIER,
+    TOKENS,
+    assert_sparse_equal,
+    cosines,
+)
 from tests.conftest import start_server as start
 from tests.conftest import stop_server as stop
 from tests.models import TEXT_LABELS
@@ -350,15 +359,6 @@ def sparse_reference(splade_source, texts: list[str]) -> np.ndarray:
     model = SparseEncoder(str(splade_source), device="cpu")
     encoded = model.encode(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
     return encoded.numpy()
-
-
-def assert_sparse_equal(indices: list[int], values: list[float], expected: np.ndarray) -> None:
-    """Same non-zero indices, values within 1e-4 relative (floored at 1e-5 of the largest)."""
-    assert indices == np.flatnonzero(expected).tolist()
-    floor = 1e-5 * expected.max()
-    np.testing.assert_array_less(
-        np.abs(np.array(values) - expected[indices]), 1e-4 * expected[indices] + floor
-    )
 
 
 def test_sparse_build_is_verified_against_sparse_encoder(tei_engines):

@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 from api.app import create_app
 from api.routes.openapi import DOCUMENT
 from api.settings import Limits, ServerSettings
-from tests.conftest import EXACT, RERANKER, cosines
+from tests.conftest import EXACT, RERANKER, assert_sparse_equal, cosines
 from tests.conftest import start_server as start
 from tests.conftest import stop_server as stop
-from tests.test_tei import assert_sparse_equal
 
 INFERENCE_FREE = "test/tiny-inference-free-splade"
 EMBEDDER = "test/tiny-embedder"
