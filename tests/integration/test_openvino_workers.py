@@ -58,8 +58,9 @@ def test_metrics_and_threads_say_what_each_tower_runs_on(engines, tmp_path):
     try:
         body = {"name": CLIP, "text": ["a photo"]}
         assert server.post("/embed_text", body).ok
-        stats = requests.get(server.url + "/metrics", timeout=10).json()["modelStats"]
-        towers = {entry["name"]: entry for entry in stats}
+        answer = requests.get(server.url + "/metrics", timeout=10)
+        assert answer.status_code == 200, answer.text
+        towers = {entry["name"]: entry for entry in answer.json()["modelStats"]}
         json_engines = {}
         for tower in ("text_encoder", "image_encoder"):
             entry = towers[f"{CLIP}/{tower}"]
