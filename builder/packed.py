@@ -30,6 +30,26 @@ def position_offset(transformer: torch.nn.Module) -> int:
     return 0 if padding_idx is None else padding_idx + 1
 
 
+def packed_hidden_states(
+    transformer: torch.nn.Module,
+    input_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    position_offset: int,
+    takes_token_types: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Hugging Face encoder's last hidden states over packed rows (each text attending only
+    to itself, positions restarting per text), and those positions."""
+    mask, positions = segment_attention(segment_ids, transformer.dtype)
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": positions + position_offset,
+    }
+    if takes_token_types:  # explicit: the model's buffered zeros stop at its maximum
+        inputs["token_type_ids"] = torch.zeros_like(input_ids)
+    return transformer(**inputs, return_dict=True).last_hidden_state, positions
+
+
 def segment_attention(
     segment_ids: torch.Tensor, dtype: torch.dtype, causal: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:

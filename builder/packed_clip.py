@@ -26,6 +26,7 @@ from open_clip.transformer import ResidualAttentionBlock, TextTransformer
 
 from builder.onnx_export import export_onnx
 from builder.packed import (
+    packed_hidden_states,
     pool_segments,
     position_offset,
     segment_attention,
@@ -165,15 +166,9 @@ class PackedHFClipText(torch.nn.Module):
         self.takes_token_types = "token_type_ids" in parameters
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-        mask, positions = segment_attention(segment_ids, self.transformer.dtype)
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "position_ids": positions + self.position_offset,
-        }
-        if self.takes_token_types:  # explicit: the model's buffered zeros stop at its maximum
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
+        hidden, positions = packed_hidden_states(
+            self.transformer, input_ids, segment_ids, self.position_offset, self.takes_token_types
+        )
         [pooled] = pool_segments(hidden, segment_ids, positions, (self.mode,))
         return self.projection(pooled)
 

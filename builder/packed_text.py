@@ -20,9 +20,9 @@ from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
 from builder.onnx_export import export_onnx
 from builder.packed import (
+    packed_hidden_states,
     pool_segments,
     position_offset,
-    segment_attention,
     transformer_unpackable,
     verification_mixes,
 )
@@ -73,15 +73,9 @@ class PackedSentenceEmbedding(torch.nn.Module):
         self.position_offset = position_offset(self.transformer)
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
-        mask, positions = segment_attention(segment_ids, self.transformer.dtype)
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "position_ids": positions + self.position_offset,
-        }
-        if self.takes_token_types:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        hidden = self.transformer(**inputs, return_dict=True).last_hidden_state
+        hidden, positions = packed_hidden_states(
+            self.transformer, input_ids, segment_ids, self.position_offset, self.takes_token_types
+        )
         pooled = torch.cat(pool_segments(hidden, segment_ids, positions, self.modes), dim=-1)
         features = {"sentence_embedding": pooled}
         for module in self.after:
