@@ -32,6 +32,17 @@ from bench.images import ensure_tiny_clip
 from bench.sentences import sentences
 
 
+def _run_then_measure(threads: list[threading.Thread], pid: int) -> dict[int, float]:
+    """Run a stage's load threads to the end, give the worker's periodic malloc trim its
+    interval to run (the wait is what is measured after), then each worker's RSS in MB."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(TRIM_INTERVAL_S + 1)
+    return worker_rss_mb(pid)
+
+
 def worker_rss_mb(master_pid: int) -> dict[int, float]:
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     rss = {}
@@ -195,12 +206,7 @@ def soak(minutes: float, concurrency: int, engines: Path | None, backend: str = 
         # with another's.
         for stage, until in (("after_warmup", warm_until), ("end", end)):
             threads = [threading.Thread(target=client, args=(i, until)) for i in range(concurrency)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            time.sleep(TRIM_INTERVAL_S + 1)
-            rss[stage] = worker_rss_mb(process.pid)
+            rss[stage] = _run_then_measure(threads, process.pid)
         long_texts = long_text_burst(url, process.pid)
     finally:
         process.terminate()
@@ -362,12 +368,7 @@ def mixed_soak(minutes: float, republish_minutes: float, engines: Path | None) -
             threads = [threading.Thread(target=client, args=(r, until)) for r in routes]
             if stage == "end":
                 threads.append(threading.Thread(target=republisher, args=(until,)))
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            time.sleep(TRIM_INTERVAL_S + 1)
-            rss[stage] = worker_rss_mb(process.pid)
+            rss[stage] = _run_then_measure(threads, process.pid)
     finally:
         process.terminate()
         process.wait(60)
