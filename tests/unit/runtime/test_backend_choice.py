@@ -22,7 +22,8 @@ from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
-from tests.conftest import MINILM
+from runtime.repository.manifest import Manifest
+from tests.conftest import CLIP, MINILM
 
 ORT, OV, OV_BF16 = "onnxruntime/f32", "openvino/f32", "openvino/bf16"
 
@@ -66,8 +67,15 @@ def minilm(engines) -> Path:
     return engines / slugify(MINILM)
 
 
+@pytest.fixture(scope="module")
+def tiny(engines) -> Path:
+    """The tiny CLIP's engine: a text tower that probes in a fraction of a second, for tests of
+    the state file's handling rather than of which backend wins."""
+    return engines / slugify(CLIP)
+
+
 def tower_of(directory: Path):
-    return Repository(directory.parent).find(MINILM).manifest.towers["text"]
+    return Manifest.read(directory).towers["text"]
 
 
 @pytest.mark.parametrize("slow", ["onnxruntime", "openvino"])
@@ -117,7 +125,7 @@ def load(directory: Path, state: Path) -> Model:
     runtime = RuntimeConfig(
         state_dir=str(state), batching=BatchingConfig(max_tokens=512), packing=False
     )
-    return Model.load(Repository(directory.parent).find(MINILM), runtime)
+    return Model.load(Repository(directory.parent).find(Manifest.read(directory).name), runtime)
 
 
 def decision_of(directory: Path, state: Path):
@@ -129,14 +137,14 @@ def decision_of(directory: Path, state: Path):
 
 
 def test_the_choice_is_cached_reused_and_measured_again_when_model_or_backend_change(
-    minilm, tmp_path
+    tiny, tmp_path
 ):
-    directory = tmp_path / "engines" / minilm.name
-    shutil.copytree(minilm, directory, ignore=shutil.ignore_patterns(".*"))
+    directory = tmp_path / "engines" / tiny.name
+    shutil.copytree(tiny, directory, ignore=shutil.ignore_patterns(".*"))
     state = tmp_path / "state"
     first = decision_of(directory, state)
     assert first.source == "measured" and {ORT, OV} <= set(first.figures)
-    (stored,) = (state / minilm.name).glob("backend-choice-text-*.json")
+    (stored,) = (state / tiny.name).glob("backend-choice-text-*.json")
     record = json.loads(stored.read_text())
     assert record["choice"] == first.choice.label and record["figures"] == first.figures
     assert record["key"]["files"]["text.onnx"] and record["key"]["onnxruntime"]
@@ -158,19 +166,19 @@ def test_the_choice_is_cached_reused_and_measured_again_when_model_or_backend_ch
     assert decision_of(directory, state).source == "measured"
 
 
-def test_workers_loading_at_once_probe_once(minilm, tmp_path):
-    tower = tower_of(minilm)
+def test_workers_loading_at_once_probe_once(tiny, tmp_path):
+    tower = tower_of(tiny)
     opened: list[str] = []
 
     def opener(candidate: Candidate):
         opened.append(candidate.label)
-        return OnnxRuntimeBackend(minilm / tower.onnx, threads=1)
+        return OnnxRuntimeBackend(tiny / tower.onnx, threads=1)
 
     candidates = [Candidate("onnxruntime", "f32"), Candidate("openvino", "f32")]
     results = []
 
     def load_one():
-        decision, backend = decide(tmp_path, tower, [minilm / tower.onnx], candidates, 1, opener)
+        decision, backend = decide(tmp_path, tower, [tiny / tower.onnx], candidates, 1, opener)
         backend.close()
         results.append(decision.source)
 
@@ -193,13 +201,13 @@ def test_explicit_flags_win_and_nothing_is_measured(minilm):
     assert Candidate("openvino", "f32") in auto.candidates
 
 
-def test_ingrain_list_says_whether_the_choice_was_measured(minilm, tmp_path):
+def test_ingrain_list_says_whether_the_choice_was_measured(tiny, tmp_path):
     engines = tmp_path / "engines"
-    shutil.copytree(minilm, engines / minilm.name, ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(tiny, engines / tiny.name, ignore=shutil.ignore_patterns(".*"))
     before = CliRunner().invoke(main, ["list", "--engines", str(engines)])
     assert before.exit_code == 0 and "(unmeasured)" in before.output, before.output
     # Loaded with the defaults `ingrain list` assumes (every core, the choice in the engine).
-    model = Model.load(Repository(engines).find(MINILM), RuntimeConfig())
+    model = Model.load(Repository(engines).find(CLIP), RuntimeConfig())
     decision = model.text.tower.backend.decision
     model.close()
     runs = decision.choice.label
@@ -252,22 +260,22 @@ def _lock_is_a_pipe(stored: Path) -> None:
         _lock_is_a_pipe,
     ],
 )
-def test_a_hostile_state_file_is_measured_again_never_trusted_or_waited_on(minilm, tmp_path, spoil):
+def test_a_hostile_state_file_is_measured_again_never_trusted_or_waited_on(tiny, tmp_path, spoil):
     """A stored choice that `auto` could not have made (a lossy or unknown candidate, figures
     that are not milliseconds) or a state file or lock that is not a small regular file (a
     pipe nobody writes, a link to /dev/zero) is measured again: it neither picks the engine,
     nor fails the load, nor blocks it."""
-    tower = tower_of(minilm)
+    tower = tower_of(tiny)
     opened: list[str] = []
 
     def opener(candidate: Candidate):
         opened.append(candidate.label)
         if candidate != Candidate("onnxruntime", "f32"):
             raise AssertionError(f"{candidate.label} is not a candidate")
-        return OnnxRuntimeBackend(minilm / tower.onnx, threads=1)
+        return OnnxRuntimeBackend(tiny / tower.onnx, threads=1)
 
     candidates = [Candidate("onnxruntime", "f32")]
-    files = [minilm / tower.onnx]
+    files = [tiny / tower.onnx]
     decision, backend = decide(tmp_path, tower, files, candidates, 1, opener)
     backend.close()
     (stored,) = tmp_path.glob("backend-choice-*.json")
