@@ -90,6 +90,13 @@ def load(url: str, model: str, concurrency: int, per_request: int, count: int, a
     help="Build the demo model with its verified int8 variant (ingrain-build --int8) and add "
     "int8 rows: in-process, and the server with --precision int8.",
 )
+@click.option(
+    "--packing",
+    is_flag=True,
+    help="Add padded vs packed on the same sentences, with the padding fraction of each: "
+    "in-process and, unless --in-process-only, servers with and without --no-packing (what "
+    "`bench packing` measures).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def compare(
     count: int,
@@ -100,6 +107,7 @@ def compare(
     seconds: float,
     no_images: bool,
     int8: bool,
+    packing: bool,
     as_json: bool,
 ):
     """The engines in-process (sentence-transformers fp32/bf16, ONNX Runtime, OpenVINO f32/bf16),
@@ -117,6 +125,7 @@ def compare(
             seconds,
             not no_images,
             int8,
+            packing,
         )
     except WrkMissing as error:
         raise click.ClickException(str(error)) from None

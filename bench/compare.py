@@ -393,6 +393,7 @@ def compare(
     seconds: float = 10.0,
     images: bool = True,
     int8: bool = False,
+    packing: bool = False,
 ) -> dict:
     if server:
         wrk_executable()  # before any figure: a missing wrk fails at once, saying how to get it
@@ -415,6 +416,10 @@ def compare(
         "sentences": count,
         "engines": engines_in_process(directory, texts, threads),
     }
+    if packing:
+        from bench.packing import compare_packing
+
+        report["packing"] = compare_packing(count, engines, serve_args, server, seconds, rounds=3)
     if not server:
         return report
     # The ceiling: what the server's default backend does in-process, before and after the

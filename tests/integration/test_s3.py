@@ -25,11 +25,46 @@ from runtime.repository.load_check import load_checker
 from runtime.repository.manifest import Manifest, PromptSpec
 from runtime.repository.s3 import ObjectStore, S3Location
 from runtime.repository.s3_cache import VERSION_FILE, S3Cache, cache_root
-from tests.conftest import BIN, CLIP, MINILM, free_port, start_server, stop_server
-from tests.integration.test_management import copy_model
+from tests.conftest import (
+    BIN,
+    CLIP,
+    QUERY_PROMPT,
+    copy_model,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 BUCKET = "ingrain-engines"
 TEXTS = ["A man is eating food.", "The new movie is awesome", "x" * 50]
+# A tiny random text model: every test here moves whole versions through the store and loads
+# them in load checks and servers, which MiniLM's 180 MB of graphs made the slowest in the suite.
+TEXT = "test/tiny-s3-text"
+
+
+@pytest.fixture(scope="module")
+def text_engines(engines, minilm_source, tmp_path_factory) -> Path:
+    """A repository of TEXT (with a "query" prompt, so a version's default prompt changes its
+    answers) and the session's tiny CLIP."""
+    from builder import BuildOptions, Progress, build_model
+    from tests.models import tiny_sentence_transformer
+
+    root = tmp_path_factory.mktemp("s3-text")
+    source, _ = tiny_sentence_transformer(root / "source", minilm_source, "mean", False)
+    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",))
+    quiet = Progress(quiet=True)
+    build_model(str(source), root / "engines", name=TEXT, options=options, progress=quiet)
+    copy_model(engines, CLIP, root / "engines")
+    return root / "engines"
+
+
+@pytest.fixture(scope="module")
+def local(text_engines, tmp_path_factory):
+    """The same models served from a local directory, 2 workers as the S3 servers."""
+    log = tmp_path_factory.mktemp("s3-local") / "server.log"
+    running = start_server(text_engines, log, "--workers", "2", "--threads", "4")
+    yield running
+    stop_server(running)
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +131,10 @@ def keys(prefix: str) -> list[str]:
 def publish_copy(
     engines: Path, root: Path, location: S3Location, default_prompt: str | None, **options
 ):
-    """Publish the session's MiniLM engine directory, its default prompt set as given (a
+    """Publish a copy of TEXT's engine directory, its default prompt set as given (a
     version whose answers differ), through the library call ingrain-build uses."""
     root.mkdir(parents=True)
-    copy_model(engines, MINILM, root)
+    copy_model(engines, TEXT, root)
     (directory,) = [path for path in root.iterdir() if path.is_dir()]
     manifest = Manifest.read(directory)
     prompts = replace(manifest.prompts or PromptSpec(), default=default_prompt)
@@ -108,14 +143,14 @@ def publish_copy(
 
 
 def publish_built(engines: Path, name: str, location: S3Location, scratch: Path) -> None:
-    """Publish the session's build of `name` as it is (copied under `scratch` first)."""
+    """Publish the build of `name` as it is (copied under `scratch` first)."""
     copy_model(engines, name, scratch)
     (directory,) = list(scratch.iterdir())
     ObjectStore(location).publish(directory)
 
 
 def embed(url: str, **options) -> list:
-    body = {"name": MINILM, "text": TEXTS, **options}
+    body = {"name": TEXT, "text": TEXTS, **options}
     answer = requests.post(url + "/embed_text", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer.json()["embeddings"]
@@ -161,18 +196,18 @@ def test_build_publishes_and_list_and_remove_manage_the_bucket(s3_env, clip_sour
 
 
 @pytest.fixture(scope="module")
-def published(s3_env, engines, tmp_path_factory):
+def published(s3_env, text_engines, tmp_path_factory):
     location = S3Location(BUCKET, "serve")
-    publish_copy(engines, tmp_path_factory.mktemp("v1") / "m", location, None)
+    publish_copy(text_engines, tmp_path_factory.mktemp("v1") / "m", location, None)
     return location
 
 
 @pytest.fixture(scope="module")
-def s3_servers(published, server, tmp_path_factory):
+def s3_servers(published, local, tmp_path_factory):
     """Two servers on the published repository, each with its own cache: `polling` checks for
     new versions every 0.5 s, `manual` only on /load_model. 2 workers each, as `server`."""
     root = tmp_path_factory.mktemp("s3-servers")
-    common = ["--preload", MINILM, "--workers", "2", "--threads", "4"]
+    common = ["--preload", TEXT, "--workers", "2", "--threads", "4"]
     url = str(published)
     polling = start_server(
         url, root / "polling.log", *common, "--cache-dir", str(root / "a"), "--poll-interval", "0.5"
@@ -183,20 +218,20 @@ def s3_servers(published, server, tmp_path_factory):
     stop_server(manual)
 
 
-def test_two_servers_on_the_bucket_answer_as_a_local_directory(s3_servers, server):
+def test_two_servers_on_the_bucket_answer_as_a_local_directory(s3_servers, local):
     polling, manual, _ = s3_servers
-    local = embed(server.url)
-    assert embed(polling.url) == local
-    assert embed(manual.url) == local
+    expected = embed(local.url)
+    assert embed(polling.url) == expected
+    assert embed(manual.url) == expected
 
 
 def test_republish_moves_servers_by_poll_and_by_load_model(
-    s3_servers, server, published, engines, tmp_path
+    s3_servers, local, published, text_engines, tmp_path
 ):
     polling, manual, _ = s3_servers
-    before, after = embed(server.url), embed(server.url, prompt_name="query")
+    before, after = embed(local.url), embed(local.url, prompt_name="query")
     assert before != after
-    publish_copy(engines, tmp_path / "v2", published, "query")
+    publish_copy(text_engines, tmp_path / "v2", published, "query")
 
     # Each worker loads the new version beside the old one, which serves until the swap: the
     # server stays ready throughout.
@@ -209,7 +244,7 @@ def test_republish_moves_servers_by_poll_and_by_load_model(
     wait_for(moved, "both of the polling server's workers serve the new version")
     assert set(readiness) == {200}
     assert embed(manual.url) == before  # no poll: still the version it fetched
-    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": TEXT}, timeout=60)
     assert answer.status_code == 200, answer.text
     # Each worker reloads the swapped-in version at its next refresh (0.5 s).
     wait_for(
@@ -219,27 +254,27 @@ def test_republish_moves_servers_by_poll_and_by_load_model(
 
 
 def test_load_model_fetches_a_model_published_after_start(
-    s3_servers, server, published, engines, tmp_path
+    s3_servers, local, published, text_engines, tmp_path
 ):
     _, manual, _ = s3_servers
-    publish_built(engines, CLIP, published, tmp_path)
+    publish_built(text_engines, CLIP, published, tmp_path)
     answer = requests.post(manual.model_url + "/load_model", json={"name": CLIP}, timeout=60)
     assert answer.status_code == 200, answer.text
     body = {"name": CLIP, "text": TEXTS}
     assert (
         manual.post("/embed_text", body).json()["embeddings"]
-        == (server.post("/embed_text", body).json()["embeddings"])
+        == (local.post("/embed_text", body).json()["embeddings"])
     )
 
 
 def test_a_model_removed_from_the_bucket_leaves_the_polling_server(
-    s3_servers, published, engines, tmp_path
+    s3_servers, published, text_engines, tmp_path
 ):
     """`ingrain remove` on the bucket: the polling server drops its cached copy and answers
     404 for the model, and /ready stays 200 (a deliberate removal must not take the server
     out of its load balancer while it serves the other models)."""
     polling, _, _ = s3_servers
-    publish_built(engines, CLIP, published, tmp_path)
+    publish_built(text_engines, CLIP, published, tmp_path)
     loaded = requests.post(polling.model_url + "/load_model", json={"name": CLIP}, timeout=60)
     assert loaded.status_code == 200, loaded.text
     body = {"name": CLIP, "text": TEXTS}
@@ -255,47 +290,47 @@ def test_a_model_removed_from_the_bucket_leaves_the_polling_server(
     assert CLIP not in json.dumps(listed)
     ready = requests.get(polling.url + "/ready", timeout=30)
     assert ready.status_code == 200, ready.text
-    assert [model["name"] for model in ready.json()["models"]] == [MINILM]
-    assert polling.post("/embed_text", {"name": MINILM, "text": TEXTS}).status_code == 200
+    assert [model["name"] for model in ready.json()["models"]] == [TEXT]
+    assert polling.post("/embed_text", {"name": TEXT, "text": TEXTS}).status_code == 200
 
 
 def test_stores_sharing_a_cache_directory_leave_each_other_s_models_alone(
-    s3_env, engines, tmp_path
+    s3_env, text_engines, tmp_path
 ):
     """Each cached model records the bucket and prefix it came from: a sync of one store
     removes only its own unpublished models, never another store's or a local one."""
     cache = tmp_path / "cache"
     first, second = S3Location(BUCKET, "shared-a"), S3Location(BUCKET, "shared-b")
-    publish_built(engines, CLIP, first, tmp_path / "clip")
-    publish_built(engines, MINILM, second, tmp_path / "minilm")
+    publish_built(text_engines, CLIP, first, tmp_path / "clip")
+    publish_built(text_engines, TEXT, second, tmp_path / "text")
     caches = [S3Cache(ObjectStore(location), cache) for location in (first, second)]
     for each in caches:
         assert each.sync_all() == []
-    copy_model(engines, CLIP, tmp_path / "local")
+    copy_model(text_engines, CLIP, tmp_path / "local")
     (local,) = list((tmp_path / "local").iterdir())
     shutil.copytree(local, cache / "built-here")
     assert caches[0].sync_all() == [] and caches[1].sync_all() == []
-    assert Repository(cache).contains(CLIP) and Repository(cache).contains(MINILM)
+    assert Repository(cache).contains(CLIP) and Repository(cache).contains(TEXT)
 
     ObjectStore(first).remove(CLIP)
     assert caches[1].sync_all() == []
     assert caches[0].sync_all() == [CLIP]
-    assert Repository(cache).contains(MINILM)  # the other store's
+    assert Repository(cache).contains(TEXT)  # the other store's
     assert (cache / "built-here" / "model.json").is_file()  # put there by hand
 
 
-def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engines, tmp_path):
+def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, text_engines, tmp_path):
     location = S3Location(BUCKET, "race")
 
     def publish(prompt: str | None):
-        return publish_copy(engines, tmp_path / f"source-{prompt}", location, prompt), prompt
+        return publish_copy(text_engines, tmp_path / f"source-{prompt}", location, prompt), prompt
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         prompts = {
             published.version: prompt for published, prompt in pool.map(publish, [None, "query"])
         }
     store = ObjectStore(location)
-    current = store.find(MINILM)
+    current = store.find(TEXT)
     assert current is not None and current.version in prompts
     # download() checks the manifest against the pointer and every file against the manifest.
     fetched = store.download(current, tmp_path / "fetched")
@@ -306,30 +341,30 @@ def test_concurrent_publishes_of_one_name_leave_one_whole_version(s3_env, engine
 
 
 def test_a_publish_sweeps_old_superseded_versions_but_keeps_the_one_it_replaces(
-    s3_env, engines, tmp_path
+    s3_env, text_engines, tmp_path
 ):
     location = S3Location(BUCKET, "sweep")
 
     def versions() -> set[str]:
         return {key.split("/")[3] for key in keys("sweep/") if "/versions/" in key}
 
-    first = publish_copy(engines, tmp_path / "1", location, None)
-    second = publish_copy(engines, tmp_path / "2", location, None)
+    first = publish_copy(text_engines, tmp_path / "1", location, None)
+    second = publish_copy(text_engines, tmp_path / "2", location, None)
     assert versions() == {first.version, second.version}  # younger than the default hour
-    third = publish_copy(engines, tmp_path / "3", location, None, sweep_after_s=0)
+    third = publish_copy(text_engines, tmp_path / "3", location, None, sweep_after_s=0)
     assert versions() == {second.version, third.version}
-    assert ObjectStore(location).find(MINILM) == third
+    assert ObjectStore(location).find(TEXT) == third
 
 
 def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
-    s3_servers, server, published, engines, tmp_path
+    s3_servers, local, published, text_engines, tmp_path
 ):
     polling, manual, _ = s3_servers
     serving = [embed(polling.url), embed(manual.url)]
     # A version whose tokenizer.json rotted in the store: published elsewhere, damaged, then
     # copied in with its pointer last (as a publish writes it), so no server sees it whole.
     draft = S3Location(BUCKET, "draft")
-    new = publish_copy(engines, tmp_path / "v3", draft, None)
+    new = publish_copy(text_engines, tmp_path / "v3", draft, None)
     s3 = boto3.client("s3")
     s3.put_object(
         Bucket=BUCKET, Key=f"draft/{new.slug}/versions/{new.version}/tokenizer.json", Body=b"{}"
@@ -339,7 +374,7 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
         s3.copy_object(Bucket=BUCKET, Key=target, CopySource={"Bucket": BUCKET, "Key": key})
     corrupt = f"serve/{new.slug}/versions/{new.version}/tokenizer.json"
 
-    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": TEXT}, timeout=60)
     assert answer.status_code == 502
     assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
     assert "SHA-256" in answer.json()["error"]
@@ -350,7 +385,7 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
         "the manual server is ready again",
     )
     ready = requests.get(manual.url + "/ready", timeout=30)
-    assert [item["name"] for item in ready.json()["unreadable"]] == [MINILM]
+    assert [item["name"] for item in ready.json()["unreadable"]] == [TEXT]
     wait_for(
         lambda: f"s3://{BUCKET}/{corrupt}" in polling.log.read_text(),
         "the polling server logs the corrupt object",
@@ -358,7 +393,7 @@ def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
     assert [embed(polling.url), embed(manual.url)] == serving
 
     boto3.client("s3").delete_object(Bucket=BUCKET, Key=corrupt)
-    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": TEXT}, timeout=60)
     assert answer.status_code == 502
     assert f"s3://{BUCKET}/{corrupt}" in answer.json()["error"]
     assert "missing" in answer.json()["error"]
@@ -380,7 +415,7 @@ HOSTILE_MANIFESTS = {
 
 @pytest.mark.parametrize("damage", [*HOSTILE_MANIFESTS, "files a list", "manifest a list"])
 def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
-    s3_servers, engines, tmp_path, damage
+    s3_servers, text_engines, tmp_path, damage
 ):
     """A pointer and manifest that check out (digests match) but whose file list lacks a file
     the model needs, or names one no file system can hold: refused before anything is
@@ -388,7 +423,7 @@ def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
     _, manual, root = s3_servers
     serving = embed(manual.url)
     draft = S3Location(BUCKET, f"draft-{len(damage)}")
-    new = publish_copy(engines, tmp_path / "v", draft, None)
+    new = publish_copy(text_engines, tmp_path / "v", draft, None)
     s3 = boto3.client("s3")
     version = f"{new.slug}/versions/{new.version}"
     raw = s3.get_object(Bucket=BUCKET, Key=f"{draft.prefix}/{version}/model.json")["Body"]
@@ -408,7 +443,7 @@ def test_a_version_whose_manifest_cannot_serve_is_refused_before_the_swap(
     pointer = replace(new, manifest_sha256=hashlib.sha256(body).hexdigest())
     s3.put_object(Bucket=BUCKET, Key=f"serve/{new.slug}/current.json", Body=pointer.as_json())
 
-    answer = requests.post(manual.model_url + "/load_model", json={"name": MINILM}, timeout=60)
+    answer = requests.post(manual.model_url + "/load_model", json={"name": TEXT}, timeout=60)
     assert answer.status_code == 502 and expected in answer.json()["error"], answer.text
     assert embed(manual.url) == serving
     assert not [path for path in root.rglob("*") if "\x00" in path.name or path.name == "x"]
@@ -441,14 +476,14 @@ def test_wrong_credentials_and_an_unreachable_endpoint_fail_clearly(
     cached = tmp_path / "cached"
     shutil.copytree(root / "b", cached, ignore=shutil.ignore_patterns(".*lock*"))
     offline = start_server(
-        url, tmp_path / "offline.log", "--cache-dir", str(cached), "--preload", MINILM, env=closed
+        url, tmp_path / "offline.log", "--cache-dir", str(cached), "--preload", TEXT, env=closed
     )
     try:
         assert embed(offline.url) == embed(manual.url)
         assert "cannot reach the object store" in offline.log.read_text()
     finally:
         stop_server(offline)
-    assert ObjectStore(published).find(MINILM) is not None  # nothing lost in the bucket
+    assert ObjectStore(published).find(TEXT) is not None  # nothing lost in the bucket
 
 
 def put(key: str, body: bytes) -> None:
@@ -479,23 +514,23 @@ def break_objects(prefix: str) -> dict[str, str]:
 
 
 def test_unreadable_objects_of_some_models_leave_the_others_syncing(
-    s3_env, engines, tmp_path, caplog
+    s3_env, text_engines, tmp_path, caplog
 ):
     """A cache sync skips each broken model, reports it with the reason (logged once, not at
     every poll), and keeps fetching the others, including their new versions."""
     location = S3Location(BUCKET, "isolated")
-    publish_copy(engines, tmp_path / "v1", location, None)
+    publish_copy(text_engines, tmp_path / "v1", location, None)
     broken = break_objects(location.prefix)
     cache = S3Cache(ObjectStore(location), tmp_path / "cache")
     assert cache.sync_all() == []
     repository = Repository(tmp_path / "cache")
-    assert repository.contains(MINILM)
+    assert repository.contains(TEXT)
     unreadable = repository.unreadable()
     assert set(unreadable) == set(broken)
     for name, reason in broken.items():
         assert reason in unreadable[name]
 
-    second = publish_copy(engines, tmp_path / "v2", location, "query")
+    second = publish_copy(text_engines, tmp_path / "v2", location, "query")
     caplog.clear()
     with caplog.at_level("ERROR"):
         assert cache.sync_all() == []
@@ -507,14 +542,14 @@ def test_unreadable_objects_of_some_models_leave_the_others_syncing(
 
 
 def test_ingrain_list_and_a_fresh_server_skip_unreadable_models_and_say_why(
-    s3_env, engines, tmp_path
+    s3_env, text_engines, tmp_path
 ):
     location = S3Location(BUCKET, "fresh")
-    publish_copy(engines, tmp_path / "v1", location, None)
+    publish_copy(text_engines, tmp_path / "v1", location, None)
     broken = break_objects(location.prefix)
     listed = ingrain("list", "--engines", str(location))
     assert listed.returncode == 0, listed.stderr
-    assert MINILM in listed.stdout
+    assert TEXT in listed.stdout
     for name, reason in broken.items():
         assert f"skipped {name}: " in listed.stderr and reason in listed.stderr
 
@@ -523,7 +558,7 @@ def test_ingrain_list_and_a_fresh_server_skip_unreadable_models_and_say_why(
         location.url(),
         tmp_path / "fresh.log",
         *("--cache-dir", str(tmp_path / "cache"), "--workers", "1"),
-        *("--preload", MINILM, "--preload", "not-json"),
+        *("--preload", TEXT, "--preload", "not-json"),
     )
     try:
         assert embed(server.url) == embed(server.url)
@@ -551,18 +586,18 @@ def test_remove_and_a_republish_replace_an_unreadable_pointer(s3_env, clip_sourc
 
 
 def test_a_version_that_does_not_load_never_replaces_the_cached_copy(
-    s3_env, engines, server, tmp_path
+    s3_env, text_engines, local, tmp_path
 ):
     """A version whose files match their digests but whose graph does not load: refused
     before the swap, so the cache (what a restarted or replaced worker loads) keeps the
     last version that loaded, and the reason is reported."""
     location = S3Location(BUCKET, "unloadable")
-    good = publish_copy(engines, tmp_path / "good", location, None)
+    good = publish_copy(text_engines, tmp_path / "good", location, None)
     store = ObjectStore(location)
     root = cache_root(location, tmp_path / "cache")
     cache = S3Cache(store, root, load_checker(RuntimeConfig(backend="onnxruntime")))
     cache.sync_all()
-    copy_model(engines, MINILM, tmp_path / "bad")
+    copy_model(text_engines, TEXT, tmp_path / "bad")
     (directory,) = list((tmp_path / "bad").iterdir())
     for graph in directory.glob("*.onnx"):  # the padded graph, and the packed one it serves
         graph.write_bytes(b"\x08\x01not a graph")
@@ -571,36 +606,36 @@ def test_a_version_that_does_not_load_never_replaces_the_cached_copy(
     store.publish(directory)
 
     assert cache.sync_all() == []
-    entry = Repository(root).find(MINILM)
+    entry = Repository(root).find(TEXT)
     assert json.loads((entry.directory / VERSION_FILE).read_text())["version"] == good.version
-    assert "does not load" in Repository(root).unreadable()[MINILM]
+    assert "does not load" in Repository(root).unreadable()[TEXT]
     # A restart on that cache: it refuses the new version again and serves the one it has.
     restarted = start_server(
         location.url(),
         tmp_path / "restart.log",
-        *("--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--preload", MINILM),
+        *("--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--preload", TEXT),
     )
     try:
-        assert embed(restarted.url) == embed(server.url)
+        assert embed(restarted.url) == embed(local.url)
     finally:
         stop_server(restarted)
 
 
 def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
-    s3_env, engines, server, tmp_path
+    s3_env, text_engines, local, tmp_path
 ):
     """Two prefixes publish a model under the same name (different versions): two servers
     sharing --cache-dir each serve their own store's."""
     first, second = S3Location(BUCKET, "share-1"), S3Location(BUCKET, "share-2")
-    publish_copy(engines, tmp_path / "one", first, None)
-    publish_copy(engines, tmp_path / "two", second, "query")
+    publish_copy(text_engines, tmp_path / "one", first, None)
+    publish_copy(text_engines, tmp_path / "two", second, "query")
     shared = tmp_path / "cache"
     assert cache_root(first, shared) != cache_root(second, shared)
-    common = ["--cache-dir", str(shared), "--workers", "1", "--preload", MINILM]
+    common = ["--cache-dir", str(shared), "--workers", "1", "--preload", TEXT]
     one = start_server(first.url(), tmp_path / "one.log", *common, "--poll-interval", "0.2")
     two = start_server(second.url(), tmp_path / "two.log", *common, "--poll-interval", "0.2")
     try:
-        expected = embed(server.url), embed(server.url, prompt_name="query")
+        expected = embed(local.url), embed(local.url, prompt_name="query")
         for _ in range(5):  # across polls of both
             assert (embed(one.url), embed(two.url)) == expected
     finally:
@@ -609,14 +644,14 @@ def test_servers_of_different_stores_sharing_a_cache_directory_serve_their_own(
 
 
 def test_a_manifest_whose_file_entries_are_not_sizes_and_digests_is_skipped_by_list_and_sync(
-    s3_env, engines, tmp_path
+    s3_env, text_engines, tmp_path
 ):
     """A manifest (matching its pointer) whose file list has a size that is not a number of
     bytes: `ingrain list` and a sync skip that model with the reason and show the others."""
     location = S3Location(BUCKET, "file-entries")
-    publish_copy(engines, tmp_path / "v1", location, None)
+    publish_copy(text_engines, tmp_path / "v1", location, None)
     manifest = json.loads(
-        (engines / "sentence-transformers--all-MiniLM-L6-v2" / "model.json").read_text()
+        (Repository(text_engines).find(TEXT).directory / "model.json").read_text()
     )
     manifest["name"] = "sizeless"
     manifest["files"]["tokenizer.json"]["bytes"] = "lots"
@@ -631,20 +666,20 @@ def test_a_manifest_whose_file_entries_are_not_sizes_and_digests_is_skipped_by_l
 
     listed = ingrain("list", "--engines", str(location))
     assert listed.returncode == 0, listed.stderr
-    assert MINILM in listed.stdout
+    assert TEXT in listed.stdout
     assert "skipped sizeless: " in listed.stderr and "no size in bytes" in listed.stderr
     cache = S3Cache(ObjectStore(location), tmp_path / "cache")
     assert cache.sync_all() == []
-    assert Repository(tmp_path / "cache").contains(MINILM)
+    assert Repository(tmp_path / "cache").contains(TEXT)
     assert "no size in bytes" in Repository(tmp_path / "cache").unreadable()["sizeless"]
 
 
-def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engines, tmp_path):
+def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, text_engines, tmp_path):
     """Two published versions, each with a corrupt file, and a pointer moved back and forth
     between them: each is fetched once, then skipped at every poll, whichever the pointer
     names (versions are never rewritten), instead of fetched again at each move."""
     location = S3Location(BUCKET, "flapping")
-    versions = [publish_copy(engines, tmp_path / f"v{n}", location, None) for n in (1, 2)]
+    versions = [publish_copy(text_engines, tmp_path / f"v{n}", location, None) for n in (1, 2)]
     for version in versions:
         put(f"flapping/{version.slug}/versions/{version.version}/tokenizer.json", b"{}")
     cache = S3Cache(ObjectStore(location), tmp_path / "cache")
@@ -652,7 +687,7 @@ def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engi
     def point_at(version) -> str:
         put(f"flapping/{version.slug}/current.json", version.as_json().encode())
         assert cache.sync_all() == []
-        return Repository(tmp_path / "cache").unreadable()[MINILM]
+        return Repository(tmp_path / "cache").unreadable()[TEXT]
 
     first = [point_at(version) for version in versions]
     assert all("SHA-256" in reason for reason in first)
@@ -664,11 +699,13 @@ def test_a_pointer_moving_between_broken_versions_fetches_each_once(s3_env, engi
     assert [point_at(version) for version in versions * 2] == first * 2
 
 
-def test_the_load_check_loads_a_version_as_the_server_would_serve_it(s3_env, engines, tmp_path):
+def test_the_load_check_loads_a_version_as_the_server_would_serve_it(
+    s3_env, text_engines, tmp_path
+):
     """A version whose packed graph is damaged but whose padded one is whole: a server that
     serves padded graphs (--no-packing) takes it, one that packs refuses it."""
     location = S3Location(BUCKET, "packing-check")
-    copy_model(engines, MINILM, tmp_path / "damaged")
+    copy_model(text_engines, TEXT, tmp_path / "damaged")
     (directory,) = list((tmp_path / "damaged").iterdir())
     packed = Manifest.read(directory).towers["text"].packed.onnx
     (directory / packed).write_bytes(b"\x08\x01not a graph")
@@ -680,10 +717,10 @@ def test_the_load_check_loads_a_version_as_the_server_would_serve_it(s3_env, eng
         root = tmp_path / f"cache-{packing}"
         runtime = RuntimeConfig(backend="onnxruntime", packing=packing)
         S3Cache(ObjectStore(location), root, load_checker(runtime)).sync_all()
-        fetched = Repository(root).contains(MINILM)
+        fetched = Repository(root).contains(TEXT)
         assert fetched == (not packing), Repository(root).unreadable()
         if fetched:
             record = json.loads((root / version.slug / VERSION_FILE).read_text())
             assert record["version"] == version.version
         else:
-            assert "does not load" in Repository(root).unreadable()[MINILM]
+            assert "does not load" in Repository(root).unreadable()[TEXT]
