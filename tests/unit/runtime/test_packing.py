@@ -3,6 +3,7 @@ on the same weights, built with the real builder and run on both CPU backends.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import numpy as np
@@ -18,7 +19,7 @@ from runtime.repository import Entry, Repository, slugify
 from runtime.repository.manifest import Manifest
 from runtime.tasks.text_embedding import TextEmbedding, TextEmbeddingOptions, embed_texts
 from runtime.text import TextOptions, TokenRow
-from tests.conftest import MINILM, cosines
+from tests.conftest import CLIP, EXACT, MINILM, cosines
 from tests.models import tiny_sentence_transformer
 
 BACKENDS = ("onnxruntime", "openvino")
@@ -122,6 +123,27 @@ def test_one_text_and_256_texts_per_request_pack(engines, reference, backend, co
     expected = reference.encode(texts)
     assert served.shape == (count, 384)
     assert cosines(served, expected).min() >= 0.9999
+
+
+def test_rows_never_mix_texts_of_different_towers(engines):
+    """MiniLM's and the tiny CLIP's packed text towers, fed at once from several threads: each
+    text's embedding equals the one its own tower gives it alone (a row holding another
+    tower's token ids would change it)."""
+    models = [Model.load(Repository(engines).find(name), EXACT) for name in (MINILM, CLIP)]
+    texts = [f"text {i} " + "and more " * (i % 30) for i in range(48)]
+    try:
+        assert all(model.text.tower.spec.onnx == "text.packed.onnx" for model in models)
+        alone = [embed_texts(model, texts, RAW) for model in models]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            at_once = [
+                pool.submit(embed_texts, models[i % 2], texts[i // 2 :: 6], RAW) for i in range(12)
+            ]
+            for i, future in enumerate(at_once):
+                expected = alone[i % 2][i // 2 :: 6]
+                assert cosines(future.result(timeout=120), expected).min() >= 0.9999
+    finally:
+        for model in models:
+            model.close()
 
 
 def test_the_manifest_records_the_packed_graph_and_its_figures(engines):
