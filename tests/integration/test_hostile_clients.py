@@ -24,7 +24,7 @@ from runtime.repository import slugify
 from tests.conftest import CLIP, MINILM, start_server, stop_server
 from tests.images import png
 
-READ_TIMEOUT = 6
+READ_TIMEOUT = 8
 DOWNLOAD_TIMEOUT = 3
 ANNOUNCED = 100_000
 ONE_SENTENCE = {"name": MINILM, "text": "a cat sits on the mat"}
