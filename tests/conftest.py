@@ -325,6 +325,16 @@ def stop_server(server: Server) -> None:
 
 
 @contextlib.contextmanager
+def running_server(engines: Path, log: Path, *args: str) -> Iterator[Server]:
+    """`start_server` for the length of a with-block (a module or session fixture's server)."""
+    server = start_server(engines, log, *args)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@contextlib.contextmanager
 def serve_in_process(engines: Path, run_dir: Path, *args: str) -> Iterator[TestClient]:
     """The app `ingrain-serve --engines ENGINES ARGS` would serve in each worker, built in this
     process and called through falcon's test client (no sockets, no gunicorn). The settings
@@ -371,9 +381,8 @@ def app(engines, tmp_path_factory) -> Iterator[TestClient]:
 def server(pair_engines, tmp_path_factory) -> Iterator[Server]:
     """Real gunicorn, 2 workers, with LIMITS, on `pair_engines`."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    running = start_server(pair_engines, log, "--workers", "2", "--threads", "4", *LIMITS)
-    yield running
-    stop_server(running)
+    with running_server(pair_engines, log, "--workers", "2", "--threads", "4", *LIMITS) as server:
+        yield server
 
 
 def copy_model(engines: Path, name: str, root: Path, as_name: str | None = None) -> Path:

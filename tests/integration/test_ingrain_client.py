@@ -12,7 +12,7 @@ import pytest
 import requests
 from ingrain.ingrain_errors import IngrainWebException
 
-from tests.conftest import BIN, CLIP, MINILM, TIMM, copy_model, cosines, start_server, stop_server
+from tests.conftest import BIN, CLIP, MINILM, TIMM, copy_model, cosines, running_server
 from tests.models import LABELS
 
 E5 = "intfloat/e5-small-v2"
@@ -41,9 +41,8 @@ def repository(tmp_path_factory, engines, clip_sources):
 @pytest.fixture(scope="module")
 def served(repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("client-server") / "server.log"
-    server = start_server(repository, log, "--workers", "2", "--max-loaded-models", "3")
-    yield server
-    stop_server(server)
+    with running_server(repository, log, "--workers", "2", "--max-loaded-models", "3") as server:
+        yield server
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from tests.conftest import (
     QUERY_PROMPT,
     copy_model,
     free_port,
+    running_server,
     start_server,
     stop_server,
 )
@@ -62,9 +63,8 @@ def text_engines(engines, minilm_source, tmp_path_factory) -> Path:
 def local(text_engines, tmp_path_factory):
     """The same models served from a local directory, 2 workers as the S3 servers."""
     log = tmp_path_factory.mktemp("s3-local") / "server.log"
-    running = start_server(text_engines, log, "--workers", "2", "--threads", "4")
-    yield running
-    stop_server(running)
+    with running_server(text_engines, log, "--workers", "2", "--threads", "4") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +133,7 @@ def publish_copy(
 ):
     """Publish a copy of TEXT's engine directory, its default prompt set as given (a
     version whose answers differ), through the library call ingrain-build uses."""
-    root.mkdir(parents=True)
-    copy_model(engines, TEXT, root)
-    (directory,) = [path for path in root.iterdir() if path.is_dir()]
+    directory = copy_model(engines, TEXT, root)
     manifest = Manifest.read(directory)
     prompts = replace(manifest.prompts or PromptSpec(), default=default_prompt)
     replace(manifest, prompts=prompts).write(directory)
@@ -144,9 +142,7 @@ def publish_copy(
 
 def publish_built(engines: Path, name: str, location: S3Location, scratch: Path) -> None:
     """Publish the build of `name` as it is (copied under `scratch` first)."""
-    copy_model(engines, name, scratch)
-    (directory,) = list(scratch.iterdir())
-    ObjectStore(location).publish(directory)
+    ObjectStore(location).publish(copy_model(engines, name, scratch))
 
 
 def embed(url: str, **options) -> list:
@@ -203,9 +199,9 @@ def published(s3_env, text_engines, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3_servers(published, local, tmp_path_factory):
+def s3_servers(published, tmp_path_factory):
     """Two servers on the published repository, each with its own cache: `polling` checks for
-    new versions every 0.5 s, `manual` only on /load_model. 2 workers each, as `server`."""
+    new versions every 0.5 s, `manual` only on /load_model. 2 workers each, as `local`."""
     root = tmp_path_factory.mktemp("s3-servers")
     common = ["--preload", TEXT, "--workers", "2", "--threads", "4"]
     url = str(published)
@@ -306,9 +302,7 @@ def test_stores_sharing_a_cache_directory_leave_each_other_s_models_alone(
     caches = [S3Cache(ObjectStore(location), cache) for location in (first, second)]
     for each in caches:
         assert each.sync_all() == []
-    copy_model(text_engines, CLIP, tmp_path / "local")
-    (local,) = list((tmp_path / "local").iterdir())
-    shutil.copytree(local, cache / "built-here")
+    shutil.copytree(copy_model(text_engines, CLIP, tmp_path / "local"), cache / "built-here")
     assert caches[0].sync_all() == [] and caches[1].sync_all() == []
     assert Repository(cache).contains(CLIP) and Repository(cache).contains(TEXT)
 
@@ -357,7 +351,7 @@ def test_a_publish_sweeps_old_superseded_versions_but_keeps_the_one_it_replaces(
 
 
 def test_a_corrupt_object_is_named_and_the_previous_version_keeps_serving(
-    s3_servers, local, published, text_engines, tmp_path
+    s3_servers, text_engines, tmp_path
 ):
     polling, manual, _ = s3_servers
     serving = [embed(polling.url), embed(manual.url)]
@@ -597,8 +591,7 @@ def test_a_version_that_does_not_load_never_replaces_the_cached_copy(
     root = cache_root(location, tmp_path / "cache")
     cache = S3Cache(store, root, load_checker(RuntimeConfig(backend="onnxruntime")))
     cache.sync_all()
-    copy_model(text_engines, TEXT, tmp_path / "bad")
-    (directory,) = list((tmp_path / "bad").iterdir())
+    directory = copy_model(text_engines, TEXT, tmp_path / "bad")
     for graph in directory.glob("*.onnx"):  # the padded graph, and the packed one it serves
         graph.write_bytes(b"\x08\x01not a graph")
     manifest = Manifest.read(directory)
@@ -705,8 +698,7 @@ def test_the_load_check_loads_a_version_as_the_server_would_serve_it(
     """A version whose packed graph is damaged but whose padded one is whole: a server that
     serves padded graphs (--no-packing) takes it, one that packs refuses it."""
     location = S3Location(BUCKET, "packing-check")
-    copy_model(text_engines, TEXT, tmp_path / "damaged")
-    (directory,) = list((tmp_path / "damaged").iterdir())
+    directory = copy_model(text_engines, TEXT, tmp_path / "damaged")
     packed = Manifest.read(directory).towers["text"].packed.onnx
     (directory / packed).write_bytes(b"\x08\x01not a graph")
     manifest = Manifest.read(directory)
