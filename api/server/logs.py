@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import re
-import select
 
 # C0 and C1 controls, line and paragraph separators, and the bidirectional overrides (which
 # reorder a line on screen).
@@ -27,36 +26,26 @@ class EscapingFormatter(logging.Formatter):
 
 
 class LineHandler(logging.StreamHandler):
-    """A StreamHandler that writes each record as one write(2) of its whole line, without the
-    handler's lock. Every request logs a line, and with the lock the threads of a busy worker
-    queue behind whichever one is in the write (taking the GIL and a futex round trip each);
-    a single write of a line of at most PIPE_BUF bytes is never interleaved with another
-    (POSIX, pipes; regular files and terminals alike on Linux), so the lock adds nothing for
-    them. Longer lines (tracebacks) and streams without a file descriptor (a test's captured
-    stderr) take the lock as before."""
-
-    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
-        if not (passed := self.filter(record)):
-            return passed
-        if isinstance(passed, logging.LogRecord):
-            record = passed
-        self.emit(record)
-        return passed
+    """A StreamHandler that writes each record as one write(2) of its whole line, under the
+    handler's lock (which `Handler.handle` takes). Without the lock a short line, written
+    atomically, could still land inside a longer one (a traceback past PIPE_BUF) that a pipe
+    takes in several pieces. Streams without a file descriptor (a test's captured stderr) are
+    written through the stream."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
             fd = self._descriptor()
-            data = line.encode(self.stream.encoding or "utf-8", self.stream.errors or "strict")
-            if fd is None or len(data) > select.PIPE_BUF:
-                with self.lock:
-                    if fd is None:
-                        self.stream.write(line)
-                        self.flush()
-                    else:
-                        self._write_all(fd, data)
-            else:
-                self._write_all(fd, data)
+            if fd is None:
+                self.stream.write(line)
+                self.flush()
+                return
+            self.stream.flush()  # what was written through the stream comes first
+            view = memoryview(
+                line.encode(self.stream.encoding or "utf-8", self.stream.errors or "strict")
+            )
+            while view:
+                view = view[os.write(fd, view) :]
         except RecursionError:
             raise
         except Exception:
@@ -67,12 +56,6 @@ class LineHandler(logging.StreamHandler):
             return self.stream.fileno()
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             return None
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        self.stream.flush()  # what was written through the stream comes first
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 def configure_logging() -> None:
