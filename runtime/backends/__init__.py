@@ -26,9 +26,11 @@ from runtime.repository.manifest import TowerSpec
 log = logging.getLogger(__name__)
 
 # OpenVINO's CPU plugin keeps the kernels it built for every input shape it has run, in oneDNN's
-# primitive cache (1024 by default) and in its own runtime cache (openvino.py): with texts of
-# every length a worker grew by about 1.5 MB per new (batch, length) shape. Read once, when
-# OpenVINO first builds a kernel, so set before any backend loads; a user's setting wins.
+# primitive cache (1024 by default) and in its own runtime cache (5000; openvino.py bounds it to
+# a few): with texts of every length a worker grew by about 1.5 MB per new (batch, length)
+# shape. The runtime cache alone, bounded, gives the speed of kernels shared within an
+# execution, so oneDNN's is off. Read once, when OpenVINO first builds a kernel, so set before
+# any backend loads; a user's setting wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 BACKENDS = ("auto", "openvino", "onnxruntime", "tensorrt")

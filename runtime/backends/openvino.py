@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # What the compiled model reports for the precision it actually runs at.
 REPORTED = {ov.Type.f32: "f32", ov.Type.bf16: "bf16", ov.Type.f16: "f16"}
+# Entries of the CPU plugin's per-shape kernel cache (LRU; OpenVINO's default is 5000).
+RUNTIME_CACHE_SHAPES = 16
 
 
 @cache
@@ -72,9 +74,10 @@ class OpenVinoBackend:
         properties: dict[str, object] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": precision,
-            # No kernels kept per input shape (memory grew with every new shape; see
-            # runtime/backends/__init__.py): shapes change between executions anyway.
-            "CPU_RUNTIME_CACHE_CAPACITY": 0,
+            # A few kernels kept per input shape, not thousands (memory grew with every new
+            # shape; see runtime/backends/__init__.py). Not none: the layers of one execution
+            # share their shapes, and rebuilding each layer's kernels made bf16 2.2x slower.
+            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_SHAPES,
         }
         if threads > 0:
             properties["INFERENCE_NUM_THREADS"] = threads

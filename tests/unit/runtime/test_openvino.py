@@ -4,6 +4,7 @@ fallback, the compiled-model cache across real worker starts, and what /metrics 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from builder.verify import verification_images
 from runtime.backends import BackendUnavailable
-from runtime.backends.openvino import bf16_supported
+from runtime.backends.openvino import OpenVinoBackend, bf16_supported
 from runtime.config import CACHE_OFF, RuntimeConfig
 from runtime.models import Model, ModelLoadError
 from runtime.precision import choose, shortfall
@@ -230,3 +231,33 @@ def test_a_cache_directory_keeps_engine_directories_untouched(engines, tmp_path)
     model.close()
     assert list((tmp_path / "cache" / slugify(MINILM)).rglob("*.blob"))
     assert (cache_files(in_engine) if in_engine.exists() else None) == before
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_kernels_kept_per_input_shape_are_bounded(engines):
+    """Texts of every length make new (rows, length) shapes without end: OpenVINO's kernels per
+    shape (about 1.5 MB each) must not pile up in a worker: 200 new shapes after a warm-up of 50
+    grow it by far less than they do with OpenVINO's default cache (~300 MB)."""
+    directory = Repository(engines).find(MINILM).directory
+    spec = Manifest.read(directory).towers["text"]
+    backend = OpenVinoBackend(directory / spec.onnx, "f32", threads=1)
+    shapes = [(rows, length) for length in range(8, 58) for rows in range(1, 6)]
+
+    def run(rows: int, length: int) -> None:
+        ids = np.full((rows, length), 1000, dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        backend.run({t.name: feeds.get(t.name, np.zeros_like(ids)) for t in spec.inputs})
+
+    for shape in shapes[:50]:
+        run(*shape)
+    warm = resident_mb()
+    for shape in shapes[50:]:
+        run(*shape)
+    grown = resident_mb() - warm
+    backend.close()
+    print(f"resident memory grew {grown:.0f} MB over {len(shapes) - 50} new shapes")
+    assert grown < 100
