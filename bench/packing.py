@@ -24,7 +24,7 @@ from bench.load import text_bodies
 from bench.sentences import sentences
 from builder.verify import cosine_rows
 from runtime.backends import Backend, open_backend
-from runtime.batching.packing import pack, token_figures
+from runtime.batching.packing import pack, to_bucket_width, token_figures
 from runtime.config import RuntimeConfig
 from runtime.pairs import PairTokenizer
 from runtime.preprocessing.tokenizer import TextTokenizer
@@ -120,6 +120,8 @@ def _measure(
                 for start in range(0, len(sequence), GROUP):
                     group = sequence[start : start + GROUP]
                     inputs = collate([items[i] for i in group])
+                    if backend.bucket_widths:  # as the server's tower does
+                        inputs = to_bucket_width(inputs)
                     outputs[graph][group] = backend.run(inputs).output
                     executed, real = token_figures(inputs)
                     tokens[order, graph][0] += executed

@@ -19,6 +19,7 @@ from runtime.backends.choice import (
     read_cached,
     state_file,
 )
+from runtime.batching.packing import SEGMENT_IDS
 from runtime.config import RuntimeConfig
 from runtime.precision import choose
 from runtime.repository.manifest import TowerSpec
@@ -307,6 +308,7 @@ def _open(directory: Path, tower: TowerSpec, runtime: RuntimeConfig, candidate: 
             candidate.precision,
             runtime.threads,
             runtime.cache_root(directory),
+            packed=any(spec.name == SEGMENT_IDS for spec in tower.inputs),
         )
     from runtime.backends.onnxruntime import OnnxRuntimeBackend
 

@@ -27,6 +27,9 @@ class Backend(Protocol):
     # The engine kind (openvino, onnxruntime, tensorrt) and the precision it really runs at.
     name: str
     precision: str
+    # Whether packed executions should come in few widths (runtime.batching.packing
+    # .to_bucket_width): the engine builds kernels per input shape, at a cost near running them.
+    bucket_widths: bool
 
     def run(self, inputs: dict[str, np.ndarray]) -> Execution:
         """Run one batch of named inputs; return the tower's single output for that batch."""

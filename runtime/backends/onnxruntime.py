@@ -13,6 +13,7 @@ from runtime.backends.base import Execution
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    bucket_widths = False
     # Set by `auto` on the backend it chose (runtime.backends.choice).
     decision = None
 

@@ -23,6 +23,7 @@ class SplitBackend:
         self.small, self.large, self.above = small, large, above
         self.name = "+".join(dict.fromkeys((small.name, large.name)))
         self.precision = "+".join(dict.fromkeys((small.precision, large.precision)))
+        self.bucket_widths = small.bucket_widths or large.bucket_widths
 
     def engine_for(self, inputs: dict[str, np.ndarray]) -> Backend:
         return self.small if execution_tokens(inputs) <= self.above else self.large

@@ -99,6 +99,25 @@ def pack(
     return arrays
 
 
+def bucket_width(width: int) -> int:
+    """`width` rounded up to a multiple of a quarter of its highest power of two (9 -> 10,
+    17 -> 20, 33 -> 40, 100 -> 112): four widths per doubling, at most 25% more tokens."""
+    step = max(1, 2 ** (width.bit_length() - 3))
+    return -(-width // step) * step
+
+
+def to_bucket_width(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Packed inputs with every row's unused tail (segment 0, which no text attends to or pools
+    from) extended to its `bucket_width`; other inputs as they are. An engine that builds
+    kernels per input shape then meets the same few shapes again: OpenVINO bf16 spent about as
+    long building a new shape's kernels as running it."""
+    if SEGMENT_IDS not in inputs:
+        return inputs
+    width = inputs[SEGMENT_IDS].shape[1]
+    tail = bucket_width(width) - width
+    return {name: np.pad(array, ((0, 0), (0, tail))) for name, array in inputs.items()}
+
+
 def split(
     batch: list[Any], length_of: Callable[[Any], int], max_tokens: int, max_items: int
 ) -> list[list[Any]]:

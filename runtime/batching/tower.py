@@ -21,7 +21,7 @@ from runtime.backends import Backend
 from runtime.batching import BatchingConfig
 from runtime.batching.batcher import Batch, Batcher, Request
 from runtime.batching.client import client_gone
-from runtime.batching.packing import token_figures
+from runtime.batching.packing import to_bucket_width, token_figures
 from runtime.batching.stats import BATCH_STATS, TowerStats
 from runtime.errors import Overloaded
 from runtime.repository.manifest import TowerSpec
@@ -180,6 +180,8 @@ class Tower:
         requests = {id(request): request for request, _ in execution}.values()
         try:
             inputs = self.collate([request.items[index] for request, index in execution])
+            if self.backend.bucket_widths:
+                inputs = to_bucket_width(inputs)
             prepared = time.perf_counter_ns()
             result = self.backend.run(inputs)
             executed = time.perf_counter_ns()

@@ -94,6 +94,7 @@ LOGGER = trt.Logger(trt.Logger.WARNING)
 
 class TensorRTBackend:
     name = "tensorrt"
+    bucket_widths = False
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class Repeated:
     def __init__(self, backend, times: int) -> None:
         self.backend, self.times = backend, times
         self.name, self.precision = backend.name, backend.precision
+        self.bucket_widths = backend.bucket_widths
 
     def run(self, inputs):
         for _ in range(self.times - 1):

@@ -60,6 +60,7 @@ class Handicapped:
     def __init__(self, backend, tokens: int, large: bool) -> None:
         self.backend, self.tokens, self.large = backend, tokens, large
         self.name, self.precision = backend.name, backend.precision
+        self.bucket_widths = backend.bucket_widths
         self.executions = 0
 
     def run(self, inputs):

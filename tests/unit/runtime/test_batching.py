@@ -35,6 +35,7 @@ class Recording:
     def __init__(self, backend: OnnxRuntimeBackend) -> None:
         self.backend = backend
         self.name, self.precision = backend.name, backend.precision
+        self.bucket_widths = backend.bucket_widths
         self.sizes: list[int] = []
         self.shapes: list[tuple[int, ...]] = []
         self.token_rows: list[np.ndarray] = []  # each execution's first input (token ids)

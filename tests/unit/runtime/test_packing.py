@@ -11,7 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from builder import Progress, build_model
-from runtime.batching.packing import first_fit_decreasing, pack, plan, split
+from runtime.batching.packing import (
+    bucket_width,
+    first_fit_decreasing,
+    pack,
+    plan,
+    split,
+    to_bucket_width,
+)
 from runtime.config import RuntimeConfig
 from runtime.errors import InputError
 from runtime.models import Model
@@ -180,6 +187,31 @@ def test_pack_numbers_segments_by_text_and_leaves_only_row_tails_unused():
         used = np.count_nonzero(row)
         assert (row[:used] > 0).all() and (row[used:] == 0).all()
     assert plan([len(row) for row in ids]).executed_tokens == segments.size
+
+
+def test_bucket_widths_are_few_and_add_at_most_a_quarter():
+    buckets = {width: bucket_width(width) for width in range(1, 1025)}
+    assert all(width <= bucket < 1.25 * width + 1 for width, bucket in buckets.items())
+    assert all(bucket_width(bucket) == bucket for bucket in buckets.values())
+    assert len({bucket for bucket in buckets.values() if 64 <= bucket < 128}) == 4
+
+
+def test_rows_widened_to_a_bucket_give_the_same_embeddings(engines):
+    """OpenVINO bf16's executions are widened to bucket widths (its kernels are built per
+    shape): the unused tails they gain change no text's embedding, at any precision."""
+    model = Model.load(Repository(engines).find(MINILM), RuntimeConfig(backend="openvino"))
+    try:
+        tower = model.text.tower
+        inputs = tower.collate(mixed_rows(model)[:5])
+        widened = to_bucket_width(inputs)
+        width = inputs["segment_ids"].shape[1]
+        assert widened["segment_ids"].shape[1] == bucket_width(width) > width
+        assert (widened["segment_ids"][:, width:] == 0).all()
+        exact, padded = tower.backend.run(inputs).output, tower.backend.run(widened).output
+    finally:
+        model.close()
+    print(f"widened {width} -> {bucket_width(width)}: max abs {np.abs(exact - padded).max():.2e}")
+    assert cosines(exact, padded).min() >= 0.99999
 
 
 def test_split_keeps_executions_within_the_token_budget():
