@@ -30,7 +30,6 @@ from builder.options import Int8Thresholds
 from builder.progress import Progress
 from builder.verify import VERIFICATION_TEXTS, cosine_rows
 from runtime.backends.choice import cpu_class
-from runtime.batching import BatchingConfig
 from runtime.classifier import activate
 from runtime.config import RuntimeConfig
 from runtime.models import Model
@@ -371,13 +370,8 @@ def _with_int8(manifest: Manifest, key: str, int8: dict) -> Manifest:
 
 
 def _load(staging: Path, manifest: Manifest, precision: str | None) -> Model:
-    """The staged model on ONNX Runtime (f32, or its int8 variant), with a small token budget
-    so its warm-up stays short, on the padded graph: the int8 variant is made from it (and
-    served unpacked), so its sensitivity feeds are padded rows."""
-    config = RuntimeConfig(
-        backend="onnxruntime",
-        precision=precision or "f32",
-        batching=BatchingConfig(max_tokens=1024),
-        packing=False,
-    )
-    return Model.load(Entry(staging, manifest), config)
+    """The staged model on ONNX Runtime (f32, or its int8 variant), not warmed up (the search
+    runs it at once), on the padded graph: the int8 variant is made from it (and served
+    unpacked), so its sensitivity feeds are padded rows."""
+    config = RuntimeConfig(backend="onnxruntime", precision=precision or "f32", packing=False)
+    return Model.load(Entry(staging, manifest), config, warm_up=False)

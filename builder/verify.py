@@ -7,6 +7,7 @@ the staging directory, so what is verified is exactly what will be served.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -102,7 +103,20 @@ def compare(
 
 
 def load_staged(staging: Path, manifest: Manifest) -> Model:
-    return Model.load(Entry(staging, manifest), RuntimeConfig(backend="onnxruntime"))
+    """The staged model on ONNX Runtime, not warmed up: the checks run it at once."""
+    return Model.load(Entry(staging, manifest), RuntimeConfig(backend="onnxruntime"), warm_up=False)
+
+
+def _load_to_verify(entry: Entry, config: RuntimeConfig) -> Model:
+    """The staged model on OpenVINO in the precision to verify, without the server's warning
+    that this precision has no verification figures yet: this is where they are made."""
+    backends = logging.getLogger("runtime.backends")
+    level = backends.level
+    backends.setLevel(logging.ERROR)
+    try:
+        return Model.load(entry, config, warm_up=False)
+    finally:
+        backends.setLevel(level)
 
 
 # One library's checks of a loaded model: figures per check (text, image, classifier). With
@@ -126,7 +140,7 @@ def verify_precisions(staging: Path, manifest: Manifest, check: Check, progress:
     for precision in precisions:
         config = RuntimeConfig(backend="openvino", precision=precision, compile_cache=CACHE_OFF)
         with progress.stage(f"Verifying OpenVINO {precision} against {manifest.library}"):
-            model = Model.load(Entry(staging, manifest), config)
+            model = _load_to_verify(Entry(staging, manifest), config)
             try:
                 report = check(model, precision == "f32")
             finally:

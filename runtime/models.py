@@ -123,9 +123,13 @@ class Model:
         entry: Entry,
         runtime: RuntimeConfig | None = None,
         fetcher: ImageFetcher | None = None,
+        *,
+        warm_up: bool = True,
     ) -> Model:
         """Open and warm up every tower of `entry`. `fetcher`: a download pool to share (the
-        registry's), else the model gets its own from `runtime.fetch`."""
+        registry's), else the model gets its own from `runtime.fetch`. `warm_up` False skips
+        the warm-up executions (the largest input the budget allows, seconds on a CPU) for a
+        caller that runs the model at once on inputs of its own: the builder's checks."""
         manifest, directory = entry.manifest, entry.directory
         runtime = runtime or RuntimeConfig()
         # Before any tower starts: a broken lookup fails the load with nothing to close.
@@ -165,7 +169,8 @@ class Model:
         model = cls(manifest, text, image, classifier, pair, tokens)
         model.sparse_query = sparse_query
         model.directory = directory
-        model.warm_up()
+        if warm_up:
+            model.warm_up()
         return model
 
     def acquire(self) -> None:

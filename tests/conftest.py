@@ -26,6 +26,7 @@ import requests
 import sentence_transformers
 from falcon.testing import TestClient
 
+from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.repository import slugify
 
@@ -45,8 +46,11 @@ PROMPTS = ("a photo of a {}.", "a drawing of the {}")
 QUERY_PROMPT = "query: "
 BIN = Path(sys.executable).parent
 # In-process models compared with the source library at f32's tolerances: the reference
-# backend in f32 (`auto` may measure a verified bf16 fastest on a BF16 CPU).
-EXACT = RuntimeConfig(backend="onnxruntime", precision="f32")
+# backend in f32 (`auto` may measure a verified bf16 fastest on a BF16 CPU), with the token
+# budget of the test servers (TEST_SERVER_FLAGS) so that each load's warm-up stays short.
+EXACT = RuntimeConfig(
+    backend="onnxruntime", precision="f32", batching=BatchingConfig(max_tokens=1024)
+)
 
 
 @pytest.fixture(scope="session")
