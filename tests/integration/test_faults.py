@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 import signal
 import socket
 import threading
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from runtime.repository import slugify
-from tests.conftest import CLIP, MINILM, start_server, stop_server
+from tests.conftest import CLIP, MINILM, copy_tree, start_server, stop_server
 
 LONG = ["a sentence long enough to keep the engine busy for a while " * 20] * 16
 
@@ -107,7 +106,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_cleanly(engines, tmp_p
 def test_a_corrupted_engine_fails_clearly_and_other_models_keep_serving(engines, tmp_path):
     root = tmp_path / "engines"
     for name in (MINILM, CLIP):
-        shutil.copytree(engines / slugify(name), root / slugify(name))
+        copy_tree(engines / slugify(name), root / slugify(name))
     (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
     server = start_server(root, tmp_path / "server.log", "--workers", "2")
     try:

@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import shutil
 import socket
 import threading
 import time
@@ -21,7 +20,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.repository import slugify
-from tests.conftest import CLIP, MINILM, start_server, stop_server
+from tests.conftest import CLIP, MINILM, copy_tree, start_server, stop_server
 from tests.images import png
 
 READ_TIMEOUT = 8
@@ -492,7 +491,7 @@ def test_private_destinations_are_refused_unless_allowed(host, caplog):
 
 def test_a_deleted_model_drops_its_loaded_workers_series(engines, tmp_path):
     root = tmp_path / "engines"
-    shutil.copytree(engines / slugify(MINILM), root / slugify(MINILM))
+    copy_tree(engines / slugify(MINILM), root / slugify(MINILM))
     server = start_server(root, tmp_path / "server.log", "--workers", "2", "--preload", MINILM)
     try:
         series = f'ingrain_model_loaded_workers{{model="{MINILM}"}}'

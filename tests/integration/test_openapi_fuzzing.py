@@ -3,8 +3,6 @@ a real gunicorn server, and leaves it intact."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import requests
 import schemathesis
@@ -12,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from api.routes.openapi import NAME
 from runtime.repository import Repository
-from tests.conftest import start_server, stop_server
+from tests.conftest import copy_tree, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +18,7 @@ def fuzz_target(pair_engines, tmp_path_factory):
     """A server of its own (fuzzing may unload models), on a copy of the repository that
     includes the cross-encoder and text classifier."""
     root = tmp_path_factory.mktemp("fuzz")
-    shutil.copytree(pair_engines, root / "engines")
+    copy_tree(pair_engines, root / "engines")
     server = start_server(
         root / "engines",
         root / "server.log",

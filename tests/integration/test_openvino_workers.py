@@ -4,7 +4,6 @@ it; /metrics and the logs say what each tower runs on, and threads never oversub
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.repository import slugify
-from tests.conftest import CLIP, MINILM, start_server, stop_server
+from tests.conftest import CLIP, MINILM, copy_tree, start_server, stop_server
 from tests.unit.runtime.test_openvino import cache_files
 
 
@@ -20,11 +19,7 @@ def test_the_compile_cache_is_written_once_and_reused(engines, tmp_path):
     """Two workers compile at once into an empty cache; a restart loads what they wrote."""
     repository = tmp_path / "engines"
     # Without the cache that earlier tests may have left in the shared repository.
-    shutil.copytree(
-        engines / slugify(MINILM),
-        repository / slugify(MINILM),
-        ignore=shutil.ignore_patterns(".ov-cache"),
-    )
+    copy_tree(engines / slugify(MINILM), repository / slugify(MINILM))
     cache = repository / slugify(MINILM) / ".ov-cache"
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     flags = ("--workers", "2", "--preload", MINILM, "--backend", "openvino")

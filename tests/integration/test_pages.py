@@ -29,6 +29,7 @@ from tests.conftest import (
     TEXT_CLASSIFIER,
     TIMM,
     Server,
+    copy_tree,
     start_server,
     stop_server,
 )
@@ -45,7 +46,7 @@ WAIT_S = 60
 def pages_engines(pair_engines, pair_sources, tmp_path_factory) -> Path:
     """The test repository plus a reranker whose name is markup, built with ingrain-build."""
     root = tmp_path_factory.mktemp("pages") / "engines"
-    shutil.copytree(pair_engines, root)
+    copy_tree(pair_engines, root)
     build = [str(BIN / "ingrain-build"), str(pair_sources[RERANKER]), "--engines", str(root)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([*build, "--name", ODD], check=True, env=env, capture_output=True, timeout=600)

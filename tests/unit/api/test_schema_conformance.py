@@ -5,7 +5,6 @@ checked against the schema the document gives for that route, method and status.
 from __future__ import annotations
 
 import base64
-import shutil
 
 import falcon.testing
 import pytest
@@ -25,6 +24,7 @@ from tests.conftest import (
     TIMM,
     TOKENS,
     assert_documented,
+    copy_tree,
 )
 
 IMAGE = base64.b64encode(verification_images()[0]).decode()
@@ -146,7 +146,7 @@ def client(tei_engines, tmp_path_factory) -> falcon.testing.TestClient:
     """The app on a copy of `tei_engines` (a model is deleted), TEI's routes served by
     TEI_DEFAULTS, with a small token budget."""
     root = tmp_path_factory.mktemp("conformance")
-    shutil.copytree(tei_engines, root / "engines")
+    copy_tree(tei_engines, root / "engines")
     # Pinned: `auto` would measure every tower first (its answers are checked against the
     # document in tests/integration/test_backend_choice_served.py).
     runtime = RuntimeConfig(

@@ -22,6 +22,7 @@ from tests.conftest import (
     SIGLIP_ZERO_SHOT,
     TIMM,
     ZERO_SHOT,
+    copy_tree,
     cosines,
 )
 
@@ -114,10 +115,9 @@ def test_finish_embeddings_truncates_before_normalising():
 
 @pytest.mark.parametrize(("graph", "packing"), [("text.packed.onnx", True), ("text.onnx", False)])
 def test_a_corrupt_engine_file_fails_with_an_error_naming_it(engines, tmp_path, graph, packing):
-    import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(engines / slugify(MINILM), copy)
+    copy_tree(engines / slugify(MINILM), copy)
     (copy / graph).write_bytes(b"truncated")
     entry = Repository(tmp_path).find(MINILM)
     with pytest.raises(ModelLoadError, match=graph.replace(".", r"\.")):

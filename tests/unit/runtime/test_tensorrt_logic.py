@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
 import subprocess
 from dataclasses import replace
 
@@ -28,7 +27,7 @@ from runtime.models import Model, ModelLoadError
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest, ManifestError, PlanSpec, ProfileRange
 from runtime.tasks.text_embedding import embed_texts
-from tests.conftest import BIN, MINILM, cosines
+from tests.conftest import BIN, MINILM, copy_tree, cosines
 
 
 def test_profiles_split_small_and_large_batches():
@@ -233,7 +232,7 @@ def test_bad_profile_flags_are_one_clear_line(tmp_path):
 def planned_copy(engines, tmp_path):
     """The demo model with a (placeholder) plan recorded, as a GPU build would leave it."""
     directory = tmp_path / slugify(MINILM)
-    shutil.copytree(engines / slugify(MINILM), directory)
+    copy_tree(engines / slugify(MINILM), directory)
     manifest = Manifest.read(directory)
     text = replace(manifest.towers["text"], plan="text.plan", plan_info=PLAN)
     (directory / "text.plan").write_bytes(b"built on another machine")
