@@ -252,7 +252,7 @@ def corrupted_clip(engines, tmp_path) -> Path:
     """A repository of MiniLM intact and the tiny CLIP with a corrupted image graph."""
     root = tmp_path / "engines"
     for name in (MINILM, CLIP):
-        shutil.copytree(engines / slugify(name), root / slugify(name))
+        copy_tree(engines / slugify(name), root / slugify(name))
     (root / slugify(CLIP) / "image.onnx").write_bytes(b"\x08\x01garbage")
     return root
 

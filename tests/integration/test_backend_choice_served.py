@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import requests
 
 from runtime.repository import slugify
-from tests.conftest import MINILM, assert_documented, start_server, stop_server
+from tests.conftest import MINILM, assert_documented, copy_tree, start_server, stop_server
 from tests.unit.runtime.test_backend_choice import ORT, OV
 
 
 def test_server_model_info_and_metrics_show_the_measured_choice(engines, tmp_path):
     minilm = engines / slugify(MINILM)
     engines = tmp_path / "engines"
-    shutil.copytree(minilm, engines / minilm.name, ignore=shutil.ignore_patterns(".*"))
+    copy_tree(minilm, engines / minilm.name)
     log = tmp_path / "server.log"
     server = start_server(
         engines,

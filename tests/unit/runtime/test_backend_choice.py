@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from runtime.config import RuntimeConfig
 from runtime.models import Model
 from runtime.repository import Repository, slugify
 from runtime.repository.manifest import Manifest
-from tests.conftest import CLIP, MINILM
+from tests.conftest import CLIP, MINILM, copy_tree
 
 ORT, OV, OV_BF16 = "onnxruntime/f32", "openvino/f32", "openvino/bf16"
 
@@ -141,7 +140,7 @@ def test_the_choice_is_cached_reused_and_measured_again_when_model_or_backend_ch
     tiny, tmp_path
 ):
     directory = tmp_path / "engines" / tiny.name
-    shutil.copytree(tiny, directory, ignore=shutil.ignore_patterns(".*"))
+    copy_tree(tiny, directory)
     state = tmp_path / "state"
     first = decision_of(directory, state)
     assert first.source == "measured" and {ORT, OV} <= set(first.figures)
@@ -204,7 +203,7 @@ def test_explicit_flags_win_and_nothing_is_measured(minilm):
 
 def test_ingrain_list_says_whether_the_choice_was_measured(tiny, tmp_path):
     engines = tmp_path / "engines"
-    shutil.copytree(tiny, engines / tiny.name, ignore=shutil.ignore_patterns(".*"))
+    copy_tree(tiny, engines / tiny.name)
     before = CliRunner().invoke(main, ["list", "--engines", str(engines)])
     assert before.exit_code == 0 and "(unmeasured)" in before.output, before.output
     # Loaded with the defaults `ingrain list` assumes (every core, the choice in the engine).
