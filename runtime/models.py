@@ -250,14 +250,17 @@ def _tower(
     runtime: RuntimeConfig,
     collate: Collate,
     spec: TowerSpec | None = None,
-    split: Split | None = None,
+    split_for: Callable[[Backend], Split] | None = None,
 ) -> Tower:
+    """`split_for`: how executions are cut, given the engine that runs them (default: the
+    batcher's padded executions)."""
     spec = spec or entry.manifest.towers[key]
     stats = TowerStats(entry.name, f"{key}_encoder")
     backend = _open(entry, spec, runtime)
     decision = getattr(backend, "decision", None)
     if decision is not None:
         stats.probe(decision.figures)
+    split = split_for(backend) if split_for is not None else None
     return Tower(spec, backend, stats, collate, runtime.batching, split)
 
 
@@ -285,9 +288,21 @@ def _token_tower(
     except Exception as error:
         raise ModelLoadError(f"cannot load {entry.directory / spec.onnx}: {error}") from error
     if served is not spec:
-        split = partial(split_requests, tokens_of, runtime.batching.max_tokens, spec.max_batch)
-        return _tower(entry, key, runtime, packed, served, split)
+        return _tower(
+            entry, key, runtime, packed, served, partial(_packed_split, runtime, spec, tokens_of)
+        )
     return _tower(entry, key, runtime, padded)
+
+
+def _packed_split(
+    runtime: RuntimeConfig, spec: TowerSpec, tokens_of: Callable[[Any], int], backend: Backend
+) -> Split:
+    """Packed executions within --max-batch-tokens real tokens and the tower's max batch of
+    texts, or more texts where they are short enough for the engine's `packed_tokens`."""
+    short_tokens = min(runtime.batching.max_tokens, backend.packed_tokens or 0)
+    return partial(
+        split_requests, tokens_of, runtime.batching.max_tokens, spec.max_batch, short_tokens
+    )
 
 
 def _open(entry: Entry, spec: TowerSpec, runtime: RuntimeConfig) -> Backend:

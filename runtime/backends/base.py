@@ -30,6 +30,9 @@ class Backend(Protocol):
     # Whether packed executions should come in few widths (runtime.batching.packing
     # .to_bucket_width): the engine builds kernels per input shape, at a cost near running them.
     bucket_widths: bool
+    # A packed execution takes more texts than the tower's max batch while it holds at most
+    # this many real tokens (None: never more; runtime.models).
+    packed_tokens: int | None
 
     def run(self, inputs: dict[str, np.ndarray]) -> Execution:
         """Run one batch of named inputs; return the tower's single output for that batch."""

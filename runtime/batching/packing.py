@@ -119,17 +119,23 @@ def to_bucket_width(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def split(
-    batch: list[Any], length_of: Callable[[Any], int], max_tokens: int, max_items: int
+    batch: list[Any],
+    length_of: Callable[[Any], int],
+    max_tokens: int,
+    max_items: int,
+    short_tokens: int = 0,
 ) -> list[list[Any]]:
     """`batch` sorted longest first and cut into executions of at most `max_tokens` real tokens
     (one text at least) and `max_items` texts each, so that each packs within about the token
-    budget and the tower's max batch."""
+    budget and the tower's max batch; past `max_items`, texts still join an execution that
+    stays within `short_tokens` real tokens (short texts: more of them per execution)."""
     ordered = sorted(batch, key=length_of, reverse=True)
     executions: list[list[Any]] = []
     tokens = max_tokens
     for item in ordered:
         length = length_of(item)
-        if tokens + length > max_tokens or len(executions[-1]) == max_items:
+        full = executions and len(executions[-1]) >= max_items and tokens + length > short_tokens
+        if tokens + length > max_tokens or full:
             executions.append([])
             tokens = 0
         executions[-1].append(item)
@@ -138,11 +144,21 @@ def split(
 
 
 def split_requests(
-    tokens_of: Callable[[Any], int], max_tokens: int, max_items: int, batch: list[Any]
+    tokens_of: Callable[[Any], int],
+    max_tokens: int,
+    max_items: int,
+    short_tokens: int,
+    batch: list[Any],
 ) -> list[list[Any]]:
     """`split` for a tower's batch of (request, index) entries, `tokens_of` counting the tokens
     of one request item."""
-    return split(batch, lambda entry: tokens_of(entry[0].items[entry[1]]), max_tokens, max_items)
+    return split(
+        batch,
+        lambda entry: tokens_of(entry[0].items[entry[1]]),
+        max_tokens,
+        max_items,
+        short_tokens,
+    )
 
 
 def token_figures(inputs: dict[str, np.ndarray]) -> tuple[int, int] | None:

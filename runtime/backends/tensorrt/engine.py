@@ -95,6 +95,7 @@ LOGGER = trt.Logger(trt.Logger.WARNING)
 class TensorRTBackend:
     name = "tensorrt"
     bucket_widths = False
+    packed_tokens = None  # its plan's optimization profile bounds the rows
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class Repeated:
         self.backend, self.times = backend, times
         self.name, self.precision = backend.name, backend.precision
         self.bucket_widths = backend.bucket_widths
+        self.packed_tokens = backend.packed_tokens
 
     def run(self, inputs):
         for _ in range(self.times - 1):

@@ -61,6 +61,7 @@ class Handicapped:
         self.backend, self.tokens, self.large = backend, tokens, large
         self.name, self.precision = backend.name, backend.precision
         self.bucket_widths = backend.bucket_widths
+        self.packed_tokens = backend.packed_tokens
         self.executions = 0
 
     def run(self, inputs):

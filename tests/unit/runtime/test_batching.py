@@ -36,6 +36,7 @@ class Recording:
         self.backend = backend
         self.name, self.precision = backend.name, backend.precision
         self.bucket_widths = backend.bucket_widths
+        self.packed_tokens = backend.packed_tokens
         self.sizes: list[int] = []
         self.shapes: list[tuple[int, ...]] = []
         self.token_rows: list[np.ndarray] = []  # each execution's first input (token ids)

@@ -132,6 +132,52 @@ def test_one_text_and_256_texts_per_request_pack(engines, reference, backend, co
     assert cosines(served, expected).min() >= 0.9999
 
 
+class Counting:
+    """The tower's real backend, noting each execution's texts and real tokens."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.executions: list[tuple[int, int]] = []
+
+    def run(self, inputs):
+        segments = inputs["segment_ids"]
+        self.executions.append((int(segments.max()), int(np.count_nonzero(segments))))
+        return self.backend.run(inputs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_texts_fill_executions_past_the_max_batch_where_the_engine_gains(
+    engines, reference, backend
+):
+    """OpenVINO runs packed executions of more texts than the max batch (32) while they hold at
+    most its `packed_tokens`; ONNX Runtime, whose executions ran slower past the max batch,
+    never. Long texts stay within the max batch on both, and every embedding matches."""
+    model = Model.load(Repository(engines).find(MINILM), RuntimeConfig(backend=backend))
+    tower = model.text.tower
+    counting = Counting(tower.backend)
+    tower.backend = counting
+    texts = [f"short text {i}" for i in range(90)] + [
+        f"{i} long " + "word " * 60 for i in range(38)
+    ]
+    try:
+        served = embed_texts(model, texts, RAW)
+    finally:
+        tower.backend = counting.backend
+        model.close()
+    assert cosines(served, reference.encode(texts)).min() >= 0.9999
+    bound = counting.backend.packed_tokens
+    assert sum(texts for texts, _ in counting.executions) == len(texts)
+    largest = max(texts for texts, _ in counting.executions)
+    if bound is None:
+        assert largest <= tower.spec.max_batch
+    else:
+        assert largest > tower.spec.max_batch
+        assert all(tokens <= bound for texts, tokens in counting.executions if texts > 32)
+
+
 def test_rows_never_mix_texts_of_different_towers(engines):
     """MiniLM's and the tiny CLIP's packed text towers, fed at once from several threads: each
     text's embedding equals the one its own tower gives it alone (a row holding another
@@ -221,6 +267,14 @@ def test_split_keeps_executions_within_the_token_budget():
     assert all(sum(execution) <= 400 and len(execution) <= 3 for execution in executions)
     assert split([900], lambda length: length, 400, 3) == [[900]]  # one text at least
     assert [len(e) for e in split([1] * 7, lambda length: length, 400, 3)] == [3, 3, 1]
+
+
+def test_split_takes_more_short_texts_within_short_tokens():
+    lengths = [100] * 5 + [3] * 30
+    executions = split(lengths, lambda length: length, 400, 3, short_tokens=90)
+    # Long texts: at most 3 per execution; short ones: more, while within 90 tokens.
+    assert executions == [[100] * 3, [100, 100, 3], [3] * 29]
+    assert [len(e) for e in split([3] * 40, lambda length: length, 400, 3, 90)] == [30, 10]
 
 
 def test_metrics_count_executed_and_padding_tokens(app):
