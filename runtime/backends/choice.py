@@ -56,9 +56,9 @@ LOCK_WAIT_S = 60.0
 # Precisions that change results: measured and shown, never chosen by `auto`.
 LOSSY = ("int8",)
 # Raised when the way a candidate is opened changes what it measures (3: OpenVINO keeps a few
-# kernels per shape; 4: and runs packed graphs' attention unfused), so choices measured the old
-# way are measured again.
-KEY_VERSION = 4
+# kernels per shape; 4: and runs packed graphs' attention unfused; 5: keeps kernels for a few
+# recent shapes), so choices measured the old way are measured again.
+KEY_VERSION = 5
 # Each of two candidates must beat the other by this much on its own shape for the tower to
 # keep both (a second engine costs its memory; a small gain is not worth it).
 SPLIT_MARGIN = 1.2
