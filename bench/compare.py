@@ -251,21 +251,30 @@ def load_figures(
 
 
 def server_figures(
-    engines: Path,
-    texts: list[str],
-    serve_args: list[str],
-    seconds: float,
-    loads: Sequence[tuple[int, int]] = SERVER_LOADS,
+    url: str, texts: list[str], seconds: float, loads: Sequence[tuple[int, int]] = SERVER_LOADS
 ) -> dict:
-    with serving(engines, [MODEL], serve_args) as url:
-        return load_figures(
-            url,
-            "/embed_text",
-            lambda per_request: text_bodies(MODEL, texts, per_request, len(texts) // per_request),
-            loads,
-            seconds,
-            model=MODEL,
-        )
+    return load_figures(
+        url,
+        "/embed_text",
+        lambda per_request: text_bodies(MODEL, texts, per_request, len(texts) // per_request),
+        loads,
+        seconds,
+        model=MODEL,
+    )
+
+
+def overhead_rounds(
+    url: str, texts: list[str], seconds: float, ceiling: Callable[[], float], rounds: int = 3
+) -> dict:
+    """The server at 8 clients x 32 texts against its engine in-process (`ceiling`: items/s),
+    measured in turn, round after round, so that a host that drifts moves both alike: the ratio
+    of each round and their median."""
+    ratios = []
+    for _ in range(rounds):
+        engine = ceiling()
+        server = server_figures(url, texts, seconds, ((8, 32),))["c8x32"]["server_items_per_s"]
+        ratios.append(round(server / engine, 3))
+    return {"ratios": ratios, "median": sorted(ratios)[len(ratios) // 2]}
 
 
 INFINITY_LOADS = ((32, 1), (8, 32))
@@ -428,10 +437,14 @@ def compare(
     report["in_process_batch32"] = in_process(directory, texts, 32, auto)[0]
     report["in_process_batch1"] = in_process(directory, texts[: count // 4], 1, auto)[0]
     report["in_process_batcher_c32x1"] = in_process_batcher(directory, texts, 32, auto)
-    report["server"] = server_figures(engines, texts, serve_args, seconds)
+    with serving(engines, [MODEL], serve_args) as url:
+        report["server"] = server_figures(url, texts, seconds)
+        report["server_c8x32_vs_engine_in_turn"] = overhead_rounds(
+            url, texts, seconds, lambda: in_process(directory, texts, 32, auto)[0]["items_per_s"]
+        )
     if int8:
-        int8_args = [*serve_args, "--precision", "int8"]
-        report["server_int8"] = server_figures(engines, texts, int8_args, seconds, INFINITY_LOADS)
+        with serving(engines, [MODEL], [*serve_args, "--precision", "int8"]) as url:
+            report["server_int8"] = server_figures(url, texts, seconds, INFINITY_LOADS)
     report["in_process_batch32_after"] = in_process(directory, texts, 32, auto)[0]
     report["infinity"] = infinity_figures(texts, infinity, seconds)
     ceiling = (
