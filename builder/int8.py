@@ -11,10 +11,14 @@ variant, and the build says so.
 Sensitivity of a MatMul: the relative error of its own output when its weight and input alone
 are quantised as above, measured on the f32 graph's real activations (one f32 run on texts
 apart from the held-out ones).
+
+A tower with a packed graph gets its int8 variant too, with the same MatMuls kept f32, verified
+the same way served packed; where it falls short, int8 serves the padded variant.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -332,7 +336,67 @@ def add_int8(
         )
         progress.say(f"    {why}")
         return replace(manifest, build={**manifest.build, "int8": why})
-    return _with_int8(manifest, key, {"onnx": target.name, **figures})
+    manifest = _with_int8(manifest, key, {"onnx": target.name, **figures})
+    if manifest.towers[key].packed is None:
+        return manifest
+    return _add_packed_int8(staging, manifest, key, check, progress)
+
+
+def _add_packed_int8(
+    staging: Path, manifest: Manifest, key: str, check: Verification, progress: Progress
+) -> Manifest:
+    """`manifest` with the int8 variant of `key`'s packed graph as well: the same MatMuls kept
+    f32, verified as the padded variant was but served packed. Where it falls short, without
+    it, saying why in build["int8_packing"]: int8 then serves the padded variant."""
+    tower = manifest.towers[key]
+    assert tower.packed is not None and tower.int8 is not None
+    source = staging / tower.packed.onnx
+    target = staging / f"{Path(tower.packed.onnx).stem}.int8.onnx"
+    keep = counterparts(staging / tower.onnx, source, tower.int8["kept_f32"])
+    if keep is None:
+        why = "int8 runs padded: the packed graph's MatMuls do not match the padded graph's"
+        progress.say(f"    {why}")
+        return replace(manifest, build={**manifest.build, "int8_packing": why})
+    with progress.stage(f"Verifying the packed graph in int8 ({len(keep)} MatMuls kept f32)"):
+        quantise(source, target, keep)
+        model = _load(staging, _with_packed_int8(manifest, key, {"onnx": target.name}), "int8")
+        try:
+            figures = check.figures(check.served(model), check.expected)
+        finally:
+            model.close()
+    progress.say(f"    packed: {check.summary(figures)}")
+    if not check.passes(figures):
+        target.unlink(missing_ok=True)
+        why = f"int8 runs padded: the packed graph in int8 fell short of {check.requirement}"
+        progress.say(f"    {why}")
+        return replace(manifest, build={**manifest.build, "int8_packing": why})
+    int8 = {"onnx": target.name, **figures, "kept_f32": keep, "verified_on": cpu_class()}
+    return _with_packed_int8(manifest, key, int8)
+
+
+def counterparts(source: Path, target: Path, names: list[str]) -> list[str] | None:
+    """The weight MatMuls of graph `target` that multiply by the same weights as the nodes
+    `names` of graph `source` (the packed graph's counterparts of the padded graph's: exported
+    from the same modules, under other names); None when one has none."""
+
+    def by_weight(path: Path) -> dict[str, str]:
+        model = onnx.load(str(path))
+        weights = {init.name: init for init in model.graph.initializer}
+
+        def digest(name: str) -> str:
+            array = numpy_helper.to_array(weights[name])
+            return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).hexdigest()
+
+        return {node.name: digest(node.input[1]) for node in weight_matmuls(model)}
+
+    owners: dict[str, list[str]] = {}
+    for name, digest in by_weight(target).items():
+        owners.setdefault(digest, []).append(name)
+    digests = by_weight(source)
+    matched = [owners.get(digests.get(name, ""), []) for name in names]
+    if not all(matched):
+        return None
+    return list(dict.fromkeys(node for nodes in matched for node in nodes))
 
 
 def search(
@@ -369,9 +433,20 @@ def _with_int8(manifest: Manifest, key: str, int8: dict) -> Manifest:
     return replace(manifest, towers={**manifest.towers, key: tower})
 
 
+def _with_packed_int8(manifest: Manifest, key: str, int8: dict) -> Manifest:
+    tower = manifest.towers[key]
+    assert tower.packed is not None
+    packed = replace(tower.packed, int8=int8)
+    return replace(manifest, towers={**manifest.towers, key: replace(tower, packed=packed)})
+
+
 def _load(staging: Path, manifest: Manifest, precision: str | None) -> Model:
     """The staged model on ONNX Runtime (f32, or its int8 variant), not warmed up (the search
-    runs it at once), on the padded graph: the int8 variant is made from it (and served
-    unpacked), so its sensitivity feeds are padded rows."""
-    config = RuntimeConfig(backend="onnxruntime", precision=precision or "f32", packing=False)
+    runs it at once). In f32 and while the manifest has no packed int8 variant, on the padded
+    graph: the int8 variant is made from it, so its sensitivity feeds are padded rows."""
+    packing = precision == "int8" and any(
+        tower.packed is not None and tower.packed.int8 is not None
+        for tower in manifest.towers.values()
+    )
+    config = RuntimeConfig(backend="onnxruntime", precision=precision or "f32", packing=packing)
     return Model.load(Entry(staging, manifest), config, warm_up=False)

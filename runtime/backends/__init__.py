@@ -182,13 +182,17 @@ def select(
 
 def served_graph(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> TowerSpec:
     """The graph a tower serves: its packed one where it has one and packing is on, on a CPU
-    backend in f32 or bf16 (the int8 variant is made from the padded graph) or on TensorRT
-    where a plan was built from the packed graph; else the padded one. Raises
-    BackendUnavailable as `select` does."""
-    if tower.packed is None or not runtime.packing or runtime.precision_for(model) == "int8":
+    backend (in int8 where the packed graph has a verified int8 variant) or on TensorRT where
+    a plan was built from the packed graph; else the padded one. Raises BackendUnavailable as
+    `select` does."""
+    if tower.packed is None or not runtime.packing:
         return tower
     packed = tower.packed
-    graph = replace(tower, onnx=packed.onnx, inputs=packed.inputs, output=packed.output, int8=None)
+    if runtime.precision_for(model) == "int8" and packed.int8 is None:
+        return tower  # the padded graph's int8 variant, where there is one
+    graph = replace(
+        tower, onnx=packed.onnx, inputs=packed.inputs, output=packed.output, int8=packed.int8
+    )
     if select(tower, runtime, model).backend != "tensorrt":
         return graph
     if packed.plan is None:  # a plan from before packed plans: the padded graph's

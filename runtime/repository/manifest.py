@@ -109,6 +109,8 @@ class PackedSpec:
     # The TensorRT plan built from this graph (profiles over rows x row length), if any.
     plan: str | None = None
     plan_info: PlanSpec | None = None
+    # Its verified int8 variant, as the tower's `int8` (the same MatMuls kept f32), if any.
+    int8: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,7 @@ class Manifest:
                 tower.packed and tower.packed.onnx,
                 tower.packed and tower.packed.plan,
                 (tower.int8 or {}).get("onnx"),
+                tower.packed and (tower.packed.int8 or {}).get("onnx"),
             )
         }
         if self.tokenizer is not None:

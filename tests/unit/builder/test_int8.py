@@ -60,8 +60,40 @@ def test_the_build_records_its_figures_and_the_layers_kept_f32(int8_engines):
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) > 0
 
 
+def test_the_packed_graph_gets_its_int8_variant_or_the_build_says_why(int8_engines):
+    """The packed graph in int8 keeps the same MatMuls f32 (under its own node names) and is
+    verified on its own; where it falls short, int8 serves the padded variant, and the manifest
+    says so."""
+    entry, int8 = int8_of(int8_engines)
+    packed = entry.manifest.towers["text"].packed.int8
+    if packed is None:
+        assert entry.manifest.build["int8_packing"].startswith("int8 runs padded")
+        return
+    assert packed["min_cosine"] >= 0.99 and packed["top10_overlap"] >= 0.9
+    assert packed["thresholds"] == int8["thresholds"] and packed["items"] == int8["items"]
+    assert packed["onnx"] in entry.manifest.files
+    graph = onnx.load(str(entry.directory / packed["onnx"])).graph
+    assert len(packed["kept_f32"]) == len(int8["kept_f32"])
+    assert set(packed["kept_f32"]) <= {node.name for node in graph.node if node.op_type == "MatMul"}
+    assert not set(packed["kept_f32"]) & set(int8["kept_f32"])  # other names, same weights
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) > 0
+
+
+def test_counterparts_pair_each_padded_matmul_with_the_packed_one_of_its_weights(engines):
+    from builder.int8 import counterparts, weight_matmuls
+
+    directory = Repository(engines).find(MINILM).directory
+    padded, packed = directory / "text.onnx", directory / "text.packed.onnx"
+    names = [node.name for node in weight_matmuls(onnx.load(str(padded)))]
+    matched = counterparts(padded, packed, names)
+    assert matched is not None and len(matched) == len(names) == 36
+    assert set(matched) == {node.name for node in weight_matmuls(onnx.load(str(packed)))}
+    assert counterparts(padded, packed, ["no such node"]) is None
+
+
 def test_a_request_served_in_int8_matches_sentence_transformers(int8_engines, reference, tmp_path):
-    _, int8 = int8_of(int8_engines)
+    entry, int8 = int8_of(int8_engines)
+    int8 = entry.manifest.towers["text"].packed.int8 or int8  # the variant the server runs
     log = tmp_path / "server.log"
     server = start_server(
         int8_engines, log, "--backend", "onnxruntime", "--model-precision", f"{MINILM}=int8"
@@ -79,15 +111,21 @@ def test_a_request_served_in_int8_matches_sentence_transformers(int8_engines, re
     assert (entry["backend"], entry["precision"]) == ("onnxruntime", "int8")
 
 
-def test_auto_measures_int8_beside_f32_but_serves_a_lossless_precision(int8_engines, tmp_path):
-    # The padded graph, which the int8 variant is made from and measured beside (a packed
-    # graph takes other inputs, so its probe has no int8 to compare).
+@pytest.mark.parametrize("packing", [False, True])
+def test_auto_measures_int8_beside_f32_but_serves_a_lossless_precision(
+    int8_engines, tmp_path, packing
+):
+    """On the graph served: the padded one, and the packed one where its int8 variant holds."""
+    entry = Repository(int8_engines).find(MINILM)
+    if packing and entry.manifest.towers["text"].packed.int8 is None:
+        pytest.skip(entry.manifest.build["int8_packing"])
     runtime = RuntimeConfig(
-        state_dir=str(tmp_path), batching=BatchingConfig(max_tokens=512), packing=False
+        state_dir=str(tmp_path), batching=BatchingConfig(max_tokens=512), packing=packing
     )
-    model = Model.load(Repository(int8_engines).find(MINILM), runtime)
+    model = Model.load(entry, runtime)
     try:
         backend = model.text.tower.backend
+        assert model.text.tower.spec.onnx == ("text.packed.onnx" if packing else "text.onnx")
         assert "onnxruntime/int8" in backend.decision.figures
         assert backend.precision != "int8"
     finally:
