@@ -7,7 +7,7 @@ import falcon
 from api.routes import schemas
 from api.routes.common import model_in_query, respond
 from api.settings import Limits
-from runtime.backends import engine_summary
+from runtime.backends import engine_summary, int8_variant
 from runtime.classifier import read_labels
 from runtime.config import RuntimeConfig
 from runtime.repository import Entry, Repository
@@ -56,7 +56,7 @@ class ModelInfo:
             key: schemas.TowerInfo(
                 tower.dim,
                 tower.quantization is not None,
-                tower.int8,
+                int8_variant(tower, self.runtime),
                 engine_summary(tower, self.runtime, manifest.name, entry.directory),
             )
             for key, tower in manifest.towers.items()

@@ -353,7 +353,8 @@ class Labels(Struct):
 class TowerInfo(Struct, rename="camel"):
     embedding_size: int
     calibrated: bool
-    # The verified int8 variant's figures (ingrain-build --int8), or null.
+    # The figures of the verified int8 variant int8 serves here (ingrain-build --int8; the
+    # packed graph's where packing serves it), or null.
     int8: dict[str, Any] | None
     # What it runs on here: backend, precision, chosenBy and the probe figures under auto.
     engine: dict[str, Any]

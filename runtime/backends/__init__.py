@@ -200,6 +200,14 @@ def served_graph(tower: TowerSpec, runtime: RuntimeConfig, model: str) -> TowerS
     return replace(graph, plan=packed.plan, plan_info=packed.plan_info)
 
 
+def int8_variant(tower: TowerSpec, runtime: RuntimeConfig) -> dict | None:
+    """The verified int8 variant that int8 serves here, with its figures: the packed graph's
+    where packing serves it, else the padded graph's (None: no variant)."""
+    if runtime.packing and tower.packed is not None and tower.packed.int8 is not None:
+        return tower.packed.int8
+    return tower.int8
+
+
 def engine_summary(
     tower: TowerSpec, runtime: RuntimeConfig, model: str, directory: Path | None
 ) -> dict:

@@ -24,8 +24,10 @@ class SplitBackend:
         self.name = "+".join(dict.fromkeys((small.name, large.name)))
         self.precision = "+".join(dict.fromkeys((small.precision, large.precision)))
         self.bucket_widths = small.bucket_widths or large.bucket_widths
-        # A packed execution large enough for this bound runs on `large`.
-        self.packed_tokens = large.packed_tokens
+        # Executions run on either engine, so more texts than the max batch only where both
+        # gain from them.
+        bounds = (small.packed_tokens, large.packed_tokens)
+        self.packed_tokens = None if None in bounds else min(bounds)
 
     def engine_for(self, inputs: dict[str, np.ndarray]) -> Backend:
         return self.small if execution_tokens(inputs) <= self.above else self.large

@@ -76,7 +76,8 @@ def main(
         entry = Entry(path, Manifest.read(path))
         Model.load(entry, runtime).close()
         if runtime.packing and any(tower.packed for tower in entry.manifest.towers.values()):
-            # The padded graph too: what a server without packing, or int8, serves.
+            # The padded graph too: what a server without packing serves (and int8, where the
+            # packed graph has no int8 variant).
             Model.load(entry, replace(runtime, packing=False)).close()
     except Exception as error:
         print(f"{FAILED}{error}", file=sys.stderr)

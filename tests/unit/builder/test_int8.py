@@ -4,6 +4,8 @@ asked."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +16,7 @@ from builder.options import Int8Thresholds
 from runtime.batching import BatchingConfig
 from runtime.config import RuntimeConfig
 from runtime.models import Model, ModelLoadError
-from runtime.repository import Repository
+from runtime.repository import Entry, Repository
 from runtime.tasks.rerank import rerank
 from tests.conftest import MINILM, RERANKER, TEXT_CLASSIFIER, cosines, start_server, stop_server
 from tests.integration.test_cli import run
@@ -79,6 +81,27 @@ def test_the_packed_graph_gets_its_int8_variant_or_the_build_says_why(int8_engin
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) > 0
 
 
+def test_int8_serves_the_packed_variant_where_the_build_verified_one(int8_engines):
+    entry, int8 = int8_of(int8_engines)
+    tower = entry.manifest.towers["text"]
+    if tower.packed.int8 is None:
+        pytest.skip(entry.manifest.build["int8_packing"])
+    runtime = RuntimeConfig(backend="onnxruntime", precision="int8")
+    without = replace(tower, packed=replace(tower.packed, int8=None))
+    bare = replace(entry.manifest, towers={**entry.manifest.towers, "text": without})
+    for manifest, graph, variant in (
+        (entry.manifest, "text.packed.onnx", tower.packed.int8),
+        (bare, "text.onnx", int8),
+    ):
+        model = Model.load(Entry(entry.directory, manifest), runtime, warm_up=False)
+        try:
+            assert model.text.tower.spec.onnx == graph
+            assert model.text.tower.spec.int8 == variant
+            assert model.text.tower.backend.precision == "int8"
+        finally:
+            model.close()
+
+
 def test_counterparts_pair_each_padded_matmul_with_the_packed_one_of_its_weights(engines):
     from builder.int8 import counterparts, weight_matmuls
 
@@ -103,12 +126,14 @@ def test_a_request_served_in_int8_matches_sentence_transformers(int8_engines, re
         assert response.ok, response.text
         served = response.json()["embeddings"]
         stats = requests.get(server.url + "/metrics", timeout=30).json()["modelStats"]
+        info = requests.get(server.url + "/model_info", params={"name": MINILM}, timeout=30)
     finally:
         stop_server(server)
     expected = reference.encode(SENTENCES, normalize_embeddings=True)
     assert cosines(served, expected).min() >= int8["min_cosine"]
     (entry,) = [tower for tower in stats if tower["name"] == MINILM]
     assert (entry["backend"], entry["precision"]) == ("onnxruntime", "int8")
+    assert info.json()["towers"]["text"]["int8"] == int8  # the figures of the variant served
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -133,15 +133,17 @@ def test_one_text_and_256_texts_per_request_pack(engines, reference, backend, co
 
 
 class Counting:
-    """The tower's real backend, noting each execution's texts and real tokens."""
+    """The tower's real backend, noting each execution's texts, real tokens and text lengths."""
 
     def __init__(self, backend) -> None:
         self.backend = backend
         self.executions: list[tuple[int, int]] = []
+        self.lengths: list[np.ndarray] = []
 
     def run(self, inputs):
         segments = inputs["segment_ids"]
         self.executions.append((int(segments.max()), int(np.count_nonzero(segments))))
+        self.lengths.append(np.bincount(segments.ravel())[1:])
         return self.backend.run(inputs)
 
     def __getattr__(self, name: str):
@@ -168,14 +170,16 @@ def test_short_texts_fill_executions_past_the_max_batch_where_the_engine_gains(
         tower.backend = counting.backend
         model.close()
     assert cosines(served, reference.encode(texts)).min() >= 0.9999
-    bound = counting.backend.packed_tokens
+    bound, most = counting.backend.packed_tokens, tower.spec.max_batch
     assert sum(texts for texts, _ in counting.executions) == len(texts)
     largest = max(texts for texts, _ in counting.executions)
     if bound is None:
-        assert largest <= tower.spec.max_batch
+        assert largest <= most
     else:
-        assert largest > tower.spec.max_batch
-        assert all(tokens <= bound for texts, tokens in counting.executions if texts > 32)
+        assert largest > most
+        assert all(tokens <= bound for texts, tokens in counting.executions if texts > most)
+    long_texts = [int((lengths > 20).sum()) for lengths in counting.lengths]
+    assert sum(long_texts) == 38 and max(long_texts) <= most
 
 
 def test_rows_never_mix_texts_of_different_towers(engines):
